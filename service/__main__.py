@@ -1,0 +1,34 @@
+"""CLI: settings from env and flags, then the app, then serve."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .app import create_app
+from .settings import load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        print=lambda msg: logging.getLogger("service").info(msg.strip()),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Domain errors. Handlers raise these; the error middleware turns them into JSON answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error that becomes a JSON answer with its own status."""
+
+    status = 500
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    """The request is malformed: bad JSON or a bad header value."""
+
+    status = 400
+
+
+class NotFound(ServiceError):
+    """The prediction, model or route does not exist."""
+
+    status = 404
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body is not sent as application/json."""
+
+    status = 415
+
+
+class InvalidInput(ServiceError):
+    """The body or the input does not fit the schema; ``detail`` lists the field errors."""
+
+    status = 422
+
+
+class PredictionFailed(ServiceError):
+    """The model raised while predicting."""
+
+    status = 500
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded at startup."""

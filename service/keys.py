@@ -1,0 +1,22 @@
+"""Every Redis key and stream name the service uses, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    stream: str
+    group: str
+    record_prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        return cls(settings.stream, settings.group, settings.key_prefix)
+
+    def record(self, prediction_id: str) -> str:
+        """Hash holding one job record; it expires after the result TTL."""
+        return self.record_prefix + prediction_id

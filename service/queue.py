@@ -1,0 +1,122 @@
+"""The work queue: one Redis Stream read through one consumer group."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from .keys import Keys
+from .results import ResultStore
+from .schemas import JobRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: the job it carries and the stream id to acknowledge."""
+
+    entry_id: bytes
+    prediction_id: str
+    model: str
+    input_json: bytes
+
+
+def _entries(raw: list[Any]) -> list[Entry]:
+    out = []
+    for entry_id, fields in raw:
+        if not fields:
+            # Deleted while pending (XAUTOCLAIM/XREADGROUP show it with no fields).
+            continue
+        out.append(
+            Entry(entry_id, fields[b"id"].decode(), fields[b"model"].decode(), fields[b"input"])
+        )
+    return out
+
+
+def _deleted_ids(raw: list[Any]) -> list[bytes]:
+    return [entry_id for entry_id, fields in raw if not fields]
+
+
+def _stream_entries(reply: Any) -> list[Any]:
+    """The entries of the one stream in an XREADGROUP reply (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))
+    return reply[0][1]
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, keys: Keys, results: ResultStore) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._results = results
+
+    async def ensure_group(self) -> None:
+        """Creates the stream and group if missing; from id 0 so no queued job is skipped."""
+        try:
+            await self._redis.xgroup_create(self._keys.stream, self._keys.group, id="0", mkstream=True)
+            log.info("created consumer group %s on stream %s", self._keys.group, self._keys.stream)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def submit(self, record: JobRecord) -> None:
+        """Writes the record and queues the job in one round trip (MULTI/EXEC)."""
+        fields = record.to_redis()
+        pipe = self._redis.pipeline(transaction=True)
+        self._results.stage_create(pipe, record.prediction_id, fields)
+        pipe.xadd(
+            self._keys.stream,
+            {"id": record.prediction_id, "model": record.model, "input": fields["input"]},
+        )
+        await pipe.execute()
+
+    async def read(self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False) -> list[Entry]:
+        """New entries for ``consumer`` (or its own unacked ones with ``own_pending``)."""
+        reply = await self._redis.xreadgroup(
+            self._keys.group,
+            consumer,
+            {self._keys.stream: "0" if own_pending else ">"},
+            count=count,
+            block=None if own_pending else block_ms,
+        )
+        raw = _stream_entries(reply)
+        gone = _deleted_ids(raw)
+        if gone:
+            await self._redis.xack(self._keys.stream, self._keys.group, *gone)
+        return _entries(raw)
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Takes over entries other consumers left idle longer than ``min_idle_ms``.
+
+        XAUTOCLAIM answers [cursor, entries] on Redis 6.2 and [cursor, entries, deleted ids]
+        on 7.x; the cursor is followed until ``count`` entries are found or it returns to 0.
+        """
+        claimed: list[Entry] = []
+        cursor: Any = "0-0"
+        while len(claimed) < count:
+            reply = await self._redis.xautoclaim(
+                self._keys.stream, self._keys.group, consumer, min_idle_ms,
+                start_id=cursor, count=count - len(claimed),
+            )
+            cursor, raw = reply[0], reply[1]
+            gone = _deleted_ids(raw)
+            if gone:
+                await self._redis.xack(self._keys.stream, self._keys.group, *gone)
+            claimed.extend(_entries(raw))
+            if cursor in (b"0-0", "0-0"):
+                break
+        if claimed:
+            log.info("%s reclaimed %d idle entries", consumer, len(claimed))
+        return claimed
+
+    def stage_ack(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
+        if entry_ids:
+            pipe.xack(self._keys.stream, self._keys.group, *entry_ids)

@@ -1,0 +1,103 @@
+"""Request bodies, job records and response shapes; the one status enum."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.DONE, Status.FAILED)
+
+
+class PredictRequest(BaseModel):
+    """Body of POST /predict. The input's own type is checked by the model's schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _number(value: bytes | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class JobRecord(BaseModel):
+    """One queued prediction as stored in its Redis hash."""
+
+    prediction_id: str
+    status: Status
+    model: str
+    input: Any
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    result: Any = None
+    error: str | None = None
+
+    def to_redis(self) -> dict[str, bytes | str]:
+        """Fields written at submit time (the rest are set by the worker)."""
+        return {
+            "status": self.status.value,
+            "model": self.model,
+            "input": orjson.dumps(self.input),
+            "created_at": repr(self.created_at),
+            "attempts": "0",
+        }
+
+    @classmethod
+    def from_redis(cls, prediction_id: str, fields: dict[bytes, bytes]) -> JobRecord:
+        result = fields.get(b"result")
+        return cls(
+            prediction_id=prediction_id,
+            status=Status(fields[b"status"].decode()),
+            model=fields[b"model"].decode(),
+            input=orjson.loads(fields[b"input"]),
+            created_at=float(fields[b"created_at"]),
+            started_at=_number(fields.get(b"started_at")),
+            finished_at=_number(fields.get(b"finished_at")),
+            attempts=int(fields.get(b"attempts", b"0")),
+            result=None if result is None else orjson.loads(result),
+            error=_text(fields.get(b"error")),
+        )
+
+    def to_view(self) -> dict[str, Any]:
+        """The GET /predict/{id} answer, shaped as in API.md."""
+        if self.status is Status.DONE:
+            result = self.result
+        elif self.status is Status.FAILED:
+            result = None
+        else:
+            result = "processing"
+        view: dict[str, Any] = {
+            "prediction_id": self.prediction_id,
+            "status": self.status.value,
+            "output": {"input": self.input, "result": result},
+            "model": self.model,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "attempts": self.attempts,
+        }
+        if self.status is Status.FAILED:
+            view["error"] = self.error
+        return view
+
+
+ACCEPTED_MESSAGE = "Request received. Processing asynchronously."
+NOT_FOUND_MESSAGE = "Prediction ID not found."

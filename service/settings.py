@@ -1,0 +1,97 @@
+"""Every setting of the service: read from the environment, mirrored by CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Service settings. Environment variables use the upper-case field name (``PORT``)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    redis_url: str | None = Field(
+        None,
+        description="Redis to use, e.g. redis://host:6379/0. Unset: start a private redis-server.",
+    )
+    model: str = Field(
+        "service.sentiment:VaderSentiment",
+        description="Model import spec 'module:attr' (a callable, class or instance).",
+    )
+    workers: int = Field(
+        2, ge=0, description="Queue worker tasks in this process; 0 makes an API-only replica."
+    )
+    executor_threads: int = Field(4, ge=1, description="Threads that run model code.")
+    max_batch_size: int = Field(
+        16, ge=1, description="Most queued jobs a worker reads and runs as one batch."
+    )
+    result_ttl_seconds: int = Field(3600, ge=1, description="How long job records are kept.")
+    stream: str = Field("predictions", description="Redis Stream that holds queued jobs.")
+    group: str = Field("workers", description="Consumer group that the workers read through.")
+    key_prefix: str = Field("prediction:", description="Prefix of job record keys.")
+    consumer_name: str = Field(
+        default_factory=_default_consumer,
+        description="Consumer name of this replica in the group.",
+    )
+    read_block_ms: int = Field(
+        1000, ge=1, description="How long an idle worker blocks on XREADGROUP."
+    )
+    visibility_timeout_seconds: float = Field(
+        60.0, gt=0, description="Entries idle longer than this in a consumer are reclaimed."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="How long workers may finish their batch on shutdown."
+    )
+    data_dir: Path = Field(Path("data"), description="Embedded redis-server: AOF folder.")
+    embedded_redis_port: int = Field(
+        0, ge=0, le=65535, description="Embedded redis-server port (0: any free port)."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags mirroring every field of ``Settings``; unset flags leave env/defaults alone."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve a prediction model over HTTP with a Redis Stream work queue.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each flag can also be set by the environment variable named like it "
+        "in upper case (e.g. --redis-url / REDIS_URL).",
+    )
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "hostname-pid" if name == "consumer_name" else "computed"
+        else:
+            default = field.default
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{field.description} [env {name.upper()}, default: {default}]",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by any CLI flags given."""
+    args: dict[str, Any] = vars(build_parser().parse_args(argv))
+    return Settings(**args)

@@ -1,0 +1,23 @@
+"""Typed keys for everything stored on the aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .executor import Executor
+from .models import LoadedModel
+from .queue import JobQueue
+from .results import ResultStore
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+REDIS = web.AppKey("redis", Redis)
+MODEL = web.AppKey("model", LoadedModel)
+EXECUTOR = web.AppKey("executor", Executor)
+QUEUE = web.AppKey("queue", JobQueue)
+RESULTS = web.AppKey("results", ResultStore)
+WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

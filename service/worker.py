@@ -1,0 +1,140 @@
+"""The queue worker: read a batch, mark it processing, predict, write results and ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import InvalidInput
+from .executor import Executor
+from .models import LoadedModel, Outcome
+from .queue import Entry, JobQueue
+from .results import ResultStore
+from .schemas import Status
+
+log = logging.getLogger(__name__)
+
+_RUNNABLE = (Status.QUEUED, Status.PROCESSING)
+_MAX_BACKOFF_SECONDS = 5.0
+
+
+class Worker:
+    """One consumer of the group. ``step()`` is a single pass; ``run()`` loops it until stopped."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        queue: JobQueue,
+        results: ResultStore,
+        model: LoadedModel,
+        executor: Executor,
+        consumer: str,
+        batch_size: int,
+        block_ms: int,
+        visibility_timeout: float,
+    ) -> None:
+        self._redis = redis
+        self._queue = queue
+        self._results = results
+        self._model = model
+        self._executor = executor
+        self.consumer = consumer
+        self._batch_size = batch_size
+        self._block_ms = block_ms
+        self._visibility_ms = int(visibility_timeout * 1000)
+        self._reclaim_every = visibility_timeout / 2
+        self._next_reclaim = 0.0
+        self._own_pending_done = False
+        self._stopping = asyncio.Event()
+
+    async def step(self) -> int:
+        """Reads one batch (own pending first, then new, then idle ones of others) and runs it."""
+        if not self._own_pending_done:
+            entries = await self._queue.read(self.consumer, self._batch_size, None, own_pending=True)
+            if not entries:
+                self._own_pending_done = True
+                return 0
+        else:
+            entries = []
+            now = time.monotonic()
+            if now >= self._next_reclaim:
+                self._next_reclaim = now + self._reclaim_every
+                entries = await self._queue.reclaim(self.consumer, self._visibility_ms, self._batch_size)
+            if not entries:
+                entries = await self._queue.read(self.consumer, self._batch_size, self._block_ms)
+        if entries:
+            await self.process(entries)
+        return len(entries)
+
+    async def process(self, entries: list[Entry]) -> None:
+        """Marks the batch processing, runs it, then writes every final record and acks, pipelined."""
+        prior = await self._results.mark_processing([e.prediction_id for e in entries], time.time())
+        runnable = [e for e, status in zip(entries, prior, strict=True) if status in _RUNNABLE]
+        outcomes = await self._predict(runnable)
+        finished = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        for entry, outcome in zip(runnable, outcomes, strict=True):
+            await self._results.stage_finish(pipe, entry.prediction_id, outcome, finished)
+        # Jobs already final (a redelivery) or expired are acked without running again.
+        self._queue.stage_ack(pipe, [e.entry_id for e in entries])
+        await pipe.execute()
+        failed = sum(not o.ok for o in outcomes)
+        log.debug("%s finished %d jobs (%d failed)", self.consumer, len(outcomes), failed)
+
+    async def _predict(self, entries: list[Entry]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(entries)
+        values: list[Any] = []
+        slots: list[int] = []
+        for i, entry in enumerate(entries):
+            if entry.model != self._model.name:
+                outcomes[i] = Outcome(ok=False, error=f"Unknown model {entry.model!r}.")
+                continue
+            try:
+                values.append(self._model.validate(orjson.loads(entry.input_json)))
+                slots.append(i)
+            except (InvalidInput, orjson.JSONDecodeError) as exc:
+                outcomes[i] = Outcome(ok=False, error=f"Invalid input: {exc}")
+        if values:
+            for i, outcome in zip(slots, await self._executor.run(self._model.run_batch, values), strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    async def run(self) -> None:
+        """Loops ``step()`` until ``stop()``; a lost Redis is retried with backoff, logged once."""
+        backoff = 0.1
+        outage = False
+        while not self._stopping.is_set():
+            try:
+                await self.step()
+                if outage:
+                    log.info("%s: Redis is back", self.consumer)
+                outage, backoff = False, 0.1
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not outage:
+                    log.warning("%s: Redis unreachable (%s); retrying with backoff", self.consumer, exc)
+                outage = True
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            except Exception:
+                log.exception("%s: unexpected error in worker step", self.consumer)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    async def _sleep(self, seconds: float) -> None:
+        # Waits out a backoff, but wakes at once when asked to stop.
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def stop(self) -> None:
+        """Asks the loop to end after the current step."""
+        self._stopping.set()
