@@ -63,7 +63,7 @@ async def model_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Starts WORKERS consumer tasks; on exit they stop reading, get a grace period, then are cancelled."""
+    """Starts WORKERS consumer tasks; on exit: stop reading, a grace period, then cancel."""
     settings = app[state.SETTINGS]
     workers = [
         Worker(

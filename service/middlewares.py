@@ -25,7 +25,9 @@ _HTTP_MESSAGES = {
 _REDIS_RETRY_AFTER = "1"
 
 
-def _error(status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if detail is not None:
         body["detail"] = detail
@@ -49,7 +51,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("Redis unavailable during %s %s: %s", request.method, request.path, exc)
         return _error(
-            503, "The queue is unavailable; try again shortly.",
+            503,
+            "The queue is unavailable; try again shortly.",
             headers={"Retry-After": _REDIS_RETRY_AFTER},
         )
     except Exception:

@@ -75,7 +75,7 @@ class LoadedModel:
         return self._adapter.json_schema()
 
     def validate(self, raw: Any) -> Any:
-        """The input converted to the model's declared type; InvalidInput (422) if it does not fit."""
+        """The input as the model's declared type; InvalidInput (422) if it does not fit."""
         try:
             return self._adapter.validate_python(raw)
         except ValidationError as exc:
@@ -88,7 +88,9 @@ class LoadedModel:
     def run_one(self, value: Any) -> Outcome:
         """Blocking: predict one validated input. Runs in the executor, never on the loop."""
         try:
-            return Outcome(ok=True, payload=orjson.dumps(self._predict(value), option=_DUMPS_OPTIONS))
+            return Outcome(
+                ok=True, payload=orjson.dumps(self._predict(value), option=_DUMPS_OPTIONS)
+            )
         except Exception as exc:
             log.warning("model %s failed on one item: %s", self.name, exc)
             return _failure(exc)
@@ -109,7 +111,9 @@ class LoadedModel:
                     for out in outputs
                 ]
             except Exception as exc:
-                log.warning("model %s batch of %d failed, retrying items: %s", self.name, len(values), exc)
+                log.warning(
+                    "model %s batch of %d failed, retrying items: %s", self.name, len(values), exc
+                )
         return [self.run_one(value) for value in values]
 
 

@@ -61,7 +61,9 @@ class JobQueue:
     async def ensure_group(self) -> None:
         """Creates the stream and group if missing; from id 0 so no queued job is skipped."""
         try:
-            await self._redis.xgroup_create(self._keys.stream, self._keys.group, id="0", mkstream=True)
+            await self._redis.xgroup_create(
+                self._keys.stream, self._keys.group, id="0", mkstream=True
+            )
             log.info("created consumer group %s on stream %s", self._keys.group, self._keys.stream)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
@@ -78,7 +80,9 @@ class JobQueue:
         )
         await pipe.execute()
 
-    async def read(self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False) -> list[Entry]:
+    async def read(
+        self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False
+    ) -> list[Entry]:
         """New entries for ``consumer`` (or its own unacked ones with ``own_pending``)."""
         reply = await self._redis.xreadgroup(
             self._keys.group,
@@ -103,8 +107,12 @@ class JobQueue:
         cursor: Any = "0-0"
         while len(claimed) < count:
             reply = await self._redis.xautoclaim(
-                self._keys.stream, self._keys.group, consumer, min_idle_ms,
-                start_id=cursor, count=count - len(claimed),
+                self._keys.stream,
+                self._keys.group,
+                consumer,
+                min_idle_ms,
+                start_id=cursor,
+                count=count - len(claimed),
             )
             cursor, raw = reply[0], reply[1]
             gone = _deleted_ids(raw)

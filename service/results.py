@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -45,7 +46,9 @@ class ResultStore:
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH)
 
-    def stage_create(self, pipe: Pipeline, prediction_id: str, fields: dict[str, Any]) -> None:
+    def stage_create(
+        self, pipe: Pipeline, prediction_id: str, fields: Mapping[Any, bytes | str]
+    ) -> None:
         """Adds the commands that write a new record to ``pipe`` (the caller executes it)."""
         key = self._keys.record(prediction_id)
         pipe.hset(key, mapping=fields)
@@ -71,7 +74,7 @@ class ResultStore:
         )
 
     async def get(self, prediction_id: str) -> JobRecord | None:
-        fields = await self._redis.hgetall(self._keys.record(prediction_id))  # type: ignore[misc]
+        fields: Mapping[Any, Any] = await self._redis.hgetall(self._keys.record(prediction_id))
         if not fields:
             return None
         return JobRecord.from_redis(prediction_id, fields)

@@ -15,7 +15,9 @@ from .errors import BadRequest, InvalidInput, NotFound, PredictionFailed, Unsupp
 from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord, PredictRequest, Status
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
@@ -52,7 +54,9 @@ async def _read_body(request: web.Request) -> PredictRequest:
             {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
-        raise InvalidInput("The body must be a JSON object with one field, 'input'.", detail) from None
+        raise InvalidInput(
+            "The body must be a JSON object with one field, 'input'.", detail
+        ) from None
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -61,7 +62,7 @@ class JobRecord(BaseModel):
         }
 
     @classmethod
-    def from_redis(cls, prediction_id: str, fields: dict[bytes, bytes]) -> JobRecord:
+    def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
         result = fields.get(b"result")
         return cls(
             prediction_id=prediction_id,

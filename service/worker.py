@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -58,7 +59,9 @@ class Worker:
     async def step(self) -> int:
         """Reads one batch (own pending first, then new, then idle ones of others) and runs it."""
         if not self._own_pending_done:
-            entries = await self._queue.read(self.consumer, self._batch_size, None, own_pending=True)
+            entries = await self._queue.read(
+                self.consumer, self._batch_size, None, own_pending=True
+            )
             if not entries:
                 self._own_pending_done = True
                 return 0
@@ -67,7 +70,9 @@ class Worker:
             now = time.monotonic()
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self._reclaim_every
-                entries = await self._queue.reclaim(self.consumer, self._visibility_ms, self._batch_size)
+                entries = await self._queue.reclaim(
+                    self.consumer, self._visibility_ms, self._batch_size
+                )
             if not entries:
                 entries = await self._queue.read(self.consumer, self._batch_size, self._block_ms)
         if entries:
@@ -75,7 +80,7 @@ class Worker:
         return len(entries)
 
     async def process(self, entries: list[Entry]) -> None:
-        """Marks the batch processing, runs it, then writes every final record and acks, pipelined."""
+        """Marks the batch processing, runs it, writes each final record and acks (pipelined)."""
         prior = await self._results.mark_processing([e.prediction_id for e in entries], time.time())
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in _RUNNABLE]
         outcomes = await self._predict(runnable)
@@ -103,7 +108,9 @@ class Worker:
             except (InvalidInput, orjson.JSONDecodeError) as exc:
                 outcomes[i] = Outcome(ok=False, error=f"Invalid input: {exc}")
         if values:
-            for i, outcome in zip(slots, await self._executor.run(self._model.run_batch, values), strict=True):
+            for i, outcome in zip(
+                slots, await self._executor.run(self._model.run_batch, values), strict=True
+            ):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
@@ -119,7 +126,9 @@ class Worker:
                 outage, backoff = False, 0.1
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not outage:
-                    log.warning("%s: Redis unreachable (%s); retrying with backoff", self.consumer, exc)
+                    log.warning(
+                        "%s: Redis unreachable (%s); retrying with backoff", self.consumer, exc
+                    )
                 outage = True
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
@@ -130,10 +139,8 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         # Waits out a backoff, but wakes at once when asked to stop.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def stop(self) -> None:
         """Asks the loop to end after the current step."""

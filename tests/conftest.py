@@ -1,0 +1,95 @@
+"""A real redis-server for the session, a clean database per test, and app builders."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from service.app import create_app
+from service.embedded import RedisServer
+from service.settings import Settings
+
+from . import models as test_models
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the whole session, found the same way the service finds it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, its database emptied for this test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+async def rds(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain client for looking at what the service wrote."""
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _reset_test_models() -> Iterator[None]:
+    test_models.reset()
+    yield
+    test_models.release()
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test app: fast polling, one worker, overridable per test."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_url,
+            "workers": 1,
+            "read_block_ms": 50,
+            "shutdown_grace_seconds": 2,
+            "data_dir": tmp_path,
+            "consumer_name": "test",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Callable[..., Settings]) -> ClientFactory:
+    async def make(**overrides: Any) -> TestClient:
+        return await aiohttp_client(create_app(settings(**overrides)))  # type: ignore[no-any-return]
+
+    return make
+
+
+async def poll(
+    check: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Calls ``check`` until it returns something truthy; fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last value: {value!r})")
+        await asyncio.sleep(interval)

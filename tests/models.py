@@ -1,0 +1,57 @@
+"""Small models for the tests, loaded through MODEL='tests.models:<name>' like a user's."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+calls: Counter[str] = Counter()
+gate = threading.Event()
+started = threading.Event()
+
+GATE_TIMEOUT = 30.0
+SLOW_SECONDS = 2.0
+
+
+def reset() -> None:
+    calls.clear()
+    gate.clear()
+    started.clear()
+
+
+def release() -> None:
+    gate.set()
+
+
+def echo(value: Any) -> Any:
+    """Answers its input; counts calls per input so tests can see re-runs."""
+    calls[repr(value)] += 1
+    return {"echo": value}
+
+
+class Fragile:
+    """Text model that raises on 'boom' and answers the length otherwise."""
+
+    input_type = str
+
+    def predict(self, text: str) -> dict[str, int]:
+        calls[text] += 1
+        if text == "boom":
+            raise RuntimeError("the model exploded")
+        return {"length": len(text)}
+
+
+def gated(value: Any) -> Any:
+    """Blocks until a test opens the gate, so a test can look at a job mid-run."""
+    started.set()
+    if not gate.wait(GATE_TIMEOUT):
+        raise TimeoutError("gate never opened")
+    return {"echo": value}
+
+
+def slow(value: Any) -> Any:
+    """A two-second model call."""
+    started.set()
+    threading.Event().wait(SLOW_SECONDS)  # blocks the calling thread like real model work
+    return {"echo": value}

@@ -1,0 +1,102 @@
+"""Every malformed request is a 4xx in the JSON error shape, and nothing bad is queued."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from .conftest import ClientFactory
+
+JSON = {"Content-Type": "application/json"}
+
+CASES: list[tuple[str, str, str, dict[str, str], bytes, int]] = [
+    ("malformed json", "POST", "/predict", JSON, b'{"input": ', 400),
+    ("not utf-8", "POST", "/predict", JSON, b'{"input": "\xff\xfe"}', 400),
+    ("body is a list", "POST", "/predict", JSON, b'["text"]', 422),
+    ("missing input", "POST", "/predict", JSON, b"{}", 422),
+    ("extra field", "POST", "/predict", JSON, b'{"input": "hi", "other": 1}', 422),
+    ("input a number", "POST", "/predict", JSON, b'{"input": 5}', 422),
+    ("input null", "POST", "/predict", JSON, b'{"input": null}', 422),
+    ("input a list", "POST", "/predict", JSON, b'{"input": ["hi"]}', 422),
+    ("empty text", "POST", "/predict", JSON, b'{"input": ""}', 422),
+    ("blank text", "POST", "/predict", JSON, b'{"input": "   "}', 422),
+    (
+        "form content type",
+        "POST",
+        "/predict",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        b"input=hi",
+        415,
+    ),
+    (
+        "text content type",
+        "POST",
+        "/predict",
+        {"Content-Type": "text/plain"},
+        b'{"input": "hi"}',
+        415,
+    ),
+    ("no content type", "POST", "/predict", {}, b'{"input": "hi"}', 415),
+    ("bad async-mode", "POST", "/predict", {**JSON, "Async-Mode": "yes"}, b'{"input": "hi"}', 400),
+    ("empty async-mode", "POST", "/predict", {**JSON, "Async-Mode": ""}, b'{"input": "hi"}', 400),
+    ("unknown route", "GET", "/nowhere", {}, b"", 404),
+    ("wrong method on /predict", "GET", "/predict", {}, b"", 405),
+    ("wrong method on a prediction", "DELETE", "/predict/x", {}, b"", 405),
+    ("put on /predict", "PUT", "/predict", JSON, b'{"input": "hi"}', 405),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_bad_request_is_json_4xx_and_queues_nothing(
+    make_client: ClientFactory,
+    rds: Redis,
+    mode: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    client = await make_client(workers=0)
+    if mode == "async" and "Async-Mode" not in headers:
+        headers = {**headers, "Async-Mode": "true"}
+    resp = await client.request(method, path, headers=headers, data=body)
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    payload: dict[str, Any] = await resp.json()
+    assert isinstance(payload["error"], str) and payload["error"]
+    assert await rds.xlen("predictions") == 0
+    assert await rds.keys("prediction:*") == []
+
+
+async def test_validation_errors_name_the_field(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.post("/predict", json={"input": 5})
+    detail = (await resp.json())["detail"]
+    assert detail[0]["loc"] == ["input"]
+    assert detail[0]["type"] == "string_type"
+    resp = await client.post("/predict", json={"text": "hi"})
+    locs = [d["loc"] for d in (await resp.json())["detail"]]
+    assert ["input"] in locs and ["text"] in locs
+
+
+async def test_body_over_the_limit_is_413_json(make_client: ClientFactory) -> None:
+    client = await make_client()
+    body = io.BytesIO(b'{"input": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    resp = await client.post("/predict", data=body, headers=JSON)
+    assert resp.status == 413
+    assert "larger than" in (await resp.json())["error"]
+
+
+async def test_405_names_the_allowed_method(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.get("/predict")
+    assert resp.headers["Allow"] == "POST"

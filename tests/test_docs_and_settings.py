@@ -1,0 +1,83 @@
+"""The Swagger page and its spec; settings from env and CLI."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from service.settings import Settings, load_settings
+
+from .conftest import ClientFactory
+
+
+async def test_docs_page_loads_with_local_assets_only(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.get("/docs/")
+    assert resp.status == 200
+    html = await resp.text()
+    assert "swagger-ui" in html
+    assert '"validatorUrl": null' in html
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(not a.startswith(("http:", "https:", "//")) for a in assets)
+    for asset in assets:
+        assert (await client.get("/docs/" + asset.removeprefix("./"))).status == 200
+
+
+async def test_spec_documents_every_route_header_and_error(make_client: ClientFactory) -> None:
+    client = await make_client()
+    spec = await (await client.get("/docs/swagger.json")).json()
+    post = spec["paths"]["/predict"]["post"]
+    assert post["parameters"][0]["$ref"] == "#/components/parameters/AsyncMode"
+    assert spec["components"]["parameters"]["AsyncMode"]["name"] == "Async-Mode"
+    assert {"200", "202", "400", "413", "415", "422", "500", "503"} <= set(post["responses"])
+    assert "Location" in post["responses"]["202"]["headers"]
+    get = spec["paths"]["/predict/{prediction_id}"]["get"]
+    assert {"200", "404"} <= set(get["responses"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["PredictRequest"]["additionalProperties"] is False
+    assert set(schemas["Prediction"]["properties"]["status"]["enum"]) == {
+        "queued",
+        "processing",
+        "done",
+        "failed",
+    }
+
+
+def test_settings_come_from_env_and_flags_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("WORKERS", "3")
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/2")
+    settings = load_settings(["--workers", "0", "--model", "tests.models:echo"])
+    assert settings.port == 9000
+    assert settings.workers == 0
+    assert settings.model == "tests.models:echo"
+    assert settings.redis_url == "redis://example:6379/2"
+
+
+def test_defaults_work_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    settings = Settings()
+    assert settings.port == 8080
+    assert settings.redis_url is None
+    assert settings.result_ttl_seconds == 3600
+    assert settings.model == "service.sentiment:VaderSentiment"
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    out = " ".join(out.split())  # argparse wraps lines at the terminal width
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in out
+        assert f"env {name.upper()}" in out
+    assert "default: 8080" in out
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        load_settings(["--workers", "-1"])

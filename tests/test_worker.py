@@ -1,0 +1,116 @@
+"""The worker's single pass, reclaiming idle entries, redelivery, and a free event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from service import state
+from service.queue import Entry
+from service.worker import Worker
+
+from . import models
+from .conftest import ClientFactory, poll
+from .test_api import submit
+
+
+def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60.0) -> Worker:
+    app = client.server.app
+    return Worker(
+        redis=app[state.REDIS],
+        queue=app[state.QUEUE],
+        results=app[state.RESULTS],
+        model=app[state.MODEL],
+        executor=app[state.EXECUTOR],
+        consumer=consumer,
+        batch_size=8,
+        block_ms=10,
+        visibility_timeout=visibility_timeout,
+    )
+
+
+async def record(rds: Redis, prediction_id: str) -> dict[bytes, bytes]:
+    return await rds.hgetall(f"prediction:{prediction_id}")  # type: ignore[no-any-return]
+
+
+async def test_step_runs_a_batch_in_one_model_call_per_item(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    ids = [await submit(client, f"item {i}") for i in range(3)]
+    worker = worker_for(client, "stepper")
+    assert await worker.step() == 0  # first pass: own pending, none yet
+    assert await worker.step() == 3
+    for i, prediction_id in enumerate(ids):
+        fields = await record(rds, prediction_id)
+        assert fields[b"status"] == b"done"
+        assert fields[b"result"] == f'{{"echo":"item {i}"}}'.encode()
+    assert models.calls == {repr(f"item {i}"): 1 for i in range(3)}
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+
+
+async def test_a_new_worker_first_works_off_its_own_pending_entries(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(client, "left behind")
+    # The same consumer read it in an earlier life and died before acking.
+    await rds.xreadgroup("workers", "restarted", {"predictions": ">"}, count=10)
+    worker = worker_for(client, "restarted")
+    assert await worker.step() == 1
+    assert (await record(rds, prediction_id))[b"status"] == b"done"
+
+
+async def test_entries_idle_in_a_dead_consumer_are_reclaimed(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(client, "orphan")
+    await rds.xreadgroup("workers", "ghost", {"predictions": ">"}, count=10)
+    worker = worker_for(client, "rescuer", visibility_timeout=0.05)
+
+    async def done() -> bool:
+        await worker.step()
+        return (await record(rds, prediction_id)).get(b"status") == b"done"
+
+    await poll(done)
+    assert models.calls[repr("orphan")] == 1
+    pending = await rds.xpending("predictions", "workers")
+    assert pending["pending"] == 0
+
+
+async def test_a_redelivered_final_job_is_acked_without_running_again(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(client, "once")
+    worker = worker_for(client, "w")
+    reply = await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    entry = Entry(entry_id, prediction_id, fields[b"model"].decode(), fields[b"input"])
+    await worker.process([entry])
+    first = await record(rds, prediction_id)
+    await worker.process([entry])  # as if the ack had been lost and the entry came back
+    assert await record(rds, prediction_id) == first
+    assert models.calls[repr("once")] == 1
+
+
+async def test_a_two_second_model_call_does_not_delay_a_get(make_client: ClientFactory) -> None:
+    client = await make_client(workers=0, model="tests.models:slow")
+    post = asyncio.create_task(client.post("/predict", json={"input": "slow"}))
+
+    async def model_running() -> bool:
+        return models.started.is_set()
+
+    await poll(model_running)
+    began = time.monotonic()
+    resp = await client.get(f"/predict/{uuid.uuid4()}")
+    elapsed = time.monotonic() - began
+    assert resp.status == 404
+    assert not post.done(), "the GET should finish while the model is still running"
+    assert elapsed < models.SLOW_SECONDS / 2
+    assert (await post).status == 200
