@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from .app import create_app
+from .errors import ModelLoadError
 from .settings import load_settings
 
 
@@ -20,14 +21,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        print=lambda msg: logging.getLogger("service").info(msg.strip()),
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_grace_seconds,
+            print=lambda msg: logging.getLogger("service").info(msg.strip()),
+        )
+    except ModelLoadError as exc:
+        # One clear line naming the model and the cause; no traceback.
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

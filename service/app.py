@@ -6,27 +6,45 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
-from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
 
-from . import __version__, state
+from . import state
 from .connection import connect
+from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
 from .executor import Executor
 from .keys import Keys
 from .middlewares import error_middleware
-from .models import load_model
+from .model_routes import get_model, list_models
+from .models import ModelRegistry, model_configs
 from .queue import JobQueue
 from .results import ResultStore
-from .routes import get_prediction, predict
+from .routes import get_prediction, predict, predict_with_model
 from .settings import Settings
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-_COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
+
+async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Loads every model once (first, so a bad model stops startup before anything else)."""
+    settings = app[state.SETTINGS]
+    configs, default = model_configs(settings)
+    # Loading reads files and builds large objects: keep it off the loop.
+    registry = await asyncio.to_thread(ModelRegistry.load, configs, default)
+    executor = Executor(
+        settings.executor_threads,
+        settings.process_workers,
+        [c for c in configs if c.execution == "process"],
+    )
+    await executor.warm_up()
+    add_model_schemas(app[state.OPENAPI_SPEC], registry)
+    app[state.MODELS] = registry
+    app[state.EXECUTOR] = executor
+    yield
+    executor.shutdown()
+    await asyncio.to_thread(registry.teardown)
 
 
 async def embedded_redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -52,16 +70,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
-async def model_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[state.SETTINGS]
-    executor = Executor(settings.executor_threads)
-    # Loading may read files or build large objects: keep it off the loop too.
-    app[state.MODEL] = await executor.run(load_model, settings.model)
-    app[state.EXECUTOR] = executor
-    yield
-    executor.shutdown()
-
-
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Starts WORKERS consumer tasks; on exit: stop reading, a grace period, then cancel."""
     settings = app[state.SETTINGS]
@@ -70,7 +78,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             redis=app[state.REDIS],
             queue=app[state.QUEUE],
             results=app[state.RESULTS],
-            model=app[state.MODEL],
+            models=app[state.MODELS],
             executor=app[state.EXECUTOR],
             consumer=f"{settings.consumer_name}-{i}",
             batch_size=settings.max_batch_size,
@@ -95,37 +103,25 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
                 await task
 
 
-def _add_routes(app: web.Application) -> None:
-    docs = SwaggerDocs(
-        app,
-        validate=False,
-        info=SwaggerInfo(
-            title="Model service",
-            version=__version__,
-            description="Predictions from a model, answered at once or queued on a Redis Stream.",
-        ),
-        components=str(_COMPONENTS),
-        # No external validator: the page must work without internet access.
-        swagger_ui_settings=SwaggerUiSettings(path="/docs/", validatorUrl=None),
-    )
-    docs.add_routes(
-        [
-            web.post("/predict", predict),
-            web.get("/predict/{prediction_id}", get_prediction, allow_head=False),
-        ]
-    )
-
-
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
     app = web.Application(middlewares=[error_middleware])
     app[state.SETTINGS] = settings
+    app.cleanup_ctx.append(models_ctx)
     if settings.redis_url:
         app[state.REDIS_URL] = settings.redis_url
     else:
         app.cleanup_ctx.append(embedded_redis_ctx)
     app.cleanup_ctx.append(redis_ctx)
-    app.cleanup_ctx.append(model_ctx)
     app.cleanup_ctx.append(workers_ctx)
-    _add_routes(app)
+    app[state.OPENAPI_SPEC] = setup_docs(
+        app,
+        [
+            web.post("/predict", predict),
+            web.get("/predict/{prediction_id}", get_prediction, allow_head=False),
+            web.get("/models", list_models, allow_head=False),
+            web.get("/models/{name}", get_model, allow_head=False),
+            web.post("/models/{name}/predict", predict_with_model),
+        ],
+    )
     return app

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from .keys import Keys
-from .models import Outcome
+from .models.base import Outcome
 from .schemas import JobRecord, Status
 
 # Marks a queued (or re-delivered, still unfinished) job as processing and answers the

@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +30,23 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         "service.sentiment:VaderSentiment",
-        description="Model import spec 'module:attr' (a callable, class or instance).",
+        description="The model named 'default': 'module:attr', or a .joblib/.pkl/.onnx file. "
+        "Empty: none.",
+    )
+    models: str = Field(
+        "", description="More models, as 'name=spec,name=spec' (same spec forms as MODEL)."
+    )
+    models_file: Path | None = Field(
+        None, description="TOML file of models: [models.NAME] spec=..., execution=...."
+    )
+    default_model: str = Field("default", description="Name of the model POST /predict uses.")
+    execution: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where model code runs: 'thread' (numpy, scikit-learn, onnxruntime) or "
+        "'process' (pure-Python, GIL-bound models).",
+    )
+    process_workers: int = Field(
+        2, ge=1, description="Processes of the pool for models with execution 'process'."
     )
     workers: int = Field(
         2, ge=0, description="Queue worker tasks in this process; 0 makes an API-only replica."

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
 
 from .executor import Executor
-from .models import LoadedModel
+from .models import ModelRegistry
 from .queue import JobQueue
 from .results import ResultStore
 from .settings import Settings
@@ -16,8 +17,9 @@ from .settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
-MODEL = web.AppKey("model", LoadedModel)
+MODELS = web.AppKey("models", ModelRegistry)
 EXECUTOR = web.AppKey("executor", Executor)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
+OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NotFound
 from .executor import Executor
-from .models import LoadedModel, Outcome
+from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
 from .results import ResultStore
 from .schemas import Status
@@ -35,7 +35,7 @@ class Worker:
         redis: Redis,
         queue: JobQueue,
         results: ResultStore,
-        model: LoadedModel,
+        models: ModelRegistry,
         executor: Executor,
         consumer: str,
         batch_size: int,
@@ -45,7 +45,7 @@ class Worker:
         self._redis = redis
         self._queue = queue
         self._results = results
-        self._model = model
+        self._models = models
         self._executor = executor
         self.consumer = consumer
         self._batch_size = batch_size
@@ -95,24 +95,27 @@ class Worker:
         log.debug("%s finished %d jobs (%d failed)", self.consumer, len(outcomes), failed)
 
     async def _predict(self, entries: list[Entry]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(entries)
-        values: list[Any] = []
-        slots: list[int] = []
+        """Outcomes in entry order; entries are grouped per model, one batch call per model."""
+        outcomes: list[Outcome] = [Outcome(ok=False)] * len(entries)
+        groups: dict[str, tuple[list[int], list[Any]]] = {}
         for i, entry in enumerate(entries):
-            if entry.model != self._model.name:
-                outcomes[i] = Outcome(ok=False, error=f"Unknown model {entry.model!r}.")
-                continue
             try:
-                values.append(self._model.validate(orjson.loads(entry.input_json)))
-                slots.append(i)
-            except (InvalidInput, orjson.JSONDecodeError) as exc:
+                model = self._models.get(entry.model)
+                value = model.validate(orjson.loads(entry.input_json))
+            except (NotFound, InvalidInput) as exc:
+                outcomes[i] = Outcome(ok=False, error=exc.message)
+                continue
+            except orjson.JSONDecodeError as exc:
                 outcomes[i] = Outcome(ok=False, error=f"Invalid input: {exc}")
-        if values:
-            for i, outcome in zip(
-                slots, await self._executor.run(self._model.run_batch, values), strict=True
-            ):
+                continue
+            slots, values = groups.setdefault(entry.model, ([], []))
+            slots.append(i)
+            values.append(value)
+        for name, (slots, values) in groups.items():
+            results = await self._executor.run_batch(self._models.get(name), values)
+            for i, outcome in zip(slots, results, strict=True):
                 outcomes[i] = outcome
-        return [o for o in outcomes if o is not None]
+        return outcomes
 
     async def run(self) -> None:
         """Loops ``step()`` until ``stop()``; a lost Redis is retried with backoff, logged once."""

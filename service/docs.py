@@ -1,0 +1,93 @@
+"""The OpenAPI spec and Swagger UI at /docs, with each loaded model's input schema."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
+
+from . import __version__
+from .models import ModelRegistry
+
+_COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
+
+
+def setup_docs(app: web.Application, routes: list[web.RouteDef]) -> dict[str, Any]:
+    """Adds ``routes`` with their docstring specs and the UI; answers the live spec dict."""
+    docs = SwaggerDocs(
+        app,
+        validate=False,
+        info=SwaggerInfo(
+            title="Model service",
+            version=__version__,
+            description="Predictions from your models, answered at once or queued on a "
+            'Redis Stream. Every error is JSON: {"error": "..."}.',
+        ),
+        components=str(_COMPONENTS),
+        # No external validator: the page must work without internet access.
+        swagger_ui_settings=SwaggerUiSettings(path="/docs/", validatorUrl=None),
+    )
+    docs.add_routes(routes)
+    return docs.spec
+
+
+def _to_openapi30(schema: Any, defs_prefix: str) -> Any:
+    """A pydantic (JSON Schema 2020-12) schema rewritten in the OpenAPI 3.0 dialect."""
+    if isinstance(schema, list):
+        return [_to_openapi30(item, defs_prefix) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _to_openapi30(v, defs_prefix) for k, v in schema.items() if k != "$defs"}
+    if "$ref" in out and out["$ref"].startswith("#/$defs/"):
+        out["$ref"] = "#/components/schemas/" + defs_prefix + out["$ref"].removeprefix("#/$defs/")
+    for key in ("anyOf", "oneOf"):
+        options = out.get(key)
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            out.pop(key)
+            out.update(rest[0] if len(rest) == 1 else {key: rest})
+            out["nullable"] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), int | float) and not isinstance(out[bound], bool):
+            out[plain], out[bound] = out[bound], True
+    out.pop("prefixItems", None)
+    return out
+
+
+def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
+    """Documents ``POST /models/<name>/predict`` for each model with its own input schema."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    template = spec["paths"]["/models/{name}/predict"]["post"]
+    for name, model in registry.models.items():
+        prefix = f"model_{name}_"
+        raw = model.input_schema
+        for def_name, definition in raw.get("$defs", {}).items():
+            schemas[prefix + def_name] = _to_openapi30(definition, prefix)
+        input_schema = _to_openapi30(raw, prefix)
+        input_schema.setdefault("description", f"Input of model {name!r} ({model.kind}).")
+        schemas[f"{prefix}request"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["input"],
+            "properties": {"input": input_schema},
+        }
+        operation = copy.deepcopy(template)
+        operation["summary"] = f"Predict with model {name!r} ({model.kind})"
+        operation["parameters"] = [
+            p for p in operation["parameters"] if p["$ref"] != "#/components/parameters/ModelName"
+        ]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{prefix}request"}}
+            },
+        }
+        operation["operationId"] = f"predict_{name}"
+        spec["paths"][f"/models/{name}/predict"] = {"post": operation}
+        if name == registry.default:
+            spec["paths"]["/predict"]["post"]["requestBody"] = operation["requestBody"]

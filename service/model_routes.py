@@ -1,0 +1,50 @@
+"""Handlers that describe the models this replica serves."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import state
+from .web_io import json_response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: The models this service answers for
+    tags: [models]
+    responses:
+      "200":
+        description: Model names and the default one.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/ModelList"}
+    """
+    return json_response(request.app[state.MODELS].describe())
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: One model's kind, version, input and output schema, and batch settings
+    tags: [models]
+    parameters:
+      - $ref: "#/components/parameters/ModelName"
+    responses:
+      "200":
+        description: The model.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/ModelInfo"}
+      "404": {$ref: "#/components/responses/NotFound"}
+    """
+    registry = request.app[state.MODELS]
+    model = registry.get(request.match_info["name"])
+    settings = request.app[state.SETTINGS]
+    return json_response(
+        {
+            **model.describe(),
+            "default": model.name == registry.default,
+            "batch": {"max_batch_size": settings.max_batch_size},
+        }
+    )

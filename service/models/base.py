@@ -1,0 +1,134 @@
+"""What every loaded model offers the service: input checks, one item or a batch, JSON out."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One item's result: ``payload`` is the output as JSON when ``ok``, else ``error`` says why."""
+
+    ok: bool
+    payload: bytes = b"null"
+    error: str = ""
+
+
+def file_digest(path: Path) -> str:
+    """Short content hash of a model file, part of its version string."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def failure(exc: BaseException) -> Outcome:
+    return Outcome(ok=False, error=f"Prediction failed: {type(exc).__name__}: {exc}")
+
+
+def success(output: Any) -> Outcome:
+    return Outcome(ok=True, payload=orjson.dumps(output, option=_DUMPS_OPTIONS))
+
+
+class Model:
+    """A model ready to call. Kinds subclass it and implement ``predict`` (and maybe
+    ``predict_batch``); the service only ever calls ``validate``, ``run_one``, ``run_batch``.
+    """
+
+    kind = "python"
+    #: "thread" (default) or "process": where the model's code runs.
+    execution = "thread"
+
+    def __init__(self, name: str, spec: str, input_type: Any, version: str) -> None:
+        self.name = name
+        self.spec = spec
+        self.version = version
+        self._adapter: TypeAdapter[Any] = TypeAdapter(input_type)
+
+    # -- what a kind implements ------------------------------------------------------------
+    def predict(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def predict_batch(self, values: list[Any]) -> Sequence[Any] | None:
+        """Outputs for many inputs in one call, or None when the kind cannot batch."""
+        return None
+
+    def output_schema(self) -> dict[str, Any]:
+        return {}
+
+    def setup(self) -> None:
+        """Called once after loading, in the process that will run the model."""
+
+    def teardown(self) -> None:
+        """Called once at shutdown."""
+
+    # -- what the service calls ------------------------------------------------------------
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        return self._adapter.json_schema()
+
+    def validate(self, raw: Any) -> Any:
+        """The input as the model's declared type; InvalidInput (422) if it does not fit."""
+        try:
+            return self._adapter.validate_python(raw)
+        except ValidationError as exc:
+            detail = [
+                {"loc": ["input", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+                for err in exc.errors(include_url=False, include_context=False)
+            ]
+            raise InvalidInput(
+                f"The input does not fit the schema of model {self.name!r}.", detail
+            ) from None
+
+    def run_one(self, value: Any) -> Outcome:
+        """Blocking: predict one validated input. Runs in the executor, never on the loop."""
+        try:
+            return success(self.predict(value))
+        except Exception as exc:
+            log.warning("model %s failed on one item: %s", self.name, exc)
+            return failure(exc)
+
+    def run_batch(self, values: list[Any]) -> list[Outcome]:
+        """Blocking: predict many inputs, one call when the model batches.
+
+        If the batch call raises (or answers the wrong count), each item is run alone so
+        that only the bad item fails.
+        """
+        if len(values) > 1:
+            try:
+                outputs = self.predict_batch(values)
+                if outputs is not None:
+                    outputs = list(outputs)
+                    if len(outputs) != len(values):
+                        raise ValueError(f"{len(outputs)} outputs for {len(values)} inputs")
+                    return [success(out) for out in outputs]
+            except Exception as exc:
+                log.warning(
+                    "model %s: batch of %d failed, running items alone: %s",
+                    self.name,
+                    len(values),
+                    exc,
+                )
+        return [self.run_one(value) for value in values]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "spec": self.spec,
+            "version": self.version,
+            "execution": self.execution,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema(),
+        }

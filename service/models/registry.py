@@ -1,0 +1,106 @@
+"""Which models a replica serves: names, specs, the default; and looking them up by name."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError, NotFound
+from ..settings import Settings
+from .base import Model
+from .loader import FILE_SUFFIXES, load_model
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXECUTIONS = ("thread", "process")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    spec: str
+    execution: str
+
+
+def _check(config: ModelConfig) -> ModelConfig:
+    if not _NAME.match(config.name):
+        raise ModelLoadError(f"model name {config.name!r}: use letters, digits, '_', '.', '-'")
+    if config.execution not in EXECUTIONS:
+        raise ModelLoadError(f"model {config.name!r}: execution must be one of {EXECUTIONS}")
+    return config
+
+
+def _from_file(path: Path, execution: str) -> tuple[dict[str, ModelConfig], str | None]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelLoadError(f"models file {path}: {exc}") from exc
+    configs: dict[str, ModelConfig] = {}
+    for name, entry in data.get("models", {}).items():
+        if isinstance(entry, str):
+            entry = {"spec": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("spec"), str):
+            raise ModelLoadError(f"models file {path}: model {name!r} needs a 'spec' string")
+        spec = entry["spec"]
+        if spec.lower().endswith(FILE_SUFFIXES) and not Path(spec).is_absolute():
+            spec = str(path.parent / spec)  # model files are found next to the models file
+        configs[name] = ModelConfig(name, spec, entry.get("execution", execution))
+    default = data.get("default_model")
+    return configs, default if isinstance(default, str) else None
+
+
+def model_configs(settings: Settings) -> tuple[list[ModelConfig], str]:
+    """Every configured model and the default's name: MODEL (named 'default'), then the
+    models file, then MODELS ('name=spec,...'); a later entry with the same name wins.
+    """
+    configs: dict[str, ModelConfig] = {}
+    if settings.model:
+        configs["default"] = ModelConfig("default", settings.model, settings.execution)
+    default = settings.default_model
+    if settings.models_file is not None:
+        from_file, file_default = _from_file(settings.models_file, settings.execution)
+        configs.update(from_file)
+        if file_default and "default_model" not in settings.model_fields_set:
+            default = file_default
+    for pair in filter(None, (p.strip() for p in settings.models.split(","))):
+        name, sep, spec = pair.partition("=")
+        if not sep or not spec.strip():
+            raise ModelLoadError(f"MODELS entry {pair!r} is not of the form name=spec")
+        configs[name.strip()] = ModelConfig(name.strip(), spec.strip(), settings.execution)
+    if not configs:
+        raise ModelLoadError("no model configured: set MODEL, MODELS or MODELS_FILE")
+    if default not in configs:
+        raise ModelLoadError(f"default model {default!r} is not among {sorted(configs)}")
+    return [_check(c) for c in configs.values()], default
+
+
+class ModelRegistry:
+    """The loaded models of this replica, by name."""
+
+    def __init__(self, models: dict[str, Model], default: str) -> None:
+        self.models = models
+        self.default = default
+
+    @classmethod
+    def load(cls, configs: list[ModelConfig], default: str) -> ModelRegistry:
+        models = {
+            c.name: load_model(c.name, c.spec, c.execution, setup=c.execution == "thread")
+            for c in configs
+        }
+        return cls(models, default)
+
+    def get(self, name: str | None = None) -> Model:
+        model = self.models.get(self.default if name is None else name)
+        if model is None:
+            raise NotFound(f"Unknown model {name!r}.")
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {"models": sorted(self.models), "default": self.default}
+
+    def teardown(self) -> None:
+        for model in self.models.values():
+            if model.execution == "thread":
+                model.teardown()

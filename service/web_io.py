@@ -1,0 +1,56 @@
+"""Reading requests and writing JSON answers: the parsing every handler shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from .errors import BadRequest, InvalidInput, UnsupportedMediaType
+from .schemas import PredictRequest
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def async_mode(request: web.Request) -> bool:
+    raw = request.headers.get("Async-Mode")
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in ("true", "false"):
+        raise BadRequest(f"Async-Mode must be 'true' or 'false', not {raw!r}.")
+    return value == "true"
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+async def read_predict_body(request: web.Request) -> PredictRequest:
+    if not _is_json(request.content_type):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+    try:
+        return PredictRequest.model_validate(data)
+    except ValidationError as exc:
+        detail = [
+            {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise InvalidInput(
+            "The body must be a JSON object with one field, 'input'.", detail
+        ) from None
