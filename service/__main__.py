@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from .app import create_app
 from .errors import ModelLoadError
@@ -14,7 +15,14 @@ from .settings import load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = load_settings(argv)
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: bad settings: {problems}", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

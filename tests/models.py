@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from typing import Any
@@ -55,3 +56,21 @@ def slow(value: Any) -> Any:
     started.set()
     threading.Event().wait(SLOW_SECONDS)  # blocks the calling thread like real model work
     return {"echo": value}
+
+
+def whoami(value: Any) -> dict[str, int]:
+    """Answers the process id it ran in (to tell thread from process execution)."""
+    return {"pid": os.getpid(), "value": value}
+
+
+class WithHooks:
+    """Needs its setup() hook to have run before predict works."""
+
+    input_type = int
+
+    def setup(self) -> None:
+        self.offset = 1000
+        self.setup_pid = os.getpid()
+
+    def predict(self, value: int) -> dict[str, int]:
+        return {"value": value + self.offset, "setup_pid": self.setup_pid, "pid": os.getpid()}

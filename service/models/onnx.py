@@ -11,7 +11,7 @@ from pydantic import Strict
 
 from ..errors import ModelLoadError
 from .base import Model, file_digest
-from .tabular import MAX_ROWS, regroup
+from .tabular import MAX_ROWS, flatten, one_or_many, regroup
 
 try:
     import numpy as np
@@ -38,13 +38,6 @@ def _nested(element: Any, dims: Sequence[Any]) -> Any:
         bounds = Len(dim, dim) if isinstance(dim, int) and dim > 0 else Len(1, None)
         out = Annotated[list[out], bounds]  # type: ignore[valid-type]
     return out
-
-
-def _depth(value: Any) -> int:
-    depth = 0
-    while isinstance(value, list) and value:
-        value, depth = value[0], depth + 1
-    return depth
 
 
 class OnnxModel(Model):
@@ -79,8 +72,7 @@ class OnnxModel(Model):
         self.input_shape = shape
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._item_depth = len(shape) - 1
-        item = _nested(element, shape[1:])
-        input_type = item | Annotated[list[item], Len(1, MAX_ROWS)]  # type: ignore[valid-type]
+        input_type = one_or_many(_nested(element, shape[1:]), self._item_depth)
         meta = self.session.get_modelmeta()
         version = (
             f"{meta.graph_name or 'graph'}; producer {meta.producer_name} {meta.version}; "
@@ -92,16 +84,7 @@ class OnnxModel(Model):
         return self.predict_batch([value])[0]
 
     def predict_batch(self, values: list[Any]) -> Sequence[Any]:
-        items: list[Any] = []
-        spans: list[tuple[int, int, bool]] = []
-        for value in values:
-            single = _depth(value) == self._item_depth
-            start = len(items)
-            if single:
-                items.append(value)
-            else:
-                items.extend(value)
-            spans.append((start, len(items), single))
+        items, spans = flatten(values, self._item_depth)
         feed = {self.input_name: np.asarray(items, dtype=self._dtype)}
         outputs = self.session.run(None, feed)
         per_item = [

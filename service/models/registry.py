@@ -52,25 +52,31 @@ def _from_file(path: Path, execution: str) -> tuple[dict[str, ModelConfig], str 
 
 
 def model_configs(settings: Settings) -> tuple[list[ModelConfig], str]:
-    """Every configured model and the default's name: MODEL (named 'default'), then the
-    models file, then MODELS ('name=spec,...'); a later entry with the same name wins.
+    """Every configured model and the default's name.
+
+    Models come from the models file, then MODELS ('name=spec,...'; a later entry with the
+    same name wins). MODEL is served as 'default' when set explicitly or when nothing else
+    is configured. The default is DEFAULT_MODEL if set, else the file's default_model,
+    else 'default', else the first model.
     """
     configs: dict[str, ModelConfig] = {}
-    if settings.model:
-        configs["default"] = ModelConfig("default", settings.model, settings.execution)
-    default = settings.default_model
+    file_default = None
     if settings.models_file is not None:
-        from_file, file_default = _from_file(settings.models_file, settings.execution)
-        configs.update(from_file)
-        if file_default and "default_model" not in settings.model_fields_set:
-            default = file_default
+        configs, file_default = _from_file(settings.models_file, settings.execution)
     for pair in filter(None, (p.strip() for p in settings.models.split(","))):
         name, sep, spec = pair.partition("=")
         if not sep or not spec.strip():
             raise ModelLoadError(f"MODELS entry {pair!r} is not of the form name=spec")
         configs[name.strip()] = ModelConfig(name.strip(), spec.strip(), settings.execution)
+    explicit = settings.model_fields_set
+    if settings.model and ("model" in explicit or not configs):
+        configs = {"default": ModelConfig("default", settings.model, settings.execution), **configs}
     if not configs:
         raise ModelLoadError("no model configured: set MODEL, MODELS or MODELS_FILE")
+    if "default_model" in explicit:
+        default = settings.default_model
+    else:
+        default = file_default or ("default" if "default" in configs else next(iter(configs)))
     if default not in configs:
         raise ModelLoadError(f"default model {default!r} is not among {sorted(configs)}")
     return [_check(c) for c in configs.values()], default

@@ -1,0 +1,229 @@
+"""Bring your own model: Python, scikit-learn and ONNX, several at once, input validated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from examples.train_iris import train
+from service.embedded import free_port
+
+from .conftest import ClientFactory
+from .test_api import wait_final
+
+ROOT = Path(__file__).resolve().parent.parent
+SETOSA = [5.1, 3.5, 1.4, 0.2]
+VIRGINICA = [6.7, 3.0, 5.2, 2.3]
+
+
+@pytest.fixture(scope="session")
+def iris_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    joblib_path, onnx_path, accuracy = train(tmp_path_factory.mktemp("iris"))
+    assert accuracy > 0.9
+    return {"sklearn": str(joblib_path), "onnx": str(onnx_path)}
+
+
+async def predict(
+    client: TestClient, value: Any, path: str = "/predict", mode: str = "false"
+) -> Any:
+    resp = await client.post(path, json={"input": value}, headers={"Async-Mode": mode})
+    body = await resp.json()
+    if mode == "true":
+        assert resp.status == 202, body
+        record = await wait_final(client, body["prediction_id"])
+        assert record["status"] == "done", record
+        return record["output"]["result"]
+    assert resp.status == 200, body
+    return body["result"]
+
+
+def label(result: dict[str, Any]) -> Any:
+    return result["label"][0] if isinstance(result["label"], list) else result["label"]
+
+
+@pytest.mark.parametrize("kind", ["sklearn", "onnx"])
+@pytest.mark.parametrize("mode", ["false", "true"])
+async def test_iris_predicts_a_row_and_a_list_of_rows(
+    make_client: ClientFactory, iris_files: dict[str, str], kind: str, mode: str
+) -> None:
+    client = await make_client(model=iris_files[kind])
+    one = await predict(client, SETOSA, mode=mode)
+    assert label(one) == "setosa"
+    probabilities = one["probabilities"]
+    total = sum(probabilities.values()) if isinstance(probabilities, dict) else sum(probabilities)
+    assert total == pytest.approx(1.0, abs=1e-5)
+    many = await predict(client, [SETOSA, VIRGINICA], mode=mode)
+    assert [label(r) for r in many] == ["setosa", "virginica"]
+
+
+BAD_ROWS = [
+    [1.0, 2.0, 3.0],
+    ["5.1", 3.5, 1.4, 0.2],
+    [True, 1, 1, 1],
+    [],
+    "text",
+    {"a": 1},
+    [[1, 2, 3, 4], [1]],
+]
+
+
+@pytest.mark.parametrize("kind", ["sklearn", "onnx"])
+@pytest.mark.parametrize("bad", BAD_ROWS, ids=[repr(b) for b in BAD_ROWS])
+@pytest.mark.parametrize("mode", ["false", "true"])
+async def test_iris_refuses_bad_rows_with_422_and_never_queues_them(
+    make_client: ClientFactory,
+    rds: Redis,
+    iris_files: dict[str, str],
+    kind: str,
+    bad: Any,
+    mode: str,
+) -> None:
+    client = await make_client(model=iris_files[kind], workers=0)
+    resp = await client.post("/predict", json={"input": bad}, headers={"Async-Mode": mode})
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["detail"] and all(d["loc"][0] == "input" for d in body["detail"])
+    assert await rds.xlen("predictions") == 0
+
+
+@pytest.mark.parametrize("mode", ["false", "true"])
+async def test_python_model_with_a_declared_input_type(
+    make_client: ClientFactory, mode: str
+) -> None:
+    client = await make_client(model="examples.review_model:ReviewCheck")
+    result = await predict(client, {"text": "Awful, it broke on day one.", "stars": 5}, mode=mode)
+    assert result == {"sentiment": "negative", "compound": result["compound"], "consistent": False}
+    bad = await client.post(
+        "/predict", json={"input": {"text": "fine", "stars": 7}}, headers={"Async-Mode": mode}
+    )
+    assert bad.status == 422
+    assert [d["loc"] for d in (await bad.json())["detail"]] == [["input", "stars"]]
+
+
+async def test_three_models_in_one_process(
+    make_client: ClientFactory, iris_files: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(
+        f"""
+default_model = "sentiment"
+[models.sentiment]
+spec = "service.sentiment:VaderSentiment"
+[models.iris]
+spec = "{iris_files["sklearn"]}"
+[models.review]
+spec = "examples.review_model:ReviewCheck"
+"""
+    )
+    client = await make_client(models_file=config, models=f"iris-onnx={iris_files['onnx']}")
+    assert await (await client.get("/models")).json() == {
+        "models": ["iris", "iris-onnx", "review", "sentiment"],
+        "default": "sentiment",
+    }
+    info = await (await client.get("/models/iris")).json()
+    assert info["kind"] == "sklearn" and info["default"] is False
+    assert "LogisticRegression" in info["version"] or "Pipeline" in info["version"]
+    assert info["input_schema"]["oneOf"][0]["minItems"] == 4
+    assert info["batch"]["max_batch_size"] >= 1
+    assert (await (await client.get("/models/iris-onnx")).json())["kind"] == "onnx"
+
+    assert (await predict(client, "What a great day"))["label"] == "positive"
+    for mode in ("false", "true"):
+        assert label(await predict(client, SETOSA, "/models/iris/predict", mode)) == "setosa"
+        assert (
+            label(await predict(client, VIRGINICA, "/models/iris-onnx/predict", mode))
+            == "virginica"
+        )
+        review = await predict(
+            client, {"text": "Love it", "stars": 5}, "/models/review/predict", mode
+        )
+        assert review["consistent"] is True
+
+    resp = await client.post("/models/nope/predict", json={"input": "x"})
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "Unknown model 'nope'."
+    assert (await client.get("/models/nope")).status == 404
+
+
+async def test_queued_jobs_are_routed_to_their_own_model(
+    make_client: ClientFactory, iris_files: dict[str, str]
+) -> None:
+    client = await make_client(
+        models=f"iris={iris_files['sklearn']},echo=tests.models:echo",
+        model="service.sentiment:VaderSentiment",
+    )
+    ids = {}
+    for path, value in [
+        ("/predict", "so good"),
+        ("/models/iris/predict", SETOSA),
+        ("/models/echo/predict", 7),
+    ]:
+        resp = await client.post(path, json={"input": value}, headers={"Async-Mode": "true"})
+        ids[path] = (await resp.json())["prediction_id"]
+    records = {path: await wait_final(client, pid) for path, pid in ids.items()}
+    assert records["/predict"]["model"] == "default"
+    assert records["/predict"]["output"]["result"]["label"] == "positive"
+    assert records["/models/iris/predict"]["model"] == "iris"
+    assert label(records["/models/iris/predict"]["output"]["result"]) == "setosa"
+    assert records["/models/echo/predict"]["output"]["result"] == {"echo": 7}
+
+
+async def test_spec_shows_each_models_input_schema(
+    make_client: ClientFactory, iris_files: dict[str, str]
+) -> None:
+    client = await make_client(
+        model="service.sentiment:VaderSentiment", models=f"iris={iris_files['onnx']}"
+    )
+    spec = await (await client.get("/docs/swagger.json")).json()
+    body = spec["paths"]["/models/iris/predict"]["post"]["requestBody"]
+    ref = body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    schema = spec["components"]["schemas"][ref]["properties"]["input"]
+    assert schema["oneOf"][0]["minItems"] == 4
+    assert schema["oneOf"][0]["items"]["type"] == "number"
+    default_body = spec["paths"]["/predict"]["post"]["requestBody"]
+    ref = default_body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    assert spec["components"]["schemas"][ref]["properties"]["input"]["type"] == "string"
+
+
+@pytest.mark.parametrize("mode", ["false", "true"])
+async def test_process_execution_runs_the_model_in_a_pool_process(
+    make_client: ClientFactory, mode: str
+) -> None:
+    client = await make_client(
+        model="tests.models:WithHooks", execution="process", process_workers=1
+    )
+    result = await predict(client, 1, mode=mode)
+    assert result["value"] == 1001  # setup() ran, in the process that predicts
+    assert result["pid"] == result["setup_pid"] != os.getpid()
+
+
+def _start(env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
+    port = str(free_port())
+    full = {**os.environ, "PORT": port, "REDIS_URL": "redis://127.0.0.1:1/0", **env}
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "service"]
+    return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_a_model_that_fails_to_load_stops_startup_with_one_clear_line(tmp_path: Path) -> None:
+    out = _start({"MODEL": str(tmp_path / "missing.joblib")})
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot start: model 'default'")
+    assert "missing.joblib" in last and "No such file" in last
+    assert "Traceback" not in out.stderr
+
+
+def test_a_missing_extra_says_which_to_install(iris_files: dict[str, str]) -> None:
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; from service.__main__ import main; main()"
+    )
+    out = _start({"MODEL": iris_files["onnx"]}, code)
+    assert out.returncode == 2
+    assert "pip install '.[onnx]'" in out.stderr.strip().splitlines()[-1]
