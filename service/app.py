@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from . import state
+from .batching import Batchers
 from .connection import connect
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
@@ -42,6 +43,9 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     add_model_schemas(app[state.OPENAPI_SPEC], registry)
     app[state.MODELS] = registry
     app[state.EXECUTOR] = executor
+    app[state.BATCHERS] = Batchers(
+        registry.models, executor, settings.max_batch_size, settings.max_batch_delay_ms / 1000
+    )
     yield
     executor.shutdown()
     await asyncio.to_thread(registry.teardown)
@@ -75,11 +79,10 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
     workers = [
         Worker(
-            redis=app[state.REDIS],
             queue=app[state.QUEUE],
             results=app[state.RESULTS],
             models=app[state.MODELS],
-            executor=app[state.EXECUTOR],
+            batchers=app[state.BATCHERS],
             consumer=f"{settings.consumer_name}-{i}",
             batch_size=settings.max_batch_size,
             block_ms=settings.read_block_ms,

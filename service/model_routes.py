@@ -45,6 +45,9 @@ async def get_model(request: web.Request) -> web.Response:
         {
             **model.describe(),
             "default": model.name == registry.default,
-            "batch": {"max_batch_size": settings.max_batch_size},
+            "batch": {
+                "max_batch_size": settings.max_batch_size,
+                "max_batch_delay_ms": settings.max_batch_delay_ms,
+            },
         }
     )

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
+from .coalesce import Coalescer
 from .keys import Keys
 from .results import ResultStore
 from .schemas import JobRecord
@@ -57,6 +57,7 @@ class JobQueue:
         self._redis = redis
         self._keys = keys
         self._results = results
+        self._submits: Coalescer[JobRecord] = Coalescer(self._write)
 
     async def ensure_group(self) -> None:
         """Creates the stream and group if missing; from id 0 so no queued job is skipped."""
@@ -70,14 +71,22 @@ class JobQueue:
                 raise
 
     async def submit(self, record: JobRecord) -> None:
-        """Writes the record and queues the job in one round trip (MULTI/EXEC)."""
-        fields = record.to_redis()
+        """Writes the record and queues the job; returns once both are in Redis.
+
+        Submits of concurrent requests share one MULTI/EXEC round trip, so each job's record
+        and stream entry are written together, and a busy server makes few round trips.
+        """
+        await self._submits.add(record)
+
+    async def _write(self, records: list[JobRecord]) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        self._results.stage_create(pipe, record.prediction_id, fields)
-        pipe.xadd(
-            self._keys.stream,
-            {"id": record.prediction_id, "model": record.model, "input": fields["input"]},
-        )
+        for record in records:
+            fields = record.to_redis()
+            self._results.stage_create(pipe, record.prediction_id, fields)
+            pipe.xadd(
+                self._keys.stream,
+                {"id": record.prediction_id, "model": record.model, "input": fields["input"]},
+            )
         await pipe.execute()
 
     async def read(
@@ -124,7 +133,3 @@ class JobQueue:
         if claimed:
             log.info("%s reclaimed %d idle entries", consumer, len(claimed))
         return claimed
-
-    def stage_ack(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
-        if entry_ids:
-            pipe.xack(self._keys.stream, self._keys.group, *entry_ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -12,29 +12,46 @@ from .keys import Keys
 from .models.base import Outcome
 from .schemas import JobRecord, Status
 
-# Marks a queued (or re-delivered, still unfinished) job as processing and answers the
-# status it had before, so the worker can skip jobs that are already final or gone.
+# For each record key: mark a queued (or re-delivered, unfinished) job processing, and
+# answer the status it had before ('' if the record is gone), so the worker can skip jobs
+# that are already final or expired. One script call per batch.
 _MARK_PROCESSING = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' or status == 'processing' then
-  redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == 'queued' or status == 'processing' then
+    redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
+    redis.call('HINCRBY', key, 'attempts', 1)
+  end
+  out[i] = status or ''
 end
-return status
+return out
 """
 
-# Writes the final record once: a record that is already done or failed keeps its value,
-# and a record that expired is not recreated half-empty.
-_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or status == 'done' or status == 'failed' then
-  return 0
+# KEYS: the stream, then one record key per finished job.
+# ARGV: group, finished time, ttl, then status/result/error per job, then the entry ids to ack.
+# Writes each final record once (a record already done or failed keeps its value; an
+# expired one is not recreated half-empty), then acks, all in one atomic step.
+_FINISH_AND_ACK = """
+local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local jobs = #KEYS - 1
+for i = 1, jobs do
+  local key = KEYS[i + 1]
+  local status = redis.call('HGET', key, 'status')
+  if status == 'queued' or status == 'processing' then
+    local base = 3 + (i - 1) * 3
+    local error = ARGV[base + 3]
+    redis.call('HSET', key, 'status', ARGV[base + 1], 'result', ARGV[base + 2],
+               'finished_at', now)
+    if error ~= '' then redis.call('HSET', key, 'error', error) end
+    redis.call('EXPIRE', key, ttl)
+  end
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
-           'finished_at', ARGV[4])
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], 'error') end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
+local first = 4 + jobs * 3
+if #ARGV >= first then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, first))
+end
+return jobs
 """
 
 
@@ -44,7 +61,7 @@ class ResultStore:
         self._keys = keys
         self._ttl = ttl_seconds
         self._mark = redis.register_script(_MARK_PROCESSING)
-        self._finish = redis.register_script(_FINISH)
+        self._finish = redis.register_script(_FINISH_AND_ACK)
 
     def stage_create(
         self, pipe: Pipeline, prediction_id: str, fields: Mapping[Any, bytes | str]
@@ -56,22 +73,25 @@ class ResultStore:
 
     async def mark_processing(self, prediction_ids: list[str], now: float) -> list[Status | None]:
         """Marks each job processing in one round trip; answers each job's previous status."""
-        pipe = self._redis.pipeline(transaction=False)
-        for prediction_id in prediction_ids:
-            await self._mark(keys=[self._keys.record(prediction_id)], args=[repr(now)], client=pipe)
-        replies: list[Any] = await pipe.execute()
-        return [None if reply is None else Status(reply.decode()) for reply in replies]
+        keys = [self._keys.record(p) for p in prediction_ids]
+        replies: list[bytes] = await self._mark(keys=keys, args=[repr(now)])
+        return [Status(r.decode()) if r else None for r in replies]
 
-    async def stage_finish(
-        self, pipe: Pipeline, prediction_id: str, outcome: Outcome, now: float
+    async def finish_and_ack(
+        self,
+        finished: Sequence[tuple[str, Outcome]],
+        entry_ids: Sequence[bytes],
+        now: float,
     ) -> None:
-        """Adds the once-only final write of one job to ``pipe``."""
-        status = Status.DONE if outcome.ok else Status.FAILED
-        await self._finish(
-            keys=[self._keys.record(prediction_id)],
-            args=[status.value, outcome.payload, outcome.error, repr(now), self._ttl],
-            client=pipe,
-        )
+        """Writes the final records of ``finished`` once and acks ``entry_ids``: one call."""
+        keys = [self._keys.stream]
+        args: list[Any] = [self._keys.group, repr(now), self._ttl]
+        for prediction_id, outcome in finished:
+            keys.append(self._keys.record(prediction_id))
+            status = Status.DONE if outcome.ok else Status.FAILED
+            args += (status.value, outcome.payload, outcome.error)
+        args.extend(entry_ids)
+        await self._finish(keys=keys, args=args)
 
     async def get(self, prediction_id: str) -> JobRecord | None:
         fields: Mapping[Any, Any] = await self._redis.hgetall(self._keys.record(prediction_id))

@@ -33,7 +33,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             status=202,
             headers={"Location": f"/predict/{record.prediction_id}"},
         )
-    [outcome] = await request.app[state.EXECUTOR].run_batch(model, [value])
+    outcome = await request.app[state.BATCHERS][model.name].run_one(value)
     if not outcome.ok:
         raise PredictionFailed(outcome.error)
     return json_response({"input": body.input, "result": orjson.Fragment(outcome.payload)})

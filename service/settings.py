@@ -53,7 +53,13 @@ class Settings(BaseSettings):
     )
     executor_threads: int = Field(4, ge=1, description="Threads that run model code.")
     max_batch_size: int = Field(
-        16, ge=1, description="Most queued jobs a worker reads and runs as one batch."
+        32,
+        ge=1,
+        description="Most inputs per model call: concurrent sync requests are gathered up "
+        "to it, and a worker reads up to it per XREADGROUP.",
+    )
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="How long a partial batch waits for more inputs."
     )
     result_ttl_seconds: int = Field(3600, ge=1, description="How long job records are kept.")
     stream: str = Field("predictions", description="Redis Stream that holds queued jobs.")

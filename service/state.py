@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from .batching import Batchers
 from .executor import Executor
 from .models import ModelRegistry
 from .queue import JobQueue
@@ -19,6 +20,7 @@ REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 MODELS = web.AppKey("models", ModelRegistry)
 EXECUTOR = web.AppKey("executor", Executor)
+BATCHERS = web.AppKey("batchers", Batchers)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])

@@ -9,12 +9,11 @@ import time
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .batching import Batchers
 from .errors import InvalidInput, NotFound
-from .executor import Executor
 from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
 from .results import ResultStore
@@ -32,21 +31,19 @@ class Worker:
     def __init__(
         self,
         *,
-        redis: Redis,
         queue: JobQueue,
         results: ResultStore,
         models: ModelRegistry,
-        executor: Executor,
+        batchers: Batchers,
         consumer: str,
         batch_size: int,
         block_ms: int,
         visibility_timeout: float,
     ) -> None:
-        self._redis = redis
         self._queue = queue
         self._results = results
         self._models = models
-        self._executor = executor
+        self._batchers = batchers
         self.consumer = consumer
         self._batch_size = batch_size
         self._block_ms = block_ms
@@ -84,13 +81,12 @@ class Worker:
         prior = await self._results.mark_processing([e.prediction_id for e in entries], time.time())
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in _RUNNABLE]
         outcomes = await self._predict(runnable)
-        finished = time.time()
-        pipe = self._redis.pipeline(transaction=False)
-        for entry, outcome in zip(runnable, outcomes, strict=True):
-            await self._results.stage_finish(pipe, entry.prediction_id, outcome, finished)
         # Jobs already final (a redelivery) or expired are acked without running again.
-        self._queue.stage_ack(pipe, [e.entry_id for e in entries])
-        await pipe.execute()
+        await self._results.finish_and_ack(
+            [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)],
+            [e.entry_id for e in entries],
+            time.time(),
+        )
         failed = sum(not o.ok for o in outcomes)
         log.debug("%s finished %d jobs (%d failed)", self.consumer, len(outcomes), failed)
 
@@ -112,7 +108,7 @@ class Worker:
             slots.append(i)
             values.append(value)
         for name, (slots, values) in groups.items():
-            results = await self._executor.run_batch(self._models.get(name), values)
+            results = await self._batchers[name].run(values)
             for i, outcome in zip(slots, results, strict=True):
                 outcomes[i] = outcome
         return outcomes

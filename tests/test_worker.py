@@ -21,11 +21,10 @@ from .test_api import submit
 def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60.0) -> Worker:
     app = client.server.app
     return Worker(
-        redis=app[state.REDIS],
         queue=app[state.QUEUE],
         results=app[state.RESULTS],
         models=app[state.MODELS],
-        executor=app[state.EXECUTOR],
+        batchers=app[state.BATCHERS],
         consumer=consumer,
         batch_size=8,
         block_ms=10,
