@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 calls: Counter[str] = Counter()
+batch_sizes: list[int] = []
 gate = threading.Event()
 started = threading.Event()
 
@@ -17,6 +18,7 @@ SLOW_SECONDS = 2.0
 
 def reset() -> None:
     calls.clear()
+    batch_sizes.clear()
     gate.clear()
     started.clear()
 
@@ -74,3 +76,20 @@ class WithHooks:
 
     def predict(self, value: int) -> dict[str, int]:
         return {"value": value + self.offset, "setup_pid": self.setup_pid, "pid": os.getpid()}
+
+
+class BatchEcho:
+    """Batches; a batch holding 'bad' raises, and so does 'bad' alone."""
+
+    input_type = str
+
+    def predict(self, text: str) -> dict[str, str]:
+        if text == "bad":
+            raise ValueError("bad input for this model")
+        return {"echo": text}
+
+    def predict_batch(self, texts: list[str]) -> list[dict[str, str]]:
+        batch_sizes.append(len(texts))
+        if "bad" in texts:
+            raise ValueError("a bad item spoiled the batch")
+        return [{"echo": text} for text in texts]
