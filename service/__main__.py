@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .errors import ModelLoadError
+from .loop import use_event_loop
 from .settings import load_settings
 
 
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     app = create_app(settings)
+    use_event_loop(settings.loop)
     try:
         web.run_app(
             app,

@@ -16,6 +16,7 @@ from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
 from .executor import Executor
 from .keys import Keys
+from .memory import release_freed_memory
 from .middlewares import error_middleware
 from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
@@ -46,6 +47,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     app[state.BATCHERS] = Batchers(
         registry.models, executor, settings.max_batch_size, settings.max_batch_delay_ms / 1000
     )
+    release_freed_memory()
     yield
     executor.shutdown()
     await asyncio.to_thread(registry.teardown)
@@ -65,7 +67,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = await connect(app[state.REDIS_URL])
     keys = Keys.from_settings(settings)
     results = ResultStore(redis, keys, settings.result_ttl_seconds)
-    queue = JobQueue(redis, keys, results)
+    queue = JobQueue(redis, keys, settings.result_ttl_seconds)
     await queue.ensure_group()
     app[state.REDIS] = redis
     app[state.RESULTS] = results

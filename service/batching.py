@@ -34,7 +34,20 @@ class Batcher:
     async def run(self, values: list[Any]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in values]
-        self._waiting.extend(zip(values, futures, strict=True))
+        for value, future in zip(values, futures, strict=True):
+            self._add(loop, value, future)
+        return [await future for future in futures]
+
+    async def run_one(self, value: Any) -> Outcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._add(loop, value, future)
+        return await future
+
+    def _add(
+        self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
+    ) -> None:
+        self._waiting.append((value, future))
         if len(self._waiting) >= self.max_size:
             self._flush()
         elif self._timer is None:
@@ -42,11 +55,6 @@ class Batcher:
                 self._timer = loop.call_later(self.max_delay, self._flush)
             else:
                 self._timer = loop.call_soon(self._flush)
-        return list(await asyncio.gather(*futures))
-
-    async def run_one(self, value: Any) -> Outcome:
-        [outcome] = await self.run([value])
-        return outcome
 
     def _flush(self) -> None:
         if self._timer is not None:

@@ -31,6 +31,9 @@ def setup_docs(app: web.Application, routes: list[web.RouteDef]) -> dict[str, An
         swagger_ui_settings=SwaggerUiSettings(path="/docs/", validatorUrl=None),
     )
     docs.add_routes(routes)
+    # The spec was validated as each route was added; the compiled validator is large and
+    # no longer needed.
+    docs.spec_validate = None
     return docs.spec
 
 

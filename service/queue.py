@@ -6,13 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .coalesce import Coalescer
 from .keys import Keys
-from .results import ResultStore
-from .schemas import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,16 @@ class Entry:
     prediction_id: str
     model: str
     input_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue: its record starts as ``queued`` with these fields."""
+
+    prediction_id: str
+    model: str
+    input: Any
+    created_at: float
 
 
 def _entries(raw: list[Any]) -> list[Entry]:
@@ -52,12 +61,29 @@ def _stream_entries(reply: Any) -> list[Any]:
     return reply[0][1]
 
 
+# KEYS: the stream, then one record key per job.
+# ARGV: the record TTL, then per job: prediction id, model, input (JSON), created time.
+# Writes each job record (status queued) and its stream entry; one call for many jobs.
+_SUBMIT = """
+local ttl = ARGV[1]
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 4
+  redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
+             'created_at', ARGV[a + 3], 'attempts', 0)
+  redis.call('EXPIRE', KEYS[i], ttl)
+  redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'model', ARGV[a + 1], 'input', ARGV[a + 2])
+end
+return #KEYS - 1
+"""
+
+
 class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys, results: ResultStore) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl_seconds: int) -> None:
         self._redis = redis
         self._keys = keys
-        self._results = results
-        self._submits: Coalescer[JobRecord] = Coalescer(self._write)
+        self._ttl = ttl_seconds
+        self._submit_script = redis.register_script(_SUBMIT)
+        self._submits: Coalescer[NewJob] = Coalescer(self._write)
 
     async def ensure_group(self) -> None:
         """Creates the stream and group if missing; from id 0 so no queued job is skipped."""
@@ -70,24 +96,22 @@ class JobQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def submit(self, record: JobRecord) -> None:
+    async def submit(self, job: NewJob) -> None:
         """Writes the record and queues the job; returns once both are in Redis.
 
-        Submits of concurrent requests share one MULTI/EXEC round trip, so each job's record
-        and stream entry are written together, and a busy server makes few round trips.
+        Submits of concurrent requests share one script call (one round trip, atomic), so
+        each job's record and stream entry are written together, and a busy server makes
+        few round trips.
         """
-        await self._submits.add(record)
+        await self._submits.add(job)
 
-    async def _write(self, records: list[JobRecord]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        for record in records:
-            fields = record.to_redis()
-            self._results.stage_create(pipe, record.prediction_id, fields)
-            pipe.xadd(
-                self._keys.stream,
-                {"id": record.prediction_id, "model": record.model, "input": fields["input"]},
-            )
-        await pipe.execute()
+    async def _write(self, jobs: list[NewJob]) -> None:
+        keys = [self._keys.stream]
+        args: list[Any] = [self._ttl]
+        for job in jobs:
+            keys.append(self._keys.record(job.prediction_id))
+            args += (job.prediction_id, job.model, orjson.dumps(job.input), repr(job.created_at))
+        await self._submit_script(keys=keys, args=args)
 
     async def read(
         self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False

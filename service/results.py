@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from .keys import Keys
 from .models.base import Outcome
@@ -62,14 +61,6 @@ class ResultStore:
         self._ttl = ttl_seconds
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH_AND_ACK)
-
-    def stage_create(
-        self, pipe: Pipeline, prediction_id: str, fields: Mapping[Any, bytes | str]
-    ) -> None:
-        """Adds the commands that write a new record to ``pipe`` (the caller executes it)."""
-        key = self._keys.record(prediction_id)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self._ttl)
 
     async def mark_processing(self, prediction_ids: list[str], now: float) -> list[Status | None]:
         """Marks each job processing in one round trip; answers each job's previous status."""

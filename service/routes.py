@@ -10,33 +10,29 @@ from aiohttp import web
 
 from . import state
 from .errors import NotFound, PredictionFailed
+from .ids import new_id
 from .models import Model
-from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord, Status
+from .queue import NewJob
+from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE
 from .web_io import async_mode, json_response, read_predict_body
 
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
     queued = async_mode(request)
-    body = await read_predict_body(request)
-    value = model.validate(body.input)
+    raw = await read_predict_body(request)
+    value = model.validate(raw)
     if queued:
-        record = JobRecord(
-            prediction_id=str(uuid.uuid4()),
-            status=Status.QUEUED,
-            model=model.name,
-            input=body.input,
-            created_at=time.time(),
-        )
-        await request.app[state.QUEUE].submit(record)
+        job = NewJob(new_id(), model.name, raw, time.time())
+        await request.app[state.QUEUE].submit(job)
         return json_response(
-            {"prediction_id": record.prediction_id, "message": ACCEPTED_MESSAGE},
+            {"prediction_id": job.prediction_id, "message": ACCEPTED_MESSAGE},
             status=202,
-            headers={"Location": f"/predict/{record.prediction_id}"},
+            headers={"Location": f"/predict/{job.prediction_id}"},
         )
     outcome = await request.app[state.BATCHERS][model.name].run_one(value)
     if not outcome.ok:
         raise PredictionFailed(outcome.error)
-    return json_response({"input": body.input, "result": orjson.Fragment(outcome.payload)})
+    return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
 
 
 async def predict(request: web.Request) -> web.Response:

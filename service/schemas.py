@@ -38,7 +38,8 @@ def _number(value: bytes | None) -> float | None:
 
 
 class JobRecord(BaseModel):
-    """One queued prediction as stored in its Redis hash."""
+    """One queued prediction as stored in its Redis hash (written by the queue's submit
+    script, moved on by the result store's scripts)."""
 
     prediction_id: str
     status: Status
@@ -50,16 +51,6 @@ class JobRecord(BaseModel):
     attempts: int = 0
     result: Any = None
     error: str | None = None
-
-    def to_redis(self) -> dict[str, bytes | str]:
-        """Fields written at submit time (the rest are set by the worker)."""
-        return {
-            "status": self.status.value,
-            "model": self.model,
-            "input": orjson.dumps(self.input),
-            "created_at": repr(self.created_at),
-            "attempts": "0",
-        }
 
     @classmethod
     def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:

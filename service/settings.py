@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Embedded redis-server port (0: any free port)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="Event loop: uvloop when installed ('auto'), or asyncio's own."
+    )
 
 
 def _flag(name: str) -> str:

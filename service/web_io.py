@@ -36,7 +36,8 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-async def read_predict_body(request: web.Request) -> PredictRequest:
+async def read_predict_body(request: web.Request) -> Any:
+    """The ``input`` of a predict body; 415, 400 or 422 when the body is not one."""
     if not _is_json(request.content_type):
         raise UnsupportedMediaType("Send the body as application/json.")
     raw = await request.read()
@@ -44,8 +45,10 @@ async def read_predict_body(request: web.Request) -> PredictRequest:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+    if type(data) is dict and len(data) == 1 and "input" in data:
+        return data["input"]  # the usual case, checked without building a model
     try:
-        return PredictRequest.model_validate(data)
+        return PredictRequest.model_validate(data).input
     except ValidationError as exc:
         detail = [
             {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}

@@ -1,0 +1,451 @@
+"""Throughput benchmark: every figure of the README's table, measured in one run.
+
+    scripts/bench [--duration 10] [--connections 32] [--jobs 50000] [--out bench-results]
+
+Starts its own redis-server and servers on loopback, drives them with wrk (or hey, or a
+built-in asyncio load generator when neither is installed), prints one table and writes it
+as JSON. Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.embedded import RedisServer, free_port  # noqa: E402
+
+INSTANT = "examples.instant:Instant"
+TEXT = "The service was quick and the answer was right."
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+WRK_SCRIPT = """
+wrk.method = "{method}"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nBENCH {{"requests":%d,"duration_us":%d,"socket_errors":%d,"non_2xx":%d,'
+    .. '"p50_us":%d,"p99_us":%d}}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Until ``url`` gives any HTTP answer (an error status counts: the server is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def server(redis_url: str | None, **env: Any) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`python -m service` on a free port with the given settings."""
+    port = free_port()
+    full = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        **{k.upper(): str(v) for k, v in env.items()},
+    }
+    if redis_url:
+        full["REDIS_URL"] = redis_url
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/models")
+        yield port, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def ceiling() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "ceiling.py"), str(port)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+def load_tool() -> str:
+    return "wrk" if shutil.which("wrk") else "asyncio"
+
+
+def drive(
+    url: str,
+    body: Any,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    method: str = "POST",
+    until: Callable[[], bool] | None = None,
+) -> dict[str, float]:
+    """req/s, p50 and p99 (ms) of load on ``url``: for ``args.duration`` seconds, or until
+    ``until()`` turns true (checked every 50 ms).
+    """
+    raw = b"" if body is None else orjson.dumps(body)
+    if load_tool() == "asyncio":
+        return asyncio.run(_drive_asyncio(url, raw, headers, args, method, until))
+    lua = WRK_SCRIPT.format(
+        method=method,
+        body=json.dumps(raw.decode()) if raw else "nil",
+        headers="\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()),
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    duration = 600 if until else args.duration
+    wrk = subprocess.Popen(
+        ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "-s", f.name, url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if until:
+        while wrk.poll() is None and not until():
+            time.sleep(0.05)
+        wrk.send_signal(signal.SIGINT)  # wrk stops and still reports
+    out = wrk.communicate()[0]
+    os.unlink(f.name)
+    line = next(ln for ln in out.splitlines() if ln.startswith("BENCH "))
+    stats = json.loads(line.removeprefix("BENCH "))
+    if stats["non_2xx"] or stats["socket_errors"]:
+        raise RuntimeError(f"errors under load on {url}: {stats}")
+    return {
+        "rps": stats["requests"] / (stats["duration_us"] / 1e6),
+        "p50_ms": stats["p50_us"] / 1000,
+        "p99_ms": stats["p99_us"] / 1000,
+    }
+
+
+async def _drive_asyncio(
+    url: str,
+    raw: bytes,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    method: str,
+    until: Callable[[], bool] | None,
+) -> dict[str, float]:
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + (600 if until else args.duration)
+    all_headers = {"Content-Type": "application/json", **headers}
+    stopped = False
+
+    async def watch() -> None:
+        nonlocal stopped
+        while until and not stopped:
+            stopped = await asyncio.to_thread(until)
+            await asyncio.sleep(0.05)
+
+    async def one_connection(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < stop_at and not stopped:
+            began = time.perf_counter()
+            async with session.request(method, url, data=raw or None, headers=all_headers) as resp:
+                await resp.read()
+                if resp.status >= 400:
+                    raise RuntimeError(f"{resp.status} under load on {url}")
+            latencies.append(time.perf_counter() - began)
+
+    connector = aiohttp.TCPConnector(limit=args.connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(one_connection(session) for _ in range(args.connections)))
+        elapsed = time.perf_counter() - began
+        stopped = True
+        await watcher
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"rps": len(latencies) / elapsed, "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000}
+
+
+# -- the queue -------------------------------------------------------------------------------
+
+
+def enqueue(redis_url: str, model: str, value: Any, count: int) -> list[str]:
+    """Queues ``count`` jobs as the service does (record + entry), straight into Redis."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.xgroup_create("predictions", "workers", id="0", mkstream=True)
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    raw = orjson.dumps(value)
+    now = repr(time.time())
+    for start in range(0, count, 5000):
+        pipe = client.pipeline(transaction=False)
+        for prediction_id in ids[start : start + 5000]:
+            key = f"prediction:{prediction_id}"
+            pipe.hset(
+                key,
+                mapping={
+                    "status": "queued",
+                    "model": "default",
+                    "input": raw,
+                    "created_at": now,
+                    "attempts": 0,
+                },
+            )
+            pipe.expire(key, 3600)
+            pipe.xadd("predictions", {"id": prediction_id, "model": "default", "input": raw})
+        pipe.execute()
+    client.close()
+    return ids
+
+
+def drained(redis_url: str) -> bool:
+    """Every entry delivered and acked."""
+    with redis.Redis.from_url(redis_url) as client:
+        group = client.xinfo_groups("predictions")[0]
+        stream = client.xinfo_stream("predictions")
+    return bool(group["last-delivered-id"] == stream["last-generated-id"] and group["pending"] == 0)
+
+
+def wait_drained(redis_url: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + 2
+    while not drained(redis_url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"queue not drained in {timeout}s")
+        if time.monotonic() > next_report:
+            with redis.Redis.from_url(redis_url) as client:
+                pending = client.xinfo_groups("predictions")[0]["pending"]
+            progress(f"  draining... {pending} pending")
+            next_report += 2
+        time.sleep(0.05)
+
+
+def drain_rate(redis_url: str, ids: list[str]) -> float:
+    """Jobs per second from the first job started to the last one finished (from the records)."""
+    client = redis.Redis.from_url(redis_url)
+    started, finished, done = [], [], 0
+    for start in range(0, len(ids), 5000):
+        pipe = client.pipeline(transaction=False)
+        for prediction_id in ids[start : start + 5000]:
+            pipe.hmget(f"prediction:{prediction_id}", "status", "started_at", "finished_at")
+        for status, s, f in pipe.execute():
+            done += status == b"done"
+            started.append(float(s))
+            finished.append(float(f))
+    client.close()
+    if done != len(ids):
+        raise RuntimeError(f"only {done} of {len(ids)} jobs done")
+    return len(ids) / (max(finished) - min(started))
+
+
+def drain(redis_url: str, model: str, value: Any, count: int, **env: Any) -> float:
+    ids = enqueue(redis_url, model, value, count)
+    with server(redis_url, model=model, **env):
+        wait_drained(redis_url)
+    return drain_rate(redis_url, ids)
+
+
+def drain_with_gets(
+    redis_url: str, count: int, args: argparse.Namespace, **env: Any
+) -> tuple[float, dict[str, float]]:
+    """Drain rate, and GET /predict/{id} latency measured on the same replica meanwhile."""
+    ids = enqueue(redis_url, INSTANT, "x", count)
+    with server(redis_url, model=INSTANT, **env) as (port, _):
+        gets = drive(
+            f"http://127.0.0.1:{port}/predict/{ids[-1]}",
+            None,
+            {},
+            args,
+            method="GET",
+            until=lambda: drained(redis_url),
+        )
+        wait_drained(redis_url)
+    return drain_rate(redis_url, ids), gets
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=50_000, help="jobs per drain run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args()
+    iris = ROOT / "examples" / "iris.joblib"
+    if not iris.exists():
+        progress("training the iris model (examples/train_iris.py)")
+        subprocess.run([sys.executable, str(ROOT / "examples" / "train_iris.py")], check=True)
+
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_tool": load_tool(),
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "jobs": args.jobs,
+    }
+    sync_body = {"input": TEXT}
+    with tempfile.TemporaryDirectory() as data:
+        redis_server = RedisServer(Path(data))
+        url = redis_server.start()
+        results["redis"] = redis.Redis.from_url(url).info("server")["redis_version"]
+        try:
+            progress("a. ceiling: bare aiohttp handler")
+            with ceiling() as port:
+                results["ceiling"] = drive(f"http://127.0.0.1:{port}/predict", sync_body, {}, args)
+            progress("a. sync POST /predict, instant model")
+            with server(url, model=INSTANT, workers=0) as (port, _):
+                results["sync"] = drive(f"http://127.0.0.1:{port}/predict", sync_body, {}, args)
+            progress("b. async submit, instant model (API-only replica)")
+            redis.Redis.from_url(url).flushall()
+            with server(url, model=INSTANT, workers=0) as (port, _):
+                results["async_submit"] = drive(
+                    f"http://127.0.0.1:{port}/predict", sync_body, {"Async-Mode": "true"}, args
+                )
+            progress(f"c. drain {args.jobs} jobs, instant model, one replica; GETs meanwhile")
+            results["drain_jobs_per_s"], results["get_while_draining"] = drain_with_gets(
+                url, args.jobs, args
+            )
+            progress("d. iris (scikit-learn): sync path, batch size 1 and default")
+            with server(url, model=str(iris), workers=0, max_batch_size=1) as (port, _):
+                results["iris_sync_batch1"] = drive(
+                    f"http://127.0.0.1:{port}/predict", {"input": IRIS_ROW}, {}, args
+                )
+            with server(url, model=str(iris), workers=0) as (port, _):
+                results["iris_sync_batched"] = drive(
+                    f"http://127.0.0.1:{port}/predict", {"input": IRIS_ROW}, {}, args
+                )
+            progress("d. iris (scikit-learn): queued path, batch size 1 and default")
+            results["iris_drain_batch1"] = drain(
+                url, str(iris), IRIS_ROW, args.jobs // 5, max_batch_size=1
+            )
+            results["iris_drain_batched"] = drain(url, str(iris), IRIS_ROW, args.jobs)
+            progress("e. idle RSS, default model")
+            with server(url) as (_, proc):
+                time.sleep(2)  # let startup settle before reading memory
+                results["idle_rss_mb"] = rss_mb(proc.pid)
+        finally:
+            redis_server.stop()
+
+    report(results, args)
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> None:
+    ceiling_rps = r["ceiling"]["rps"]
+    rows = [
+        ("a", "ceiling: bare aiohttp, same JSON in/out", r["ceiling"], ""),
+        (
+            "a",
+            "sync POST /predict, instant model",
+            r["sync"],
+            f"{r['sync']['rps'] / ceiling_rps:.0%} of ceiling (target >= 80%)",
+        ),
+        (
+            "b",
+            "async submit (202), instant model",
+            r["async_submit"],
+            f"{r['async_submit']['rps'] / ceiling_rps:.0%} of ceiling (target >= 60%)",
+        ),
+        (
+            "c",
+            f"drain {args.jobs} queued jobs, one replica",
+            None,
+            f"{r['drain_jobs_per_s']:,.0f} jobs/s (target >= 20,000)",
+        ),
+        ("c", "GET /predict/{id} while draining", r["get_while_draining"], "p99 target < 20 ms"),
+        (
+            "d",
+            "iris sync, MAX_BATCH_SIZE=1",
+            r["iris_sync_batch1"],
+            f"{r['iris_sync_batch1']['rps'] / r['sync']['rps']:.0%} of instant sync",
+        ),
+        (
+            "d",
+            "iris sync, batched (default)",
+            r["iris_sync_batched"],
+            f"{r['iris_sync_batched']['rps'] / r['sync']['rps']:.0%} of instant sync (target >= 70%)",
+        ),
+        (
+            "d",
+            "iris queued, MAX_BATCH_SIZE=1",
+            None,
+            f"{r['iris_drain_batch1']:,.0f} jobs/s = {r['iris_drain_batch1'] / r['drain_jobs_per_s']:.0%} of instant drain",
+        ),
+        (
+            "d",
+            "iris queued, batched (default)",
+            None,
+            f"{r['iris_drain_batched']:,.0f} jobs/s = {r['iris_drain_batched'] / r['drain_jobs_per_s']:.0%} of instant drain (target >= 70%)",
+        ),
+        ("e", "idle RSS, default model", None, f"{r['idle_rss_mb']:.1f} MB (target <= 100)"),
+    ]
+    print(
+        f"\n{r['machine']}; Redis {r['redis']}; load: {r['load_tool']}, {args.connections} connections, {args.duration} s per run\n"
+    )
+    print(f"| | measurement | req/s | p50 ms | p99 ms | figure |")
+    print(f"|---|---|---|---|---|---|")
+    for key, name, load, figure in rows:
+        if load:
+            print(
+                f"| {key} | {name} | {load['rps']:,.0f} | {load['p50_ms']:.2f} | {load['p99_ms']:.2f} | {figure} |"
+            )
+        else:
+            print(f"| {key} | {name} | | | | {figure} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "bench.json"
+    path.write_text(json.dumps(r, indent=2))
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
