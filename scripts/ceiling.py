@@ -7,14 +7,13 @@ answers the same JSON shape as a sync POST /predict, with nothing else in betwee
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from service.loop import use_event_loop  # noqa: E402
+from service.loop import use_event_loop
 
 
 async def predict(request: web.Request) -> web.Response:

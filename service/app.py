@@ -45,7 +45,10 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     app[state.MODELS] = registry
     app[state.EXECUTOR] = executor
     app[state.BATCHERS] = Batchers(
-        registry.models, executor, settings.max_batch_size, settings.max_batch_delay_ms / 1000
+        registry.models,
+        executor,
+        settings.max_batch_size,
+        settings.max_batch_delay_ms / 1000,
     )
     release_freed_memory()
     yield

@@ -13,13 +13,13 @@ log = logging.getLogger(__name__)
 
 
 class Batcher:
-    """Gathers the inputs of concurrent callers of one model into batches of at most
-    ``max_size``, waiting at most ``max_delay`` seconds after the first input of a batch.
+    """Gathers the inputs of concurrent callers of one model into batches.
 
-    A full batch is sent at once; a partial one when the delay runs out (with a delay of 0,
-    at the next turn of the event loop, which still gathers what arrived in the same turn).
-    Several batches may run at once, as many as the executor allows. Each caller gets the
-    outcomes of its own inputs, in order.
+    A batch starts when it holds ``max_size`` inputs; at the next turn of the event loop
+    once it holds as many as the previous batch did (so a lone caller never waits, and a
+    steady crowd of N callers is batched about N at a time); or when its first input has
+    waited ``max_delay`` seconds. Several batches may run at once, as many as the executor
+    has threads. Each caller gets the outcomes of its own inputs, in order.
     """
 
     def __init__(self, model: Model, executor: Executor, max_size: int, max_delay: float) -> None:
@@ -27,9 +27,11 @@ class Batcher:
         self._executor = executor
         self.max_size = max_size
         self.max_delay = max_delay
+        self._last_size = 1
         self._waiting: list[tuple[Any, asyncio.Future[Outcome]]] = []
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, values: list[Any]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
@@ -48,23 +50,25 @@ class Batcher:
         self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
     ) -> None:
         self._waiting.append((value, future))
-        if len(self._waiting) >= self.max_size:
+        waiting = len(self._waiting)
+        if waiting >= self.max_size:
             self._flush()
-        elif self._timer is None:
-            if self.max_delay > 0:
-                self._timer = loop.call_later(self.max_delay, self._flush)
-            else:
-                self._timer = loop.call_soon(self._flush)
+        elif self._soon is None and (waiting >= self._last_size or self.max_delay <= 0):
+            self._soon = loop.call_soon(self._flush)
+        elif self._timer is None and self._soon is None:
+            self._timer = loop.call_later(self.max_delay, self._flush)
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for handle in (self._timer, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._soon = None
         while self._waiting:
             batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
+            self._last_size = len(batch)
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         try:

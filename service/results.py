@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from .keys import Keys
 from .models.base import Outcome
-from .schemas import JobRecord, Status
+from .schemas import JobRecord
 
 # For each record key: mark a queued (or re-delivered, unfinished) job processing, and
 # answer the status it had before ('' if the record is gone), so the worker can skip jobs
@@ -28,7 +28,8 @@ return out
 """
 
 # KEYS: the stream, then one record key per finished job.
-# ARGV: group, finished time, ttl, then status/result/error per job, then the entry ids to ack.
+# ARGV: group, finished time, ttl, then one outcome per job ('R' + result JSON when done,
+# 'E' + error message when failed), then the entry ids to ack.
 # Writes each final record once (a record already done or failed keeps its value; an
 # expired one is not recreated half-empty), then acks, all in one atomic step.
 _FINISH_AND_ACK = """
@@ -38,20 +39,25 @@ for i = 1, jobs do
   local key = KEYS[i + 1]
   local status = redis.call('HGET', key, 'status')
   if status == 'queued' or status == 'processing' then
-    local base = 3 + (i - 1) * 3
-    local error = ARGV[base + 3]
-    redis.call('HSET', key, 'status', ARGV[base + 1], 'result', ARGV[base + 2],
-               'finished_at', now)
-    if error ~= '' then redis.call('HSET', key, 'error', error) end
+    local outcome = ARGV[3 + i]
+    if string.sub(outcome, 1, 1) == 'R' then
+      redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
+                 'finished_at', now)
+    else
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+                 'error', string.sub(outcome, 2), 'finished_at', now)
+    end
     redis.call('EXPIRE', key, ttl)
   end
 end
-local first = 4 + jobs * 3
-if #ARGV >= first then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, first))
+if #ARGV > 3 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 4 + jobs))
 end
 return jobs
 """
+
+#: Prior statuses after which a job (re)runs: queued, or processing when re-delivered.
+RUNNABLE = (b"queued", b"processing")
 
 
 class ResultStore:
@@ -62,11 +68,12 @@ class ResultStore:
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH_AND_ACK)
 
-    async def mark_processing(self, prediction_ids: list[str], now: float) -> list[Status | None]:
-        """Marks each job processing in one round trip; answers each job's previous status."""
+    async def mark_processing(self, prediction_ids: list[str], now: float) -> list[bytes]:
+        """Marks each job processing in one round trip; answers each job's previous status
+        (b"" when its record is gone). See RUNNABLE.
+        """
         keys = [self._keys.record(p) for p in prediction_ids]
-        replies: list[bytes] = await self._mark(keys=keys, args=[repr(now)])
-        return [Status(r.decode()) if r else None for r in replies]
+        return await self._mark(keys=keys, args=[repr(now)])
 
     async def finish_and_ack(
         self,
@@ -79,8 +86,7 @@ class ResultStore:
         args: list[Any] = [self._keys.group, repr(now), self._ttl]
         for prediction_id, outcome in finished:
             keys.append(self._keys.record(prediction_id))
-            status = Status.DONE if outcome.ok else Status.FAILED
-            args += (status.value, outcome.payload, outcome.error)
+            args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
         args.extend(entry_ids)
         await self._finish(keys=keys, args=args)
 

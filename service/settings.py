@@ -53,13 +53,16 @@ class Settings(BaseSettings):
     )
     executor_threads: int = Field(4, ge=1, description="Threads that run model code.")
     max_batch_size: int = Field(
-        32,
+        64,
         ge=1,
         description="Most inputs per model call: concurrent sync requests are gathered up "
         "to it, and a worker reads up to it per XREADGROUP.",
     )
     max_batch_delay_ms: float = Field(
-        2.0, ge=0, description="How long a partial batch waits for more inputs."
+        2.0,
+        ge=0,
+        description="Longest wait for a batch to fill (to MAX_BATCH_SIZE or the previous "
+        "batch's size; a lone caller never waits). 0: the next event-loop turn.",
     )
     result_ttl_seconds: int = Field(3600, ge=1, description="How long job records are kept.")
     stream: str = Field("predictions", description="Redis Stream that holds queued jobs.")

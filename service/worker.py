@@ -16,12 +16,10 @@ from .batching import Batchers
 from .errors import InvalidInput, NotFound
 from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
-from .results import ResultStore
-from .schemas import Status
+from .results import RUNNABLE, ResultStore
 
 log = logging.getLogger(__name__)
 
-_RUNNABLE = (Status.QUEUED, Status.PROCESSING)
 _MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -79,7 +77,7 @@ class Worker:
     async def process(self, entries: list[Entry]) -> None:
         """Marks the batch processing, runs it, writes each final record and acks (pipelined)."""
         prior = await self._results.mark_processing([e.prediction_id for e in entries], time.time())
-        runnable = [e for e, status in zip(entries, prior, strict=True) if status in _RUNNABLE]
+        runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         outcomes = await self._predict(runnable)
         # Jobs already final (a redelivery) or expired are acked without running again.
         await self._results.finish_and_ack(

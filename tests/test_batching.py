@@ -88,3 +88,10 @@ async def test_concurrent_async_submits_are_all_recorded_and_queued(
     assert await rds.xlen("predictions") == 50
     for prediction_id in ids:
         assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
+
+
+async def test_a_lone_caller_does_not_wait_for_the_batch_delay(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:BatchEcho", max_batch_delay_ms=60_000)
+    for text in ("first", "second"):
+        resp = await asyncio.wait_for(client.post("/predict", json={"input": text}), 10)
+        assert (await resp.json())["result"] == {"echo": text}
