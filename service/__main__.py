@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -11,8 +13,22 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .errors import ModelLoadError
+from .logs import setup_logging
 from .loop import use_event_loop
 from .settings import load_settings
+
+
+async def _run_without_http(app: web.Application) -> None:
+    """A worker-only replica: the app's resources and workers, no listening socket."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()  # runs start-up: models, Redis, workers
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("service").info("worker-only replica running (SERVE_HTTP=false)")
+    await stop.wait()
+    await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,14 +40,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(f"error: bad settings: {problems}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     use_event_loop(settings.loop)
     try:
+        if not settings.serve_http:
+            asyncio.run(_run_without_http(app))
+            return
         web.run_app(
             app,
             host=settings.host,

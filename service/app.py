@@ -15,9 +15,13 @@ from .connection import connect
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
 from .executor import Executor
+from .health import live, ready
 from .keys import Keys
+from .lifecycle import Lifecycle
 from .memory import release_freed_memory
-from .middlewares import error_middleware
+from .metrics import Metrics
+from .metrics_route import metrics
+from .middlewares import error_middleware, request_middleware
 from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
@@ -49,6 +53,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         executor,
         settings.max_batch_size,
         settings.max_batch_delay_ms / 1000,
+        app[state.METRICS],
     )
     release_freed_memory()
     yield
@@ -88,6 +93,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             results=app[state.RESULTS],
             models=app[state.MODELS],
             batchers=app[state.BATCHERS],
+            metrics=app[state.METRICS],
             consumer=f"{settings.consumer_name}-{i}",
             batch_size=settings.max_batch_size,
             block_ms=settings.read_block_ms,
@@ -111,10 +117,18 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
                 await task
 
 
+async def _mark_stopping(app: web.Application) -> None:
+    """on_shutdown: from here on readiness answers 503."""
+    app[state.LIFECYCLE].stopping = True
+
+
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[request_middleware, error_middleware])
     app[state.SETTINGS] = settings
+    app[state.METRICS] = Metrics()
+    app[state.LIFECYCLE] = Lifecycle()
+    app.on_shutdown.append(_mark_stopping)
     app.cleanup_ctx.append(models_ctx)
     if settings.redis_url:
         app[state.REDIS_URL] = settings.redis_url
@@ -130,6 +144,9 @@ def create_app(settings: Settings) -> web.Application:
             web.get("/models", list_models, allow_head=False),
             web.get("/models/{name}", get_model, allow_head=False),
             web.post("/models/{name}/predict", predict_with_model),
+            web.get("/health/live", live, allow_head=False),
+            web.get("/health/ready", ready, allow_head=False),
+            web.get("/metrics", metrics, allow_head=False),
         ],
     )
     return app

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from .executor import Executor
+from .metrics import Metrics
 from .models import Model, Outcome
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,16 @@ class Batcher:
     has threads. Each caller gets the outcomes of its own inputs, in order.
     """
 
-    def __init__(self, model: Model, executor: Executor, max_size: int, max_delay: float) -> None:
+    def __init__(
+        self,
+        model: Model,
+        executor: Executor,
+        max_size: int,
+        max_delay: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.model = model
+        self._metrics = metrics
         self._executor = executor
         self.max_size = max_size
         self.max_delay = max_delay
@@ -71,6 +81,7 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
+        began = time.perf_counter()
         try:
             outcomes = await self._executor.run_batch(self.model, [value for value, _ in batch])
         except BaseException as exc:  # the executor failed (not the model): fail the callers
@@ -80,6 +91,9 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        if self._metrics is not None:
+            self._metrics.model_latency.labels(self.model.name).observe(time.perf_counter() - began)
+            self._metrics.batch_size.labels(self.model.name).observe(len(batch))
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # a caller that gave up leaves a cancelled future
                 future.set_result(outcome)
@@ -89,10 +103,16 @@ class Batchers:
     """One batcher per model."""
 
     def __init__(
-        self, models: dict[str, Model], executor: Executor, max_size: int, max_delay: float
+        self,
+        models: dict[str, Model],
+        executor: Executor,
+        max_size: int,
+        max_delay: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._batchers = {
-            name: Batcher(model, executor, max_size, max_delay) for name, model in models.items()
+            name: Batcher(model, executor, max_size, max_delay, metrics)
+            for name, model in models.items()
         }
 
     def __getitem__(self, name: str) -> Batcher:

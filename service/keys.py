@@ -17,6 +17,11 @@ class Keys:
     def from_settings(cls, settings: Settings) -> Keys:
         return cls(settings.stream, settings.group, settings.key_prefix)
 
+    @property
+    def dead_letters(self) -> str:
+        """Stream of jobs given up on, with the reason."""
+        return self.stream + ":dead"
+
     def record(self, prediction_id: str) -> str:
         """Hash holding one job record; it expires after the result TTL."""
         return self.record_prefix + prediction_id

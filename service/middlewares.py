@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +12,9 @@ from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import state
 from .errors import ServiceError
+from .ids import new_id
 from .routes import json_response
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,54 @@ def _error(
     if detail is not None:
         body["detail"] = detail
     return json_response(body, status=status, headers=headers)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access_log = logging.getLogger("service.access")
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: the request id (taken from X-Request-ID or made), timing, the access
+    log line and the HTTP metrics. Errors are already JSON answers here.
+    """
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else new_id()
+    request[state.REQUEST_ID] = request_id
+    began = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # redirects pass the error middleware as exceptions
+        _observe(request, exc, request_id, time.perf_counter() - began)
+        raise
+    _observe(request, response, request_id, time.perf_counter() - began)
+    return response
+
+
+def _observe(
+    request: web.Request, response: web.StreamResponse, request_id: str, elapsed: float
+) -> None:
+    response.headers["X-Request-ID"] = request_id
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[state.METRICS]
+    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
+    metrics.http_latency.labels(route, request.method).observe(elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            elapsed * 1000,
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+        )
 
 
 @web.middleware

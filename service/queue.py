@@ -24,6 +24,7 @@ class Entry:
     prediction_id: str
     model: str
     input_json: bytes
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class NewJob:
     model: str
     input: Any
     created_at: float
+    request_id: str = ""
 
 
 def _entries(raw: list[Any]) -> list[Entry]:
@@ -42,8 +44,15 @@ def _entries(raw: list[Any]) -> list[Entry]:
         if not fields:
             # Deleted while pending (XAUTOCLAIM/XREADGROUP show it with no fields).
             continue
+        rid = fields.get(b"rid")
         out.append(
-            Entry(entry_id, fields[b"id"].decode(), fields[b"model"].decode(), fields[b"input"])
+            Entry(
+                entry_id,
+                fields[b"id"].decode(),
+                fields[b"model"].decode(),
+                fields[b"input"],
+                rid.decode() if rid else "",
+            )
         )
     return out
 
@@ -62,16 +71,18 @@ def _stream_entries(reply: Any) -> list[Any]:
 
 
 # KEYS: the stream, then one record key per job.
-# ARGV: the record TTL, then per job: prediction id, model, input (JSON), created time.
-# Writes each job record (status queued) and its stream entry; one call for many jobs.
+# ARGV: the record TTL, then per job: prediction id, model, input (JSON), created time,
+# request id. Writes each job record (status queued) and its stream entry; one call for
+# many jobs.
 _SUBMIT = """
 local ttl = ARGV[1]
 for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 4
+  local a = 2 + (i - 2) * 5
   redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-             'created_at', ARGV[a + 3], 'attempts', 0)
+             'created_at', ARGV[a + 3], 'attempts', 0, 'request_id', ARGV[a + 4])
   redis.call('EXPIRE', KEYS[i], ttl)
-  redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'model', ARGV[a + 1], 'input', ARGV[a + 2])
+  redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'model', ARGV[a + 1], 'input', ARGV[a + 2],
+             'rid', ARGV[a + 4])
 end
 return #KEYS - 1
 """
@@ -110,7 +121,13 @@ class JobQueue:
         args: list[Any] = [self._ttl]
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
-            args += (job.prediction_id, job.model, orjson.dumps(job.input), repr(job.created_at))
+            args += (
+                job.prediction_id,
+                job.model,
+                orjson.dumps(job.input),
+                repr(job.created_at),
+                job.request_id,
+            )
         await self._submit_script(keys=keys, args=args)
 
     async def read(

@@ -22,7 +22,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
     raw = await read_predict_body(request)
     value = model.validate(raw)
     if queued:
-        job = NewJob(new_id(), model.name, raw, time.time())
+        job = NewJob(new_id(), model.name, raw, time.time(), request[state.REQUEST_ID])
         await request.app[state.QUEUE].submit(job)
         return json_response(
             {"prediction_id": job.prediction_id, "message": ACCEPTED_MESSAGE},
@@ -30,6 +30,8 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             headers={"Location": f"/predict/{job.prediction_id}"},
         )
     outcome = await request.app[state.BATCHERS][model.name].run_one(value)
+    status = "done" if outcome.ok else "failed"
+    request.app[state.METRICS].predictions.labels(model.name, "sync", status).inc()
     if not outcome.ok:
         raise PredictionFailed(outcome.error)
     return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})

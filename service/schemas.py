@@ -51,6 +51,7 @@ class JobRecord(BaseModel):
     attempts: int = 0
     result: Any = None
     error: str | None = None
+    request_id: str | None = None
 
     @classmethod
     def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
@@ -66,6 +67,7 @@ class JobRecord(BaseModel):
             attempts=int(fields.get(b"attempts", b"0")),
             result=None if result is None else orjson.loads(result),
             error=_text(fields.get(b"error")),
+            request_id=_text(fields.get(b"request_id")) or None,
         )
 
     def to_view(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class JobRecord(BaseModel):
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "attempts": self.attempts,
+            "request_id": self.request_id,
         }
         if self.status is Status.FAILED:
             view["error"] = self.error

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Embedded redis-server port (0: any free port)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line."
+    )
+    serve_http: bool = Field(
+        True, description="Serve HTTP. false: a worker-only replica (no port, no routes)."
+    )
     loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="Event loop: uvloop when installed ('auto'), or asyncio's own."
     )

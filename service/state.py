@@ -10,12 +10,17 @@ from redis.asyncio import Redis
 
 from .batching import Batchers
 from .executor import Executor
+from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .models import ModelRegistry
 from .queue import JobQueue
 from .results import ResultStore
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+REQUEST_ID = web.RequestKey("request_id", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 MODELS = web.AppKey("models", ModelRegistry)

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batching import Batchers
 from .errors import InvalidInput, NotFound
+from .metrics import Metrics
 from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
 from .results import RUNNABLE, ResultStore
@@ -33,6 +34,7 @@ class Worker:
         results: ResultStore,
         models: ModelRegistry,
         batchers: Batchers,
+        metrics: Metrics,
         consumer: str,
         batch_size: int,
         block_ms: int,
@@ -42,6 +44,7 @@ class Worker:
         self._results = results
         self._models = models
         self._batchers = batchers
+        self._metrics = metrics
         self.consumer = consumer
         self._batch_size = batch_size
         self._block_ms = block_ms
@@ -85,8 +88,30 @@ class Worker:
             [e.entry_id for e in entries],
             time.time(),
         )
-        failed = sum(not o.ok for o in outcomes)
-        log.debug("%s finished %d jobs (%d failed)", self.consumer, len(outcomes), failed)
+        self._report(runnable, outcomes)
+
+    def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
+        """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
+        counter = self._metrics.predictions
+        logs = log.isEnabledFor(logging.INFO)
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            status = "done" if outcome.ok else "failed"
+            counter.labels(entry.model, "async", status).inc()
+            if logs or not outcome.ok:
+                log.log(
+                    logging.INFO if outcome.ok else logging.WARNING,
+                    "job %s %s%s",
+                    entry.prediction_id,
+                    status,
+                    "" if outcome.ok else f": {outcome.error}",
+                    extra={
+                        "prediction_id": entry.prediction_id,
+                        "model": entry.model,
+                        "outcome": status,
+                        "request_id": entry.request_id or None,
+                        "consumer": self.consumer,
+                    },
+                )
 
     async def _predict(self, entries: list[Entry]) -> list[Outcome]:
         """Outcomes in entry order; entries are grouped per model, one batch call per model."""

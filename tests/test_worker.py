@@ -25,6 +25,7 @@ def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60
         results=app[state.RESULTS],
         models=app[state.MODELS],
         batchers=app[state.BATCHERS],
+        metrics=app[state.METRICS],
         consumer=consumer,
         batch_size=8,
         block_ms=10,

@@ -1,0 +1,77 @@
+"""Liveness and readiness: is the process up; can this replica do its work right now."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import state
+from .web_io import json_response
+
+_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def live(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Liveness (the process answers)
+    tags: [health]
+    responses:
+      "200":
+        description: The process is up.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Health"}
+    """
+    return json_response({"status": "ok", "checks": {"process": "up"}})
+
+
+async def _redis_checks(app: web.Application) -> dict[str, str]:
+    settings = app[state.SETTINGS]
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            await app[state.REDIS].ping()
+            groups = await app[state.REDIS].xinfo_groups(settings.stream)
+    except (RedisError, OSError, TimeoutError) as exc:
+        if "no such key" in str(exc).lower():
+            return {"redis": "ok", "consumer_group": f"stream {settings.stream!r} is missing"}
+        return {"redis": f"unreachable: {type(exc).__name__}: {exc}"}
+    names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+    group = "ok" if settings.group in names else f"group {settings.group!r} is missing"
+    return {"redis": "ok", "consumer_group": group}
+
+
+async def ready(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Readiness (Redis reachable, consumer group present, models loaded, not stopping)
+    description: 503 with the reasons when this replica should get no traffic.
+    tags: [health]
+    responses:
+      "200":
+        description: Ready.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Health"}
+      "503":
+        description: Not ready; `checks` says why.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Health"}
+    """
+    app = request.app
+    checks: dict[str, Any] = {}
+    checks["models"] = "ok" if state.MODELS in app else "not loaded"
+    checks["shutting_down"] = "no" if not app[state.LIFECYCLE].stopping else "yes"
+    if state.REDIS in app:
+        checks.update(await _redis_checks(app))
+    else:
+        checks["redis"] = "not connected"
+    healthy = all(v in ("ok", "no") for v in checks.values())
+    return json_response(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status=200 if healthy else 503,
+    )

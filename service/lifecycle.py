@@ -1,0 +1,10 @@
+"""Where this replica is in its life: serving, or stopping (readiness turns false)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Lifecycle:
+    stopping: bool = False

@@ -1,0 +1,40 @@
+"""GET /metrics: the Prometheus text format, with the queue figures read at scrape time."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from . import state
+from .keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Prometheus metrics
+    description: >-
+      HTTP requests and latency by route; predictions by model, mode and status; model call
+      latency and batch sizes; queue figures (stream length, group lag, pending, dead
+      letters), read from Redis at scrape time. Scale workers on `queue_group_lag`.
+    tags: [health]
+    responses:
+      "200":
+        description: Prometheus text exposition format.
+        content:
+          text/plain:
+            schema: {type: string}
+    """
+    app = request.app
+    registry = app[state.METRICS]
+    if state.REDIS in app:
+        try:
+            await registry.refresh_queue(app[state.REDIS], Keys.from_settings(app[state.SETTINGS]))
+        except (RedisError, OSError) as exc:
+            log.warning("queue figures not refreshed: %s", exc)
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,168 @@
+"""Operating it: health, metrics, request ids, logs, and a worker-only replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from service.logs import JsonFormatter
+
+from .conftest import ClientFactory, poll
+from .test_api import submit, wait_final
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_liveness_and_readiness(make_client: ClientFactory, rds: Redis) -> None:
+    client = await make_client()
+    live = await client.get("/health/live")
+    assert live.status == 200 and (await live.json())["status"] == "ok"
+    ready = await client.get("/health/ready")
+    body = await ready.json()
+    assert ready.status == 200, body
+    assert body["checks"] == {
+        "models": "ok",
+        "shutting_down": "no",
+        "redis": "ok",
+        "consumer_group": "ok",
+    }
+
+    await rds.xgroup_destroy("predictions", "workers")
+    ready = await client.get("/health/ready")
+    body = await ready.json()
+    assert ready.status == 503
+    assert body["status"] == "unavailable"
+    assert "missing" in body["checks"]["consumer_group"]
+
+
+def figure(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in the Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_part = sample.partition("{")
+        got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
+        if metric == name and got == want:
+            return float(value)
+    return 0.0
+
+
+async def scrape(client: TestClient) -> str:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    return await resp.text()
+
+
+async def test_queue_figures_move_as_jobs_are_queued_and_done(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    api = await make_client(workers=0, model="tests.models:echo")
+    ids = [await submit(api, i) for i in range(3)]
+    text = await scrape(api)
+    assert figure(text, "queue_stream_length") == 3
+    assert figure(text, "queue_group_lag") == 3
+    assert figure(text, "queue_pending") == 0
+    assert figure(text, "queue_dead_letters") == 0
+
+    await rds.xreadgroup("workers", "slow-consumer", {"predictions": ">"}, count=2)
+    text = await scrape(api)
+    assert figure(text, "queue_group_lag") == 1
+    assert figure(text, "queue_pending") == 2
+
+    worker = await make_client(model="tests.models:echo", visibility_timeout_seconds=0.05)
+    for prediction_id in ids:
+        assert (await wait_final(api, prediction_id))["status"] == "done"
+    text = await scrape(api)
+    assert figure(text, "queue_group_lag") == 0
+    assert figure(text, "queue_pending") == 0
+    worker_text = await scrape(worker)
+    assert (
+        figure(worker_text, "predictions_total", model="default", mode="async", status="done") == 3
+    )
+    assert figure(worker_text, "model_batch_size_count", model="default") >= 1
+    http = figure(text, "http_requests_total", route="/predict", method="POST", status="202")
+    assert http == 3
+
+
+async def test_sync_predictions_and_errors_are_counted(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:Fragile")
+    await client.post("/predict", json={"input": "fine"})
+    await client.post("/predict", json={"input": "boom"})
+    await client.get("/nowhere")
+    text = await scrape(client)
+    assert figure(text, "predictions_total", model="default", mode="sync", status="done") == 1
+    assert figure(text, "predictions_total", model="default", mode="sync", status="failed") == 1
+    assert figure(text, "http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert figure(text, "model_batch_duration_seconds_count", model="default") == 2
+
+
+async def test_request_id_is_taken_or_made_and_carried_into_the_job(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(model="tests.models:echo")
+    made = await client.get("/health/live")
+    assert uuid.UUID(made.headers["X-Request-ID"])
+    bad = await client.get("/health/live", headers={"X-Request-ID": "no spaces allowed"})
+    assert bad.headers["X-Request-ID"] != "no spaces allowed"
+
+    caplog.set_level(logging.INFO)
+    resp = await client.post(
+        "/predict", json={"input": 1}, headers={"Async-Mode": "true", "X-Request-ID": "req-42"}
+    )
+    assert resp.headers["X-Request-ID"] == "req-42"
+    record = await wait_final(client, (await resp.json())["prediction_id"])
+    assert record["request_id"] == "req-42"
+
+    def job_line_logged() -> bool:
+        return any(
+            getattr(r, "request_id", None) == "req-42" and getattr(r, "outcome", None) == "done"
+            for r in caplog.records
+        )
+
+    async def logged() -> bool:
+        return job_line_logged()
+
+    await poll(logged)
+    access = [r for r in caplog.records if r.name == "service.access" and r.request_id == "req-42"]
+    assert access and access[0].status == 202 and access[0].path == "/predict"
+
+
+def test_json_log_lines_carry_the_fields() -> None:
+    record = logging.LogRecord(
+        "service.access", logging.INFO, __file__, 1, "POST /predict", (), None
+    )
+    record.request_id = "abc"
+    record.status = 200
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "POST /predict"
+    assert line["request_id"] == "abc" and line["status"] == 200 and line["level"] == "INFO"
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["time"])
+
+
+async def test_a_worker_only_replica_processes_jobs_without_a_port(
+    make_client: ClientFactory, redis_url: str
+) -> None:
+    api = await make_client(workers=0)
+    prediction_id = await submit(api, "Workers without a web server work fine")
+    env = {**os.environ, "REDIS_URL": redis_url, "SERVE_HTTP": "false", "PORT": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service", cwd=ROOT, env=env)
+    try:
+        record = await wait_final(api, prediction_id)
+        assert record["status"] == "done"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
