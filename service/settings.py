@@ -20,7 +20,8 @@ def _default_consumer() -> str:
 class Settings(BaseSettings):
     """Service settings. Environment variables use the upper-case field name (``PORT``)."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+    # An empty variable (e.g. `MODELS_FILE=` from a compose file) means "not set".
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_ignore_empty=True)
 
     host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
