@@ -240,7 +240,10 @@ def enqueue(redis_url: str, model: str, value: Any, count: int) -> list[str]:
                 },
             )
             pipe.expire(key, 3600)
-            pipe.xadd("predictions", {"id": prediction_id, "model": "default", "input": raw})
+            pipe.xadd(
+                "predictions",
+                {"id": prediction_id, "model": "default", "input": raw, "rid": "", "at": now},
+            )
         pipe.execute()
     client.close()
     return ids

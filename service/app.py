@@ -17,11 +17,11 @@ from .embedded import RedisServer
 from .executor import Executor
 from .health import live, ready
 from .keys import Keys
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, SyncGate
 from .memory import release_freed_memory
 from .metrics import Metrics
 from .metrics_route import metrics
-from .middlewares import error_middleware, request_middleware
+from .middlewares import auth_middleware, error_middleware, request_middleware
 from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
@@ -74,8 +74,14 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
     redis = await connect(app[state.REDIS_URL])
     keys = Keys.from_settings(settings)
-    results = ResultStore(redis, keys, settings.result_ttl_seconds)
-    queue = JobQueue(redis, keys, settings.result_ttl_seconds)
+    results = ResultStore(
+        redis,
+        keys,
+        settings.result_ttl_seconds,
+        settings.max_deliveries,
+        settings.job_timeout_seconds,
+    )
+    queue = JobQueue(redis, keys, settings.result_ttl_seconds, settings.max_queue)
     await queue.ensure_group()
     app[state.REDIS] = redis
     app[state.RESULTS] = results
@@ -98,6 +104,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             batch_size=settings.max_batch_size,
             block_ms=settings.read_block_ms,
             visibility_timeout=settings.visibility_timeout_seconds,
+            job_timeout=settings.job_timeout_seconds,
         )
         for i in range(settings.workers)
     ]
@@ -124,10 +131,14 @@ async def _mark_stopping(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
-    app = web.Application(middlewares=[request_middleware, error_middleware])
+    app = web.Application(
+        middlewares=[request_middleware, error_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[state.SETTINGS] = settings
     app[state.METRICS] = Metrics()
     app[state.LIFECYCLE] = Lifecycle()
+    app[state.SYNC_GATE] = SyncGate()
     app.on_shutdown.append(_mark_stopping)
     app.cleanup_ctx.append(models_ctx)
     if settings.redis_url:

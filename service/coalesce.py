@@ -7,30 +7,32 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-class Coalescer(Generic[T]):
+class Coalescer(Generic[T, R]):
     """Calls ``flush(items)`` with everything callers added while the previous flush was
-    under way (or during the current turn of the event loop), one flush at a time.
+    under way (or during the current turn of the event loop), one flush at a time; each
+    caller gets the result at its item's position in what ``flush`` returns.
 
     Under light load each item is flushed alone at the next loop turn; under heavy load the
     batches grow by themselves, so round trips stay few. A flush that raises fails every
     caller whose item it carried.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]]) -> None:
         self._flush = flush
         self._items: list[T] = []
-        self._futures: list[asyncio.Future[None]] = []
+        self._futures: list[asyncio.Future[R]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def add(self, item: T) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def add(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._items.append(item)
         self._futures.append(future)
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
-        await future
+        return await future
 
     async def _drain(self) -> None:
         try:
@@ -38,14 +40,14 @@ class Coalescer(Generic[T]):
                 items, futures = self._items, self._futures
                 self._items, self._futures = [], []
                 try:
-                    await self._flush(items)
+                    results = await self._flush(items)
                 except Exception as exc:
                     for future in futures:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for future in futures:
+                    for future, result in zip(futures, results, strict=True):
                         if not future.done():
-                            future.set_result(None)
+                            future.set_result(result)
         finally:
             self._task = None

@@ -9,6 +9,8 @@ class ServiceError(Exception):
     """Base of every error that becomes a JSON answer with its own status."""
 
     status = 500
+    #: Seconds for a Retry-After header, for errors a client should retry.
+    retry_after: int | None = None
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
@@ -38,6 +40,38 @@ class InvalidInput(ServiceError):
     """The body or the input does not fit the schema; ``detail`` lists the field errors."""
 
     status = 422
+
+
+class Unauthorized(ServiceError):
+    """The route needs the API key as a Bearer token."""
+
+    status = 401
+
+
+class IdempotencyConflict(ServiceError):
+    """An Idempotency-Key came back with a different request body."""
+
+    status = 409
+
+
+class QueueFull(ServiceError):
+    """MAX_QUEUE jobs are waiting; the client should retry later."""
+
+    status = 429
+    retry_after = 1
+
+
+class PredictionTimeout(ServiceError):
+    """A sync prediction ran past JOB_TIMEOUT."""
+
+    status = 504
+
+
+class Overloaded(ServiceError):
+    """Too many sync predictions at once, or Redis unreachable; retry later."""
+
+    status = 503
+    retry_after = 1
 
 
 class PredictionFailed(ServiceError):

@@ -22,6 +22,10 @@ class Keys:
         """Stream of jobs given up on, with the reason."""
         return self.stream + ":dead"
 
+    def idempotency(self, key: str) -> str:
+        """The prediction id (and body digest) an Idempotency-Key was first used for."""
+        return f"{self.stream}:idem:{key}"
+
     def record(self, prediction_id: str) -> str:
         """Hash holding one job record; it expires after the result TTL."""
         return self.record_prefix + prediction_id

@@ -8,3 +8,10 @@ from dataclasses import dataclass
 @dataclass
 class Lifecycle:
     stopping: bool = False
+
+
+@dataclass
+class SyncGate:
+    """How many sync predictions are running (bounded by MAX_SYNC_IN_FLIGHT)."""
+
+    in_flight: int = 0

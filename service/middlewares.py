@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -13,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import state
-from .errors import ServiceError
+from .errors import ServiceError, Unauthorized
 from .ids import new_id
 from .routes import json_response
 
@@ -87,11 +88,30 @@ def _observe(
 
 
 @web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With API_KEY set, prediction routes need 'Authorization: Bearer <API_KEY>'."""
+    key = request.app[state.SETTINGS].api_key
+    if key and _needs_key(request):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+            raise Unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
+    return await handler(request)
+
+
+def _needs_key(request: web.Request) -> bool:
+    path = request.path
+    return path.startswith("/predict") or path.startswith("/models")
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ServiceError as exc:
-        return _error(exc.status, exc.message, exc.detail)
+        headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        return _error(exc.status, exc.message, exc.detail, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

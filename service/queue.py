@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .coalesce import Coalescer
+from .errors import IdempotencyConflict, QueueFull
 from .keys import Keys
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Entry:
     model: str
     input_json: bytes
     request_id: str = ""
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,8 @@ class NewJob:
     input: Any
     created_at: float
     request_id: str = ""
+    idempotency_key: str = ""
+    body_digest: str = ""
 
 
 def _entries(raw: list[Any]) -> list[Entry]:
@@ -44,7 +48,7 @@ def _entries(raw: list[Any]) -> list[Entry]:
         if not fields:
             # Deleted while pending (XAUTOCLAIM/XREADGROUP show it with no fields).
             continue
-        rid = fields.get(b"rid")
+        rid, at = fields.get(b"rid"), fields.get(b"at")
         out.append(
             Entry(
                 entry_id,
@@ -52,6 +56,7 @@ def _entries(raw: list[Any]) -> list[Entry]:
                 fields[b"model"].decode(),
                 fields[b"input"],
                 rid.decode() if rid else "",
+                float(at) if at else 0.0,
             )
         )
     return out
@@ -71,30 +76,51 @@ def _stream_entries(reply: Any) -> list[Any]:
 
 
 # KEYS: the stream, then one record key per job.
-# ARGV: the record TTL, then per job: prediction id, model, input (JSON), created time,
-# request id. Writes each job record (status queued) and its stream entry; one call for
-# many jobs.
+# ARGV: record TTL, queue limit (0: none), then per job: prediction id, model, input
+# (JSON), created time, request id, idempotency key ('' if none), body digest.
+# Per job, in order: a known idempotency key answers 'dup:<its id>' (same body) or
+# 'conflict' (another body); a full queue answers 'full'; otherwise the job record
+# (status queued), its stream entry and its idempotency key are written and it answers
+# 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
 _SUBMIT = """
-local ttl = ARGV[1]
+local ttl, limit = ARGV[1], tonumber(ARGV[2])
+local out = {}
 for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 5
-  redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-             'created_at', ARGV[a + 3], 'attempts', 0, 'request_id', ARGV[a + 4])
-  redis.call('EXPIRE', KEYS[i], ttl)
-  redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-             'rid', ARGV[a + 4])
+  local a = 3 + (i - 2) * 7
+  local id, idem, digest = ARGV[a], ARGV[a + 5], ARGV[a + 6]
+  local known = false
+  if idem ~= '' then known = redis.call('GET', idem) end
+  if known then
+    local sep = string.find(known, '|', 1, true)
+    if string.sub(known, sep + 1) == digest then
+      out[i - 1] = 'dup:' .. string.sub(known, 1, sep - 1)
+    else
+      out[i - 1] = 'conflict'
+    end
+  elseif limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
+    out[i - 1] = 'full'
+  else
+    redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
+               'created_at', ARGV[a + 3], 'attempts', 0, 'request_id', ARGV[a + 4])
+    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'model', ARGV[a + 1], 'input', ARGV[a + 2],
+               'rid', ARGV[a + 4], 'at', ARGV[a + 3])
+    if idem ~= '' then redis.call('SET', idem, id .. '|' .. digest, 'EX', ttl) end
+    out[i - 1] = 'ok'
+  end
 end
-return #KEYS - 1
+return out
 """
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, keys: Keys, ttl_seconds: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl_seconds: int, max_queue: int = 0) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
+        self._max_queue = max_queue
         self._submit_script = redis.register_script(_SUBMIT)
-        self._submits: Coalescer[NewJob] = Coalescer(self._write)
+        self._submits: Coalescer[NewJob, str] = Coalescer(self._write)
 
     async def ensure_group(self) -> None:
         """Creates the stream and group if missing; from id 0 so no queued job is skipped."""
@@ -107,18 +133,27 @@ class JobQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def submit(self, job: NewJob) -> None:
-        """Writes the record and queues the job; returns once both are in Redis.
+    async def submit(self, job: NewJob) -> str:
+        """Writes the record and queues the job; answers the prediction id once both are in
+        Redis (an earlier job's id for a repeated idempotency key). QueueFull (429) when
+        MAX_QUEUE jobs wait; IdempotencyConflict (409) for a reused key with another body.
 
         Submits of concurrent requests share one script call (one round trip, atomic), so
         each job's record and stream entry are written together, and a busy server makes
         few round trips.
         """
-        await self._submits.add(job)
+        reply = await self._submits.add(job)
+        if reply == "ok":
+            return job.prediction_id
+        if reply.startswith("dup:"):
+            return reply.removeprefix("dup:")
+        if reply == "full":
+            raise QueueFull(f"The queue holds {self._max_queue} jobs; try again shortly.")
+        raise IdempotencyConflict("This Idempotency-Key was used with a different request body.")
 
-    async def _write(self, jobs: list[NewJob]) -> None:
+    async def _write(self, jobs: list[NewJob]) -> list[str]:
         keys = [self._keys.stream]
-        args: list[Any] = [self._ttl]
+        args: list[Any] = [self._ttl, self._max_queue]
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
             args += (
@@ -127,8 +162,11 @@ class JobQueue:
                 orjson.dumps(job.input),
                 repr(job.created_at),
                 job.request_id,
+                self._keys.idempotency(job.idempotency_key) if job.idempotency_key else "",
+                job.body_digest,
             )
-        await self._submit_script(keys=keys, args=args)
+        replies: list[bytes] = await self._submit_script(keys=keys, args=args)
+        return [r.decode() for r in replies]
 
     async def read(
         self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False
@@ -146,6 +184,16 @@ class JobQueue:
         if gone:
             await self._redis.xack(self._keys.stream, self._keys.group, *gone)
         return _entries(raw)
+
+    async def heartbeat(self, consumer: str, entry_ids: list[bytes]) -> None:
+        """Resets the idle time of ``consumer``'s in-flight entries (XCLAIM to itself), so
+        a long job is not reclaimed by another replica while it still runs.
+        """
+        ids: list[Any] = list(entry_ids)
+        if ids:
+            await self._redis.xclaim(
+                self._keys.stream, self._keys.group, consumer, 0, ids, justid=True
+            )
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Takes over entries other consumers left idle longer than ``min_idle_ms``.

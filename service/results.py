@@ -11,18 +11,46 @@ from .keys import Keys
 from .models.base import Outcome
 from .schemas import JobRecord
 
-# For each record key: mark a queued (or re-delivered, unfinished) job processing, and
-# answer the status it had before ('' if the record is gone), so the worker can skip jobs
-# that are already final or expired. One script call per batch.
+# KEYS: the dead-letter stream, then one record key per job of the batch.
+# ARGV: now, TTL, max deliveries, job timeout (0: none), then per job its stream entry id.
+# For each job: its status before ('' if the record is gone), after moving it on:
+# - queued/processing and past its deadline (from submission): failed "timed out";
+#   answers 'expired';
+# - queued/processing and already started MAX_DELIVERIES times: failed "gave up after N
+#   deliveries", and a dead-letter entry with the reason; answers 'dead';
+# - otherwise queued/processing: now processing, attempts + 1; answers the old status;
+# - done/failed (a re-delivery): untouched.
+# One script call per batch.
 _MARK_PROCESSING = """
+local now, ttl = tonumber(ARGV[1]), ARGV[2]
+local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at')
+  local status = f[1]
   if status == 'queued' or status == 'processing' then
-    redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
-    redis.call('HINCRBY', key, 'attempts', 1)
+    local attempts = tonumber(f[2]) or 0
+    if timeout > 0 and now - (tonumber(f[3]) or now) > timeout then
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+                 'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
+                 'finished_at', ARGV[1])
+      redis.call('EXPIRE', key, ttl)
+      status = 'expired'
+    elseif attempts >= max_deliveries then
+      local reason = 'gave up after ' .. attempts .. ' deliveries'
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null', 'error', reason,
+                 'finished_at', ARGV[1])
+      redis.call('EXPIRE', key, ttl)
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
+                 'entry', ARGV[4 + i - 1], 'reason', reason, 'at', ARGV[1])
+      status = 'dead'
+    else
+      redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
+      redis.call('HINCRBY', key, 'attempts', 1)
+    end
   end
-  out[i] = status or ''
+  out[i - 1] = status or ''
 end
 return out
 """
@@ -31,7 +59,8 @@ return out
 # ARGV: group, finished time, ttl, then one outcome per job ('R' + result JSON when done,
 # 'E' + error message when failed), then the entry ids to ack.
 # Writes each final record once (a record already done or failed keeps its value; an
-# expired one is not recreated half-empty), then acks, all in one atomic step.
+# expired one is not recreated half-empty), then acks and deletes the entries, all in one
+# atomic step.
 _FINISH_AND_ACK = """
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local jobs = #KEYS - 1
@@ -52,6 +81,9 @@ for i = 1, jobs do
 end
 if #ARGV > 3 + jobs then
   redis.call('XACK', KEYS[1], group, unpack(ARGV, 4 + jobs))
+  -- Acked entries are done with: deleting them keeps the stream as long as the work
+  -- still waiting or running, and never touches an undelivered or unacked entry.
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 4 + jobs))
 end
 return jobs
 """
@@ -61,19 +93,31 @@ RUNNABLE = (b"queued", b"processing")
 
 
 class ResultStore:
-    def __init__(self, redis: Redis, keys: Keys, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        ttl_seconds: int,
+        max_deliveries: int = 3,
+        job_timeout: float = 0.0,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
+        self._max_deliveries = max_deliveries
+        self._job_timeout = job_timeout
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH_AND_ACK)
 
-    async def mark_processing(self, prediction_ids: list[str], now: float) -> list[bytes]:
-        """Marks each job processing in one round trip; answers each job's previous status
-        (b"" when its record is gone). See RUNNABLE.
+    async def mark_processing(self, jobs: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
+        """Moves each (prediction id, entry id) on in one round trip: processing, or failed
+        for a deadline passed or too many deliveries. Answers each job's previous status,
+        b"expired" or b"dead" (b"" when its record is gone). See RUNNABLE.
         """
-        keys = [self._keys.record(p) for p in prediction_ids]
-        return await self._mark(keys=keys, args=[repr(now)])
+        keys = [self._keys.dead_letters] + [self._keys.record(p) for p, _ in jobs]
+        args: list[Any] = [repr(now), self._ttl, self._max_deliveries, self._job_timeout]
+        args.extend(entry_id for _, entry_id in jobs)
+        return await self._mark(keys=keys, args=args)
 
     async def finish_and_ack(
         self,

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import state
-from .errors import NotFound, PredictionFailed
+from .errors import NotFound, Overloaded, PredictionFailed, PredictionTimeout
 from .ids import new_id
-from .models import Model
+from .models import Model, Outcome
 from .queue import NewJob
 from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE
-from .web_io import async_mode, json_response, read_predict_body
+from .web_io import async_mode, body_digest, idempotency_key, json_response, read_predict_body
 
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
@@ -22,19 +24,49 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
     raw = await read_predict_body(request)
     value = model.validate(raw)
     if queued:
-        job = NewJob(new_id(), model.name, raw, time.time(), request[state.REQUEST_ID])
-        await request.app[state.QUEUE].submit(job)
-        return json_response(
-            {"prediction_id": job.prediction_id, "message": ACCEPTED_MESSAGE},
-            status=202,
-            headers={"Location": f"/predict/{job.prediction_id}"},
+        key = idempotency_key(request)
+        job = NewJob(
+            new_id(),
+            model.name,
+            raw,
+            time.time(),
+            request[state.REQUEST_ID],
+            key,
+            body_digest(model.name, raw) if key else "",
         )
-    outcome = await request.app[state.BATCHERS][model.name].run_one(value)
+        prediction_id = await request.app[state.QUEUE].submit(job)
+        return json_response(
+            {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
+            status=202,
+            headers={"Location": f"/predict/{prediction_id}"},
+        )
+    outcome = await _run_sync(request, model, value)
     status = "done" if outcome.ok else "failed"
     request.app[state.METRICS].predictions.labels(model.name, "sync", status).inc()
     if not outcome.ok:
         raise PredictionFailed(outcome.error)
     return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
+
+
+async def _run_sync(request: web.Request, model: Model, value: Any) -> Outcome:
+    """Runs one sync prediction within the concurrency bound and JOB_TIMEOUT."""
+    app = request.app
+    settings = app[state.SETTINGS]
+    gate = app[state.SYNC_GATE]
+    if gate.in_flight >= settings.max_sync_in_flight:
+        raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
+    gate.in_flight += 1
+    try:
+        run = app[state.BATCHERS][model.name].run_one(value)
+        if settings.job_timeout_seconds <= 0:
+            return await run
+        return await asyncio.wait_for(run, settings.job_timeout_seconds)
+    except TimeoutError:
+        raise PredictionTimeout(
+            f"The prediction took longer than {settings.job_timeout_seconds:g} s."
+        ) from None
+    finally:
+        gate.in_flight -= 1
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -79,6 +79,25 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(
         60.0, gt=0, description="Entries idle longer than this in a consumer are reclaimed."
     )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of one job before it goes to the dead-letter stream."
+    )
+    job_timeout_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A job not finished this long after submission fails 'timed out' (queue "
+        "wait included); a sync call answers 504 after it. 0: no limit.",
+    )
+    max_queue: int = Field(
+        100_000, ge=0, description="Queued jobs beyond which async submits get 429. 0: no limit."
+    )
+    max_sync_in_flight: int = Field(
+        256, ge=1, description="Concurrent sync predictions beyond which requests get 503."
+    )
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
+    api_key: str | None = Field(
+        None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="How long workers may finish their batch on shutdown."
     )

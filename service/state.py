@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from .batching import Batchers
 from .executor import Executor
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .models import ModelRegistry
 from .queue import JobQueue
@@ -20,6 +20,7 @@ from .settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SYNC_GATE = web.AppKey("sync_gate", SyncGate)
 REQUEST_ID = web.RequestKey("request_id", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)

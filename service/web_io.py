@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -28,6 +30,25 @@ def async_mode(request: web.Request) -> bool:
     if value not in ("true", "false"):
         raise BadRequest(f"Async-Mode must be 'true' or 'false', not {raw!r}.")
     return value == "true"
+
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The Idempotency-Key header ('' when absent); 400 when it is not 1-255 visible ASCII."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return ""
+    if not _IDEMPOTENCY_KEY.match(raw):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+    return raw
+
+
+def body_digest(model: str, value: Any) -> str:
+    """What makes two submits 'the same request' for an Idempotency-Key."""
+    canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(model.encode() + b"\0" + canonical).hexdigest()[:32]
 
 
 def _is_json(content_type: str) -> bool:

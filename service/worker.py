@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batching import Batchers
@@ -39,6 +40,7 @@ class Worker:
         batch_size: int,
         block_ms: int,
         visibility_timeout: float,
+        job_timeout: float = 0.0,
     ) -> None:
         self._queue = queue
         self._results = results
@@ -49,6 +51,7 @@ class Worker:
         self._batch_size = batch_size
         self._block_ms = block_ms
         self._visibility_ms = int(visibility_timeout * 1000)
+        self._job_timeout = job_timeout
         self._reclaim_every = visibility_timeout / 2
         self._next_reclaim = 0.0
         self._own_pending_done = False
@@ -79,9 +82,16 @@ class Worker:
 
     async def process(self, entries: list[Entry]) -> None:
         """Marks the batch processing, runs it, writes each final record and acks (pipelined)."""
-        prior = await self._results.mark_processing([e.prediction_id for e in entries], time.time())
+        prior = await self._results.mark_processing(
+            [(e.prediction_id, e.entry_id) for e in entries], time.time()
+        )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
-        outcomes = await self._predict(runnable)
+        self._report_given_up(entries, prior)
+        heartbeat = asyncio.create_task(self._heartbeat([e.entry_id for e in runnable]))
+        try:
+            outcomes = await self._predict(runnable)
+        finally:
+            heartbeat.cancel()
         # Jobs already final (a redelivery) or expired are acked without running again.
         await self._results.finish_and_ack(
             [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)],
@@ -89,6 +99,33 @@ class Worker:
             time.time(),
         )
         self._report(runnable, outcomes)
+
+    async def _heartbeat(self, entry_ids: list[bytes]) -> None:
+        """While a batch runs, keeps claiming its entries so no one else reclaims them."""
+        if not entry_ids:
+            return
+        while True:
+            await asyncio.sleep(self._visibility_ms / 3000)
+            try:
+                await self._queue.heartbeat(self.consumer, entry_ids)
+            except RedisError as exc:
+                log.warning("%s: heartbeat failed: %s", self.consumer, exc)
+
+    def _report_given_up(self, entries: list[Entry], prior: list[bytes]) -> None:
+        for entry, status in zip(entries, prior, strict=True):
+            if status in (b"dead", b"expired"):
+                self._metrics.predictions.labels(entry.model, "async", "failed").inc()
+                log.warning(
+                    "job %s %s",
+                    entry.prediction_id,
+                    "timed out" if status == b"expired" else "dead-lettered",
+                    extra={
+                        "prediction_id": entry.prediction_id,
+                        "outcome": "failed",
+                        "request_id": entry.request_id or None,
+                        "consumer": self.consumer,
+                    },
+                )
 
     def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
         """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
@@ -131,7 +168,18 @@ class Worker:
             slots.append(i)
             values.append(value)
         for name, (slots, values) in groups.items():
-            results = await self._batchers[name].run(values)
+            now = time.time()
+            deadline = min(entries[i].created_at or now for i in slots) + self._job_timeout
+            try:
+                if self._job_timeout <= 0:
+                    results = await self._batchers[name].run(values)
+                else:
+                    remaining = max(deadline - now, 0.001)
+                    results = await asyncio.wait_for(self._batchers[name].run(values), remaining)
+            except TimeoutError:
+                # The model call is abandoned (its thread cannot be stopped); the jobs fail.
+                error = f"timed out: not finished within {self._job_timeout:g} s of submission"
+                results = [Outcome(ok=False, error=error)] * len(values)
             for i, outcome in zip(slots, results, strict=True):
                 outcomes[i] = outcome
         return outcomes
@@ -146,6 +194,16 @@ class Worker:
                 if outage:
                     log.info("%s: Redis is back", self.consumer)
                 outage, backoff = False, 0.1
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("%s: stream or group was deleted; recreating it", self.consumer)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._queue.ensure_group()
+                    self._own_pending_done = False
+                else:
+                    log.exception("%s: Redis refused a command", self.consumer)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not outage:
                     log.warning(

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_liveness_and_readiness(make_client: ClientFactory, rds: Redis) -> None:
-    client = await make_client()
+    client = await make_client(workers=0)  # no worker that would recreate the group
     live = await client.get("/health/live")
     assert live.status == 200 and (await live.json())["status"] == "ok"
     ready = await client.get("/health/ready")

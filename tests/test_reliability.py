@@ -1,0 +1,154 @@
+"""Nothing lost: redelivery limits, deadlines, a deleted stream, backpressure,
+idempotency, API keys."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import models
+from .conftest import ClientFactory, poll
+from .test_api import submit, wait_final
+from .test_worker import worker_for
+
+
+async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo", max_deliveries=2)
+    prediction_id = await submit(client, "poison")
+    # Two deliveries started and never finished (their consumers died).
+    await rds.hset(f"prediction:{prediction_id}", mapping={"status": "processing", "attempts": 2})
+    await rds.xreadgroup("workers", "dead-consumer", {"predictions": ">"}, count=1)
+    worker = worker_for(client, "rescuer", visibility_timeout=0.01)
+
+    async def given_up() -> Any:
+        await worker.step()
+        record = await (await client.get(f"/predict/{prediction_id}")).json()
+        return record if record["status"] == "failed" else None
+
+    record = await poll(given_up)
+    assert record["error"] == "gave up after 2 deliveries"
+    assert models.calls[repr("poison")] == 0, "never run again"
+    dead = await rds.xrange("predictions:dead")
+    assert len(dead) == 1 and dead[0][1][b"reason"] == b"gave up after 2 deliveries"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+
+
+async def test_a_job_past_its_deadline_fails_without_running(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo", job_timeout_seconds=5)
+    prediction_id = await submit(client, "too late")
+    await rds.hset(f"prediction:{prediction_id}", "created_at", "1000.0")  # long ago
+    worker = worker_for(client, "w")
+    await worker.step()
+    await worker.step()
+    record = await wait_final(client, prediction_id)
+    assert record["status"] == "failed" and record["error"].startswith("timed out")
+    assert models.calls[repr("too late")] == 0
+
+
+async def test_a_model_call_that_overruns_fails_the_job_and_a_sync_call_gets_504(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:gated", job_timeout_seconds=0.5)
+    resp = await client.post("/predict", json={"input": "slow"})
+    assert resp.status == 504
+    assert "longer than 0.5 s" in (await resp.json())["error"]
+    prediction_id = await submit(client, "slow async")
+    record = await wait_final(client, prediction_id)
+    assert record["status"] == "failed" and record["error"].startswith("timed out")
+
+
+async def test_a_deleted_stream_and_group_are_recreated(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(model="tests.models:echo")
+    await rds.delete("predictions")
+
+    async def ready() -> bool:
+        return (await client.get("/health/ready")).status == 200
+
+    await poll(ready)
+    prediction_id = await submit(client, "after the stream came back")
+    assert (await wait_final(client, prediction_id))["status"] == "done"
+
+
+async def test_a_full_queue_answers_429_and_writes_nothing(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, max_queue=2)
+    await submit(client, "one")
+    await submit(client, "two")
+    resp = await client.post("/predict", json={"input": "three"}, headers={"Async-Mode": "true"})
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "1"
+    assert "error" in await resp.json()
+    assert await rds.xlen("predictions") == 2
+    assert len(await rds.keys("prediction:*")) == 2
+
+
+async def test_too_many_sync_predictions_answer_503(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:gated", max_sync_in_flight=1)
+    first = asyncio.create_task(client.post("/predict", json={"input": "holds the slot"}))
+
+    async def running() -> bool:
+        return models.started.is_set()
+
+    await poll(running)
+    resp = await client.post("/predict", json={"input": "one too many"})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    models.release()
+    assert (await first).status == 200
+
+
+async def test_an_idempotency_key_gives_one_job_even_under_50_concurrent_submits(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0)
+    headers = {"Async-Mode": "true", "Idempotency-Key": "order-17"}
+    responses = await asyncio.gather(
+        *(client.post("/predict", json={"input": "same"}, headers=headers) for _ in range(50))
+    )
+    assert {r.status for r in responses} == {202}
+    ids = {(await r.json())["prediction_id"] for r in responses}
+    assert len(ids) == 1
+    assert await rds.xlen("predictions") == 1
+    again = await client.post("/predict", json={"input": "same"}, headers=headers)
+    assert (await again.json())["prediction_id"] in ids
+    other = await client.post("/predict", json={"input": "different"}, headers=headers)
+    assert other.status == 409
+    assert "different request body" in (await other.json())["error"]
+    assert await rds.xlen("predictions") == 1
+
+
+async def test_api_key_guards_prediction_routes_only(make_client: ClientFactory) -> None:
+    client = await make_client(api_key="s3cret")
+    denied = await client.post("/predict", json={"input": "hi"})
+    assert denied.status == 401 and denied.headers["WWW-Authenticate"] == "Bearer"
+    assert "error" in await denied.json()
+    wrong = await client.get("/predict/x", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    ok = await client.post(
+        "/predict", json={"input": "hi"}, headers={"Authorization": "Bearer s3cret"}
+    )
+    assert ok.status == 200
+    assert (await client.get("/health/live")).status == 200
+    assert (await client.get("/metrics")).status == 200
+
+
+async def test_finished_entries_are_trimmed_and_unfinished_ones_kept(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    api = await make_client(workers=0, model="tests.models:echo")
+    ids = [await submit(api, i) for i in range(5)]
+    await rds.xreadgroup("workers", "busy", {"predictions": ">"}, count=2)  # in flight elsewhere
+    worker = worker_for(api, "w")
+    await worker.step()
+    await worker.step()  # the three undelivered ones
+    assert await rds.xlen("predictions") == 2, "only the two unacked entries remain"
+    done = [await wait_final(api, p) for p in ids[2:]]
+    assert all(r["status"] == "done" for r in done)
