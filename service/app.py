@@ -72,7 +72,7 @@ async def embedded_redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
-    redis = await connect(app[state.REDIS_URL])
+    redis = await connect(app[state.REDIS_URL], block_ms=settings.read_block_ms)
     keys = Keys.from_settings(settings)
     results = ResultStore(
         redis,

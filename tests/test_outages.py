@@ -1,0 +1,113 @@
+"""Real processes and a real redis-server that goes away and comes back on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service.embedded import RedisServer, free_port
+
+from .conftest import ClientFactory, poll
+from .test_api import submit, wait_final
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_a_redis_outage_is_503_then_everything_works_again(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    url = server.start()
+    try:
+        client = await make_client(redis_url=url, model="tests.models:echo", read_block_ms=100)
+        assert (await wait_final(client, await submit(client, "before")))["status"] == "done"
+        caplog.set_level(logging.WARNING, logger="service.worker")
+
+        server.stop()
+        resp = await client.post("/predict", json={"input": 1}, headers={"Async-Mode": "true"})
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert "unavailable" in (await resp.json())["error"]
+        got = await client.get("/predict/00000000-0000-4000-8000-000000000000")
+        assert got.status == 503
+        ready = await client.get("/health/ready")
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["redis"].startswith("unreachable")
+        assert (await client.post("/predict", json={"input": 2})).status == 200, "sync still works"
+
+        server.start()  # same port, same data folder
+
+        async def accepted() -> Any:
+            resp = await client.post(
+                "/predict", json={"input": "after"}, headers={"Async-Mode": "true"}
+            )
+            return resp.status == 202 and (await resp.json())["prediction_id"]
+
+        prediction_id = await poll(accepted)
+        assert (await wait_final(client, prediction_id))["status"] == "done"
+        outage_lines = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+        assert len(outage_lines) == 1, "one line per outage, not per attempt"
+    finally:
+        server.stop()
+
+
+async def _serve(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", cwd=ROOT, env={**os.environ, **env}
+    )
+
+
+async def test_sigterm_finishes_in_flight_work_and_exits_0(
+    make_client: ClientFactory, redis_url: str
+) -> None:
+    api = await make_client(workers=0, model="tests.models:slow")
+    port = free_port()
+    proc = await _serve(
+        {
+            "REDIS_URL": redis_url,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "MODEL": "tests.models:slow",
+            "WORKERS": "1",
+            "SHUTDOWN_GRACE_SECONDS": "15",
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def up() -> bool:
+                try:
+                    async with session.get(f"{base}/health/ready") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await poll(up, within=30)
+            queued = await submit(api, "queued before the signal")
+
+            async def processing() -> bool:
+                record = await (await api.get(f"/predict/{queued}")).json()
+                return record["status"] == "processing"
+
+            await poll(processing)
+            sync = asyncio.create_task(session.post(f"{base}/predict", json={"input": "sync"}))
+            await asyncio.sleep(0.2)  # let the sync request reach the server before the signal
+            proc.send_signal(signal.SIGTERM)
+            resp = await sync
+            assert resp.status == 200, "an in-flight sync request finishes"
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        record = await wait_final(api, queued)
+        assert record["status"] == "done", "the in-flight batch finished and was acked"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
