@@ -21,7 +21,7 @@ from .lifecycle import Lifecycle, SyncGate
 from .memory import release_freed_memory
 from .metrics import Metrics
 from .metrics_route import metrics
-from .middlewares import auth_middleware, error_middleware, request_middleware
+from .middlewares import auth_middleware, request_middleware
 from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
@@ -131,10 +131,10 @@ async def _mark_stopping(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
-    app = web.Application(
-        middlewares=[request_middleware, error_middleware, auth_middleware],
-        client_max_size=settings.max_body_bytes,
-    )
+    middlewares = [request_middleware]
+    if settings.api_key:
+        middlewares.append(auth_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[state.SETTINGS] = settings
     app[state.METRICS] = Metrics()
     app[state.LIFECYCLE] = Lifecycle()

@@ -50,11 +50,21 @@ class Batcher:
             self._add(loop, value, future)
         return [await future for future in futures]
 
-    async def run_one(self, value: Any) -> Outcome:
+    async def run_one(self, value: Any, give_up_after: float = 0.0) -> Outcome:
+        """The outcome of one input; TimeoutError after ``give_up_after`` seconds (0: none), when
+        the caller stops waiting (the batch itself cannot be interrupted).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._add(loop, value, future)
-        return await future
+        if give_up_after <= 0:
+            return await future
+        # A timer on the future costs far less than asyncio.wait_for's extra task.
+        timer = loop.call_later(give_up_after, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _add(
         self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
@@ -92,11 +102,15 @@ class Batcher:
                 raise
             return
         if self._metrics is not None:
-            self._metrics.model_latency.labels(self.model.name).observe(time.perf_counter() - began)
-            self._metrics.batch_size.labels(self.model.name).observe(len(batch))
+            self._metrics.observe_batch(self.model.name, len(batch), time.perf_counter() - began)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # a caller that gave up leaves a cancelled future
                 future.set_result(outcome)
+
+
+def _expire(future: asyncio.Future[Outcome]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class Batchers:

@@ -21,9 +21,7 @@ def _redact(url: str) -> str:
     return scheme + sep + rest
 
 
-async def connect(
-    url: str, attempts: int = 20, delay: float = 0.25, block_ms: int = 1000
-) -> Redis:
+async def connect(url: str, attempts: int = 20, delay: float = 0.25, block_ms: int = 1000) -> Redis:
     """A client for ``url`` once Redis answers PING; gives up after ``attempts`` tries.
 
     Socket timeouts make a Redis that hangs (rather than closes) an error, so routes answer

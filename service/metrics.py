@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
 
 from .keys import Keys
@@ -19,16 +23,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter(
-            "http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
-        )
-        self.http_latency = Histogram(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request.",
-            ["route", "method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._requests: dict[tuple[str, str, int], int] = {}
+        # Per (route, method): a count per latency bucket, then +Inf, then the sum.
+        self._timings: dict[tuple[str, str], list[Any]] = {}
+        r.register(self)  # collect() below: the HTTP figures
+        self._prediction_children: dict[tuple[str, str, bool], Any] = {}
+        self._batch_children: dict[str, tuple[Any, Any]] = {}
         self.predictions = Counter(
             "predictions",
             "Predictions finished, by model, mode (sync/async) and status.",
@@ -63,6 +63,56 @@ class Metrics:
         self.dead_letters = Gauge(
             "queue_dead_letters", "Entries in the dead-letter stream.", registry=r
         )
+
+    def count_prediction(self, model: str, mode: str, ok: bool) -> None:
+        """One finished prediction (the labelled child is looked up once, then cached)."""
+        key = (model, mode, ok)
+        child = self._prediction_children.get(key)
+        if child is None:
+            child = self.predictions.labels(model, mode, "done" if ok else "failed")
+            self._prediction_children[key] = child
+        child.inc()
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        children = self._batch_children.get(model)
+        if children is None:
+            children = (self.model_latency.labels(model), self.batch_size.labels(model))
+            self._batch_children[model] = children
+        children[0].observe(seconds)
+        children[1].observe(size)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Counts one answered request and its latency. Plain integers, no locks: the
+        event loop is the only writer, and this runs for every request.
+        """
+        key = (route, method, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        timing = self._timings.get((route, method))
+        if timing is None:
+            timing = self._timings[(route, method)] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
+        timing[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        timing[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """The HTTP figures, for the registry at scrape time."""
+        requests = CounterMetricFamily(
+            "http_requests", "HTTP requests answered.", labels=["route", "method", "status"]
+        )
+        for (route, method, status), count in self._requests.items():
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            labels=["route", "method"],
+        )
+        for (route, method), timing in self._timings.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), timing[:-1], strict=True):
+                cumulative += int(count)
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([route, method], buckets, timing[-1])
+        yield latency
 
     async def refresh_queue(self, redis: Redis, keys: Keys) -> None:
         """Reads the queue figures from Redis (at scrape time; four small calls)."""

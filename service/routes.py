@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -41,8 +40,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             headers={"Location": f"/predict/{prediction_id}"},
         )
     outcome = await _run_sync(request, model, value)
-    status = "done" if outcome.ok else "failed"
-    request.app[state.METRICS].predictions.labels(model.name, "sync", status).inc()
+    request.app[state.METRICS].count_prediction(model.name, "sync", outcome.ok)
     if not outcome.ok:
         raise PredictionFailed(outcome.error)
     return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
@@ -57,10 +55,7 @@ async def _run_sync(request: web.Request, model: Model, value: Any) -> Outcome:
         raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
     gate.in_flight += 1
     try:
-        run = app[state.BATCHERS][model.name].run_one(value)
-        if settings.job_timeout_seconds <= 0:
-            return await run
-        return await asyncio.wait_for(run, settings.job_timeout_seconds)
+        return await app[state.BATCHERS][model.name].run_one(value, settings.job_timeout_seconds)
     except TimeoutError:
         raise PredictionTimeout(
             f"The prediction took longer than {settings.job_timeout_seconds:g} s."

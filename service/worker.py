@@ -114,7 +114,7 @@ class Worker:
     def _report_given_up(self, entries: list[Entry], prior: list[bytes]) -> None:
         for entry, status in zip(entries, prior, strict=True):
             if status in (b"dead", b"expired"):
-                self._metrics.predictions.labels(entry.model, "async", "failed").inc()
+                self._metrics.count_prediction(entry.model, "async", False)
                 log.warning(
                     "job %s %s",
                     entry.prediction_id,
@@ -129,11 +129,10 @@ class Worker:
 
     def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
         """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
-        counter = self._metrics.predictions
         logs = log.isEnabledFor(logging.INFO)
         for entry, outcome in zip(entries, outcomes, strict=True):
             status = "done" if outcome.ok else "failed"
-            counter.labels(entry.model, "async", status).inc()
+            self._metrics.count_prediction(entry.model, "async", outcome.ok)
             if logs or not outcome.ok:
                 log.log(
                     logging.INFO if outcome.ok else logging.WARNING,
