@@ -106,6 +106,26 @@ def _needs_key(request: web.Request) -> bool:
     return path.startswith("/predict") or path.startswith("/models")
 
 
+_OUTAGE_LOG_EVERY_SECONDS = 10.0
+_outage = {"logged_at": 0.0, "since": 0}
+
+
+def _log_outage(request: web.Request, exc: Exception) -> None:
+    """At most one line per 10 s while Redis is away, not one per request."""
+    now = time.monotonic()
+    if now - _outage["logged_at"] >= _OUTAGE_LOG_EVERY_SECONDS:
+        log.warning(
+            "Redis unavailable (%s %s: %s); %d more such answers since the last line",
+            request.method,
+            request.path,
+            exc,
+            _outage["since"],
+        )
+        _outage["logged_at"], _outage["since"] = now, 0
+    else:
+        _outage["since"] += 1
+
+
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's own errors (unknown route, wrong method, body too large) as JSON."""
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -122,7 +142,7 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
             headers = {"WWW-Authenticate": "Bearer"}
         return _error(exc.status, exc.message, exc.detail, headers=headers)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        log.warning("Redis unavailable during %s %s: %s", request.method, request.path, exc)
+        _log_outage(request, exc)
         return _error(
             503,
             "The queue is unavailable; try again shortly.",

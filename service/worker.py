@@ -93,12 +93,27 @@ class Worker:
         finally:
             heartbeat.cancel()
         # Jobs already final (a redelivery) or expired are acked without running again.
-        await self._results.finish_and_ack(
-            [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)],
-            [e.entry_id for e in entries],
-            time.time(),
-        )
+        finished = [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)]
+        await self._store(finished, [e.entry_id for e in entries])
         self._report(runnable, outcomes)
+
+    async def _store(self, finished: list[tuple[str, Outcome]], entry_ids: list[bytes]) -> None:
+        """Writes the outcomes and acks. If Redis is away, keeps retrying for a while: the
+        results are in hand, and running the jobs again later would cost a model call each.
+        Past half the visibility timeout it gives up; the entries stay pending and are
+        reclaimed (and run again) by whoever gets them.
+        """
+        give_up = time.monotonic() + self._visibility_ms / 2000
+        backoff = 0.05
+        while True:
+            try:
+                await self._results.finish_and_ack(finished, entry_ids, time.time())
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if time.monotonic() + backoff > give_up:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
 
     async def _heartbeat(self, entry_ids: list[bytes]) -> None:
         """While a batch runs, keeps claiming its entries so no one else reclaims them."""

@@ -93,3 +93,30 @@ class BatchEcho:
         if "bad" in texts:
             raise ValueError("a bad item spoiled the batch")
         return [{"echo": text} for text in texts]
+
+
+class Counted:
+    """For scripts/chaos: counts its calls per input token in Redis (CHAOS_REDIS_URL),
+    so a drill can tell how often each job really ran. Takes ~5 ms per call.
+    """
+
+    def setup(self) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(
+            os.environ["CHAOS_REDIS_URL"], retry_on_error=[redis.ConnectionError]
+        )
+
+    def predict(self, value: dict[str, Any]) -> dict[str, Any]:
+        import redis
+
+        threading.Event().wait(0.005)  # some work, so a kill lands mid-run
+        # The count is the drill's instrument, not the system under test: it waits out a
+        # Redis restart instead of failing the job.
+        for _ in range(300):
+            try:
+                self._redis.hincrby("chaos:calls", value["token"], 1)
+                break
+            except redis.ConnectionError:
+                threading.Event().wait(0.1)
+        return {"token": value["token"], "n": value["n"]}
