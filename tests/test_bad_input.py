@@ -100,3 +100,27 @@ async def test_405_names_the_allowed_method(make_client: ClientFactory) -> None:
     client = await make_client()
     resp = await client.get("/predict")
     assert resp.headers["Allow"] == "POST"
+
+
+async def test_deeply_nested_json_is_a_clear_4xx(make_client: ClientFactory, rds: Redis) -> None:
+    client = await make_client(model="tests.models:echo")
+    for depth in (200, 5000):
+        body = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
+        for mode in ("false", "true"):
+            resp = await client.post("/predict", data=body, headers={**JSON, "Async-Mode": mode})
+            assert resp.status < 500
+            assert "error" in (await resp.json()) or resp.status in (200, 202)
+    deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    resp = await client.post("/predict", data=deep, headers=JSON)
+    assert resp.status == 400  # past the JSON parser's depth limit
+
+
+async def test_a_huge_string_within_the_limit_is_answered(make_client: ClientFactory) -> None:
+    client = await make_client()
+    text = b"good " * 150_000  # 750 kB, under the 1 MiB body limit
+    body = io.BytesIO(b'{"input": "' + text + b'"}')
+    resp = await client.post("/predict", data=body, headers={**JSON, "Async-Mode": "true"})
+    assert resp.status == 202
+    body = io.BytesIO(b'{"input": "' + b"x" * 1_100_000 + b'"}')
+    resp = await client.post("/predict", data=body, headers=JSON)
+    assert resp.status == 413
