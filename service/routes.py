@@ -20,10 +20,10 @@ from .web_io import async_mode, body_digest, idempotency_key, json_response, rea
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
     queued = async_mode(request)
+    key = idempotency_key(request)  # checked in both modes; only async submits use it
     raw = await read_predict_body(request)
     value = model.validate(raw)
     if queued:
-        key = idempotency_key(request)
         job = NewJob(
             new_id(),
             model.name,
@@ -73,18 +73,24 @@ async def predict(request: web.Request) -> web.Response:
       result. With `Async-Mode: true` the job is recorded and queued, and the answer holds a
       prediction id to poll at `GET /predict/{prediction_id}` (also in the `Location` header).
     tags: [predictions]
+    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/AsyncMode"
+      - $ref: "#/components/parameters/IdempotencyKey"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
       "202": {$ref: "#/components/responses/Accepted"}
       "400": {$ref: "#/components/responses/BadRequest"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "409": {$ref: "#/components/responses/Conflict"}
       "413": {$ref: "#/components/responses/PayloadTooLarge"}
       "415": {$ref: "#/components/responses/UnsupportedMediaType"}
       "422": {$ref: "#/components/responses/InvalidInput"}
+      "429": {$ref: "#/components/responses/QueueFull"}
       "500": {$ref: "#/components/responses/ServerError"}
       "503": {$ref: "#/components/responses/Unavailable"}
+      "504": {$ref: "#/components/responses/Timeout"}
     """
     return await _predict(request, request.app[state.MODELS].get())
 
@@ -97,20 +103,26 @@ async def predict_with_model(request: web.Request) -> web.Response:
       The same contract as `POST /predict`, for the model named in the path
       (`GET /models` lists them). The job record names its model.
     tags: [predictions]
+    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/ModelName"
       - $ref: "#/components/parameters/AsyncMode"
+      - $ref: "#/components/parameters/IdempotencyKey"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
       "202": {$ref: "#/components/responses/Accepted"}
       "400": {$ref: "#/components/responses/BadRequest"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/NotFound"}
+      "409": {$ref: "#/components/responses/Conflict"}
       "413": {$ref: "#/components/responses/PayloadTooLarge"}
       "415": {$ref: "#/components/responses/UnsupportedMediaType"}
       "422": {$ref: "#/components/responses/InvalidInput"}
+      "429": {$ref: "#/components/responses/QueueFull"}
       "500": {$ref: "#/components/responses/ServerError"}
       "503": {$ref: "#/components/responses/Unavailable"}
+      "504": {$ref: "#/components/responses/Timeout"}
     """
     return await _predict(request, request.app[state.MODELS].get(request.match_info["name"]))
 
@@ -131,9 +143,11 @@ async def get_prediction(request: web.Request) -> web.Response:
       the model's output) or `failed` (with `error`). Any replica answers for any job.
       Records expire after the result TTL.
     tags: [predictions]
+    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
     responses:
+      "401": {$ref: "#/components/responses/Unauthorized"}
       "200":
         description: The job's current record.
         content:
