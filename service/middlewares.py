@@ -49,8 +49,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     place where exceptions become JSON error answers, then the access log line and the
     HTTP metrics. (One middleware, not two: each layer costs every request.)
     """
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.match(given) else new_id()
+    given = request.headers.get("X-Request-ID")
+    request_id = given if given and _REQUEST_ID.match(given) else new_id()
     request[state.REQUEST_ID] = request_id
     began = time.perf_counter()
     try:

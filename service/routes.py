@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -12,16 +11,25 @@ from aiohttp import web
 from . import state
 from .errors import NotFound, Overloaded, PredictionFailed, PredictionTimeout
 from .ids import new_id
-from .models import Model, Outcome
+from .models import Model
 from .queue import NewJob
 from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE
-from .web_io import async_mode, body_digest, idempotency_key, json_response, read_predict_body
+from .web_io import (
+    async_mode,
+    body_digest,
+    check_json,
+    idempotency_key,
+    json_response,
+    parse_predict_body,
+)
 
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
+    # Kept flat on purpose: every coroutine layer here costs each request (see README).
     queued = async_mode(request)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
-    raw = await read_predict_body(request)
+    check_json(request)
+    raw = parse_predict_body(await request.read())
     value = model.validate(raw)
     if queued:
         job = NewJob(
@@ -39,15 +47,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             status=202,
             headers={"Location": f"/predict/{prediction_id}"},
         )
-    outcome = await _run_sync(request, model, value)
-    request.app[state.METRICS].count_prediction(model.name, "sync", outcome.ok)
-    if not outcome.ok:
-        raise PredictionFailed(outcome.error)
-    return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
-
-
-async def _run_sync(request: web.Request, model: Model, value: Any) -> Outcome:
-    """Runs one sync prediction within the concurrency bound and JOB_TIMEOUT."""
+    # Sync: within the concurrency bound and JOB_TIMEOUT_SECONDS.
     app = request.app
     settings = app[state.SETTINGS]
     gate = app[state.SYNC_GATE]
@@ -55,13 +55,17 @@ async def _run_sync(request: web.Request, model: Model, value: Any) -> Outcome:
         raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
     gate.in_flight += 1
     try:
-        return await app[state.BATCHERS][model.name].run_one(value, settings.job_timeout_seconds)
+        outcome = await app[state.BATCHERS][model.name].run_one(value, settings.job_timeout_seconds)
     except TimeoutError:
         raise PredictionTimeout(
             f"The prediction took longer than {settings.job_timeout_seconds:g} s."
         ) from None
     finally:
         gate.in_flight -= 1
+    app[state.METRICS].count_prediction(model.name, "sync", outcome.ok)
+    if not outcome.ok:
+        raise PredictionFailed(outcome.error)
+    return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
 
 
 async def predict(request: web.Request) -> web.Response:

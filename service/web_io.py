@@ -57,11 +57,14 @@ def _is_json(content_type: str) -> bool:
     )
 
 
-async def read_predict_body(request: web.Request) -> Any:
-    """The ``input`` of a predict body; 415, 400 or 422 when the body is not one."""
+def check_json(request: web.Request) -> None:
+    """415 unless the body is sent as JSON."""
     if not _is_json(request.content_type):
         raise UnsupportedMediaType("Send the body as application/json.")
-    raw = await request.read()
+
+
+def parse_predict_body(raw: bytes) -> Any:
+    """The ``input`` of a predict body; 400 or 422 when the body is not one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
