@@ -152,3 +152,59 @@ async def test_finished_entries_are_trimmed_and_unfinished_ones_kept(
     assert await rds.xlen("predictions") == 2, "only the two unacked entries remain"
     done = [await wait_final(api, p) for p in ids[2:]]
     assert all(r["status"] == "done" for r in done)
+
+
+async def test_a_long_job_keeps_its_entry_from_being_reclaimed(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(model="tests.models:gated", visibility_timeout_seconds=0.3)
+    prediction_id = await submit(client, "long")
+
+    async def running() -> bool:
+        return models.started.is_set()
+
+    await poll(running)
+    rival = worker_for(client, "rival", visibility_timeout=0.3)
+    await rival.step()  # own pending: none
+    for _ in range(6):  # well past the visibility timeout, while the job still runs
+        await rival.step()
+        await asyncio.sleep(0.1)
+    pending = await rds.xpending_range("predictions", "workers", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"test-0"], "still held by its worker"
+    models.release()
+    record = await wait_final(client, prediction_id)
+    assert record["status"] == "done" and record["attempts"] == 1
+
+
+async def test_readiness_turns_503_when_the_replica_starts_stopping(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(workers=0)
+    assert (await client.get("/health/ready")).status == 200
+    await client.server.app.shutdown()  # what SIGTERM starts
+    resp = await client.get("/health/ready")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["shutting_down"] == "yes"
+
+
+async def test_work_a_stopping_replica_could_not_finish_stays_pending_for_others(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    stopping = await make_client(model="tests.models:gated", shutdown_grace_seconds=0.2)
+    prediction_id = await submit(stopping, "unfinished")
+
+    async def running() -> bool:
+        return models.started.is_set()
+
+    await poll(running)
+    await stopping.close()  # grace runs out while the model still runs
+    pending = await rds.xpending("predictions", "workers")
+    assert pending["pending"] == 1, "not acked: someone else will take it"
+
+    models.release()
+    other = await make_client(
+        model="tests.models:echo", consumer_name="other", visibility_timeout_seconds=0.05
+    )
+    record = await wait_final(other, prediction_id)
+    assert record["status"] == "done"
+    assert record["output"]["result"] == {"echo": "unfinished"}
