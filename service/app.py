@@ -11,6 +11,7 @@ from aiohttp import web
 
 from . import state
 from .batching import Batchers
+from .completions import Completions
 from .connection import connect
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
@@ -26,7 +27,7 @@ from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
 from .results import ResultStore
-from .routes import get_prediction, predict, predict_with_model
+from .routes import cancel_prediction, get_prediction, predict, predict_with_model
 from .settings import Settings
 from .worker import Worker
 
@@ -83,10 +84,14 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     queue = JobQueue(redis, keys, settings.result_ttl_seconds, settings.max_queue)
     await queue.ensure_group()
+    completions = Completions(app[state.REDIS_URL], keys)
+    completions.start()
     app[state.REDIS] = redis
     app[state.RESULTS] = results
     app[state.QUEUE] = queue
+    app[state.COMPLETIONS] = completions
     yield
+    await completions.stop()
     await redis.aclose()
 
 
@@ -152,6 +157,7 @@ def create_app(settings: Settings) -> web.Application:
         [
             web.post("/predict", predict),
             web.get("/predict/{prediction_id}", get_prediction, allow_head=False),
+            web.delete("/predict/{prediction_id}", cancel_prediction),
             web.get("/models", list_models, allow_head=False),
             web.get("/models/{name}", get_model, allow_head=False),
             web.post("/models/{name}/predict", predict_with_model),

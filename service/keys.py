@@ -22,6 +22,15 @@ class Keys:
         """Stream of jobs given up on, with the reason."""
         return self.stream + ":dead"
 
+    @property
+    def completions(self) -> str:
+        """Pub/sub channel: record keys of jobs that just ended, comma-separated."""
+        return self.stream + ":done"
+
+    def prediction_id(self, record_key: bytes | str) -> str:
+        key = record_key.decode() if isinstance(record_key, bytes) else record_key
+        return key.removeprefix(self.record_prefix)
+
     def idempotency(self, key: str) -> str:
         """The prediction id (and body digest) an Idempotency-Key was first used for."""
         return f"{self.stream}:idem:{key}"

@@ -12,19 +12,20 @@ from .models.base import Outcome
 from .schemas import JobRecord
 
 # KEYS: the dead-letter stream, then one record key per job of the batch.
-# ARGV: now, TTL, max deliveries, job timeout (0: none), then per job its stream entry id.
+# ARGV: now, TTL, max deliveries, job timeout (0: none), completions channel, then per job
+# its stream entry id.
 # For each job: its status before ('' if the record is gone), after moving it on:
 # - queued/processing and past its deadline (from submission): failed "timed out";
 #   answers 'expired';
 # - queued/processing and already started MAX_DELIVERIES times: failed "gave up after N
 #   deliveries", and a dead-letter entry with the reason; answers 'dead';
 # - otherwise queued/processing: now processing, attempts + 1; answers the old status;
-# - done/failed (a re-delivery): untouched.
-# One script call per batch.
+# - done/failed/canceled (a re-delivery, or canceled while queued): untouched.
+# Jobs it ends are announced on the completions channel. One script call per batch.
 _MARK_PROCESSING = """
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
 local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
-local out = {}
+local out, ended = {}, {}
 for i = 2, #KEYS do
   local key = KEYS[i]
   local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at')
@@ -37,14 +38,16 @@ for i = 2, #KEYS do
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       status = 'expired'
+      ended[#ended + 1] = key
     elseif attempts >= max_deliveries then
       local reason = 'gave up after ' .. attempts .. ' deliveries'
       redis.call('HSET', key, 'status', 'failed', 'result', 'null', 'error', reason,
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
-                 'entry', ARGV[4 + i - 1], 'reason', reason, 'at', ARGV[1])
+                 'entry', ARGV[4 + i], 'reason', reason, 'at', ARGV[1])
       status = 'dead'
+      ended[#ended + 1] = key
     else
       redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
       redis.call('HINCRBY', key, 'attempts', 1)
@@ -52,23 +55,25 @@ for i = 2, #KEYS do
   end
   out[i - 1] = status or ''
 end
+if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ',')) end
 return out
 """
 
 # KEYS: the stream, then one record key per finished job.
-# ARGV: group, finished time, ttl, then one outcome per job ('R' + result JSON when done,
-# 'E' + error message when failed), then the entry ids to ack.
-# Writes each final record once (a record already done or failed keeps its value; an
-# expired one is not recreated half-empty), then acks and deletes the entries, all in one
-# atomic step.
+# ARGV: group, finished time, ttl, completions channel, then one outcome per job ('R' +
+# result JSON when done, 'E' + error message when failed), then the entry ids to ack.
+# Writes each final record once (a record already done, failed or canceled keeps its
+# value; an expired one is not recreated half-empty), announces the jobs it finished on
+# the completions channel, then acks and deletes the entries, all in one atomic step.
 _FINISH_AND_ACK = """
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local jobs = #KEYS - 1
+local ended = {}
 for i = 1, jobs do
   local key = KEYS[i + 1]
   local status = redis.call('HGET', key, 'status')
   if status == 'queued' or status == 'processing' then
-    local outcome = ARGV[3 + i]
+    local outcome = ARGV[4 + i]
     if string.sub(outcome, 1, 1) == 'R' then
       redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
                  'finished_at', now)
@@ -77,15 +82,29 @@ for i = 1, jobs do
                  'error', string.sub(outcome, 2), 'finished_at', now)
     end
     redis.call('EXPIRE', key, ttl)
+    ended[#ended + 1] = key
   end
 end
-if #ARGV > 3 + jobs then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, 4 + jobs))
+if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
+if #ARGV > 4 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 5 + jobs))
   -- Acked entries are done with: deleting them keeps the stream as long as the work
   -- still waiting or running, and never touches an undelivered or unacked entry.
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 4 + jobs))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 5 + jobs))
 end
 return jobs
+"""
+
+# KEYS: one record key. ARGV: now, completions channel.
+# Cancels a queued job (it will never run) and answers the status it had; any other
+# status is left as it is and answered ('' when the record is gone).
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'result', 'null', 'finished_at', ARGV[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+end
+return status or ''
 """
 
 #: Prior statuses after which a job (re)runs: queued, or processing when re-delivered.
@@ -108,6 +127,7 @@ class ResultStore:
         self._job_timeout = job_timeout
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH_AND_ACK)
+        self._cancel = redis.register_script(_CANCEL)
 
     async def mark_processing(self, jobs: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
         """Moves each (prediction id, entry id) on in one round trip: processing, or failed
@@ -115,7 +135,13 @@ class ResultStore:
         b"expired" or b"dead" (b"" when its record is gone). See RUNNABLE.
         """
         keys = [self._keys.dead_letters] + [self._keys.record(p) for p, _ in jobs]
-        args: list[Any] = [repr(now), self._ttl, self._max_deliveries, self._job_timeout]
+        args: list[Any] = [
+            repr(now),
+            self._ttl,
+            self._max_deliveries,
+            self._job_timeout,
+            self._keys.completions,
+        ]
         args.extend(entry_id for _, entry_id in jobs)
         return await self._mark(keys=keys, args=args)
 
@@ -127,12 +153,19 @@ class ResultStore:
     ) -> None:
         """Writes the final records of ``finished`` once and acks ``entry_ids``: one call."""
         keys = [self._keys.stream]
-        args: list[Any] = [self._keys.group, repr(now), self._ttl]
+        args: list[Any] = [self._keys.group, repr(now), self._ttl, self._keys.completions]
         for prediction_id, outcome in finished:
             keys.append(self._keys.record(prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
         args.extend(entry_ids)
         await self._finish(keys=keys, args=args)
+
+    async def cancel(self, prediction_id: str, now: float) -> str:
+        """Cancels the job if it is still queued; answers the status it had ('' if none)."""
+        reply: bytes = await self._cancel(
+            keys=[self._keys.record(prediction_id)], args=[repr(now), self._keys.completions]
+        )
+        return reply.decode()
 
     async def get(self, prediction_id: str) -> JobRecord | None:
         fields: Mapping[Any, Any] = await self._redis.hgetall(self._keys.record(prediction_id))

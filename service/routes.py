@@ -9,11 +9,11 @@ import orjson
 from aiohttp import web
 
 from . import state
-from .errors import NotFound, Overloaded, PredictionFailed, PredictionTimeout
+from .errors import BadRequest, NotFound, Overloaded, PredictionFailed, PredictionTimeout
 from .ids import new_id
 from .models import Model
 from .queue import NewJob
-from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE
+from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord
 from .web_io import (
     async_mode,
     body_digest,
@@ -21,12 +21,15 @@ from .web_io import (
     idempotency_key,
     json_response,
     parse_predict_body,
+    prefer,
 )
 
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
     # Kept flat on purpose: every coroutine layer here costs each request (see README).
-    queued = async_mode(request)
+    settings = request.app[state.SETTINGS]
+    respond_async, wait = prefer(request, settings.max_wait_seconds)
+    queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
     check_json(request)
     raw = parse_predict_body(await request.read())
@@ -42,6 +45,12 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             body_digest(model.name, raw) if key else "",
         )
         prediction_id = await request.app[state.QUEUE].submit(job)
+        if wait > 0:
+            record = await _wait_for(request, prediction_id, wait)
+            if record is not None and record.status.final:
+                return json_response(
+                    record.to_view(), headers={"Preference-Applied": f"wait={wait:g}"}
+                )
         return json_response(
             {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
             status=202,
@@ -49,7 +58,6 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
         )
     # Sync: within the concurrency bound and JOB_TIMEOUT_SECONDS.
     app = request.app
-    settings = app[state.SETTINGS]
     gate = app[state.SYNC_GATE]
     if gate.in_flight >= settings.max_sync_in_flight:
         raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
@@ -81,6 +89,7 @@ async def predict(request: web.Request) -> web.Response:
     parameters:
       - $ref: "#/components/parameters/AsyncMode"
       - $ref: "#/components/parameters/IdempotencyKey"
+      - $ref: "#/components/parameters/Prefer"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
@@ -112,6 +121,7 @@ async def predict_with_model(request: web.Request) -> web.Response:
       - $ref: "#/components/parameters/ModelName"
       - $ref: "#/components/parameters/AsyncMode"
       - $ref: "#/components/parameters/IdempotencyKey"
+      - $ref: "#/components/parameters/Prefer"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
@@ -129,6 +139,26 @@ async def predict_with_model(request: web.Request) -> web.Response:
       "504": {$ref: "#/components/responses/Timeout"}
     """
     return await _predict(request, request.app[state.MODELS].get(request.match_info["name"]))
+
+
+async def _wait_for(request: web.Request, prediction_id: str, seconds: float) -> JobRecord | None:
+    results = request.app[state.RESULTS]
+    return await request.app[state.COMPLETIONS].wait(
+        prediction_id, seconds, lambda: results.get(prediction_id)
+    )
+
+
+def _wait_param(request: web.Request) -> float:
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait={raw!r} is not a number of seconds.") from None
+    if not 0 <= wait < float("inf"):
+        raise BadRequest("wait must be zero or more seconds.")
+    return min(wait, request.app[state.SETTINGS].max_wait_seconds)
 
 
 def _parse_id(raw: str) -> str:
@@ -150,6 +180,7 @@ async def get_prediction(request: web.Request) -> web.Response:
     security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
+      - $ref: "#/components/parameters/Wait"
     responses:
       "401": {$ref: "#/components/responses/Unauthorized"}
       "200":
@@ -166,7 +197,61 @@ async def get_prediction(request: web.Request) -> web.Response:
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = _parse_id(request.match_info["prediction_id"])
-    record = await request.app[state.RESULTS].get(prediction_id)
+    wait = _wait_param(request)
+    if wait > 0:
+        record = await _wait_for(request, prediction_id, wait)
+    else:
+        record = await request.app[state.RESULTS].get(prediction_id)
     if record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
+    return json_response(record.to_view())
+
+
+async def cancel_prediction(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Cancel a queued prediction
+    description: >-
+      A job still queued is marked `canceled` and never runs (200, its record). A job
+      already running or finished is left as it is: 409 with its current status. Canceling
+      twice answers 200 both times.
+    tags: [predictions]
+    security: [{}, {bearer: []}]
+    parameters:
+      - $ref: "#/components/parameters/PredictionId"
+    responses:
+      "200":
+        description: Canceled.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Prediction"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "404":
+        description: Unknown or expired prediction id.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Error"}
+      "409":
+        description: Running or finished; not canceled.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/StatusConflict"}
+      "503": {$ref: "#/components/responses/Unavailable"}
+    """
+    prediction_id = _parse_id(request.match_info["prediction_id"])
+    results = request.app[state.RESULTS]
+    before = await results.cancel(prediction_id, time.time())
+    if not before:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    record = await results.get(prediction_id)
+    if record is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    if before not in ("queued", "canceled"):
+        return json_response(
+            {
+                "error": f"The prediction is {record.status.value}; it cannot be canceled.",
+                "status": record.status.value,
+            },
+            status=409,
+        )
     return json_response(record.to_view())

@@ -15,10 +15,11 @@ class Status(StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def final(self) -> bool:
-        return self in (Status.DONE, Status.FAILED)
+        return self in (Status.DONE, Status.FAILED, Status.CANCELED)
 
 
 class PredictRequest(BaseModel):
@@ -74,7 +75,7 @@ class JobRecord(BaseModel):
         """The GET /predict/{id} answer, shaped as in API.md."""
         if self.status is Status.DONE:
             result = self.result
-        elif self.status is Status.FAILED:
+        elif self.status in (Status.FAILED, Status.CANCELED):
             result = None
         else:
             result = "processing"

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     max_sync_in_flight: int = Field(
         256, ge=1, description="Concurrent sync predictions beyond which requests get 503."
     )
+    max_wait_seconds: float = Field(
+        60.0, ge=0, description="Cap of 'Prefer: wait=N' and of GET /predict/{id}?wait=N."
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
     api_key: str | None = Field(
         None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."

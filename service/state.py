@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .batching import Batchers
+from .completions import Completions
 from .executor import Executor
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
@@ -30,4 +31,5 @@ BATCHERS = web.AppKey("batchers", Batchers)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
+COMPLETIONS = web.AppKey("completions", Completions)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

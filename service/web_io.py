@@ -22,10 +22,32 @@ def json_response(
     )
 
 
-def async_mode(request: web.Request) -> bool:
+def prefer(request: web.Request, max_wait: float) -> tuple[bool, float]:
+    """RFC 7240 ``Prefer``: (respond-async asked for, seconds of ``wait=N``, capped)."""
+    respond_async, wait = False, 0.0
+    for header in request.headers.getall("Prefer", ()):
+        for token in header.split(","):
+            name, _, value = token.strip().partition("=")
+            name = name.strip().lower()
+            if name == "respond-async":
+                respond_async = True
+            elif name == "wait":
+                try:
+                    wait = float(value.strip().strip('"'))
+                except ValueError:
+                    raise BadRequest(
+                        f"Prefer: wait={value!r} is not a number of seconds."
+                    ) from None
+                if not 0 <= wait < float("inf"):
+                    raise BadRequest("Prefer: wait must be zero or more seconds.")
+    return respond_async, min(wait, max_wait)
+
+
+def async_mode(request: web.Request, respond_async: bool = False) -> bool:
+    """Async-Mode (true/false, any case); when absent, Prefer: respond-async asks for it."""
     raw = request.headers.get("Async-Mode")
     if raw is None:
-        return False
+        return respond_async
     value = raw.strip().lower()
     if value not in ("true", "false"):
         raise BadRequest(f"Async-Mode must be 'true' or 'false', not {raw!r}.")

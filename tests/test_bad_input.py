@@ -44,7 +44,7 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes, int]] = [
     ("empty async-mode", "POST", "/predict", {**JSON, "Async-Mode": ""}, b'{"input": "hi"}', 400),
     ("unknown route", "GET", "/nowhere", {}, b"", 404),
     ("wrong method on /predict", "GET", "/predict", {}, b"", 405),
-    ("wrong method on a prediction", "DELETE", "/predict/x", {}, b"", 405),
+    ("wrong method on a prediction", "PUT", "/predict/x", {}, b"", 405),
     ("put on /predict", "PUT", "/predict", JSON, b'{"input": "hi"}', 405),
 ]
 

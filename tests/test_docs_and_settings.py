@@ -55,6 +55,7 @@ async def test_spec_documents_every_route_header_and_error(make_client: ClientFa
         "processing",
         "done",
         "failed",
+        "canceled",
     }
 
 

@@ -1,0 +1,116 @@
+"""Beyond polling: Prefer wait/respond-async, long-poll GETs woken across replicas, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from . import models
+from .conftest import ClientFactory, poll
+from .test_api import submit, wait_final
+from .test_worker import worker_for
+
+
+async def test_prefer_wait_answers_the_finished_record(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:echo")
+    resp = await client.post(
+        "/predict", json={"input": 3}, headers={"Async-Mode": "true", "Prefer": "wait=5"}
+    )
+    assert resp.status == 200
+    assert resp.headers["Preference-Applied"] == "wait=5"
+    record = await resp.json()
+    assert record["status"] == "done"
+    assert record["output"] == {"input": 3, "result": {"echo": 3}}
+
+
+async def test_prefer_wait_falls_back_to_202_when_the_job_is_slower(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:gated")
+    resp = await client.post(
+        "/predict", json={"input": 1}, headers={"Async-Mode": "true", "Prefer": "wait=0.2"}
+    )
+    assert resp.status == 202
+    prediction_id = (await resp.json())["prediction_id"]
+    models.release()
+    assert (await wait_final(client, prediction_id))["status"] == "done"
+
+
+async def test_prefer_respond_async_is_async_mode(make_client: ClientFactory) -> None:
+    client = await make_client(workers=0)
+    resp = await client.post("/predict", json={"input": "hi"}, headers={"Prefer": "respond-async"})
+    assert resp.status == 202
+    explicit = await client.post(
+        "/predict",
+        json={"input": "hi"},
+        headers={"Prefer": "respond-async", "Async-Mode": "false"},
+    )
+    assert explicit.status == 200, "an explicit Async-Mode wins"
+
+
+async def test_a_long_poll_is_woken_by_a_job_finished_on_another_replica(
+    make_client: ClientFactory,
+) -> None:
+    api = await make_client(workers=0, model="tests.models:gated")
+    prediction_id = await submit(api, "wake me")
+    await make_client(model="tests.models:gated", consumer_name="other")  # the worker
+    waiting = asyncio.create_task(api.get(f"/predict/{prediction_id}?wait=30"))
+
+    async def running() -> bool:
+        return models.started.is_set()
+
+    await poll(running)
+    assert not waiting.done()
+    models.release()
+    # Woken by the announcement, not by the 30 s running out:
+    resp = await asyncio.wait_for(waiting, 10)
+    record = await resp.json()
+    assert record["status"] == "done" and record["output"]["result"] == {"echo": "wake me"}
+
+
+async def test_a_long_poll_answers_the_current_record_when_time_is_up(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(workers=0)
+    prediction_id = await submit(client, "nobody works here")
+    resp = await client.get(f"/predict/{prediction_id}?wait=0.2")
+    assert resp.status == 200 and (await resp.json())["status"] == "queued"
+
+
+async def test_bad_wait_values_are_400(make_client: ClientFactory) -> None:
+    client = await make_client()
+    bad = await client.post(
+        "/predict", json={"input": "x"}, headers={"Async-Mode": "true", "Prefer": "wait=soon"}
+    )
+    assert bad.status == 400 and "error" in await bad.json()
+    resp = await client.get("/predict/00000000-0000-4000-8000-000000000000?wait=-1")
+    assert resp.status == 400
+
+
+async def test_cancel_a_queued_job_so_it_never_runs(make_client: ClientFactory, rds: Redis) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(client, "never")
+    resp = await client.delete(f"/predict/{prediction_id}")
+    assert resp.status == 200
+    record = await resp.json()
+    assert record["status"] == "canceled" and record["output"]["result"] is None
+    assert (await client.delete(f"/predict/{prediction_id}")).status == 200, "idempotent"
+
+    worker = worker_for(client, "w")
+    await worker.step()
+    await worker.step()
+    assert models.calls[repr("never")] == 0
+    assert (await (await client.get(f"/predict/{prediction_id}")).json())["status"] == "canceled"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+
+
+async def test_cancel_a_finished_job_is_409_and_unknown_is_404(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:echo")
+    prediction_id = await submit(client, "quick")
+    await wait_final(client, prediction_id)
+    resp = await client.delete(f"/predict/{prediction_id}")
+    assert resp.status == 409
+    assert (await resp.json())["status"] == "done"
+    assert (await client.delete("/predict/00000000-0000-4000-8000-000000000000")).status == 404
+    assert (await client.delete("/predict/nope")).status == 404
