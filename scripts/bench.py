@@ -357,6 +357,14 @@ def main() -> None:
                 results["async_submit"] = drive(
                     f"http://127.0.0.1:{port}/predict", sync_body, {"Async-Mode": "true"}, args
                 )
+            progress("f. async submit with Prefer: wait=5, instant model, two workers")
+            with server(url, model=INSTANT) as (port, _):
+                results["prefer_wait"] = drive(
+                    f"http://127.0.0.1:{port}/predict",
+                    sync_body,
+                    {"Async-Mode": "true", "Prefer": "wait=5"},
+                    args,
+                )
             progress(f"c. drain {args.jobs} jobs, instant model, one replica")
             results["drain_jobs_per_s"] = drain(url, INSTANT, "x", args.jobs)
             progress(f"c. GET /predict/{{id}} while the replica drains {args.jobs * 2} jobs")
@@ -449,6 +457,13 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
             + share(r["iris_drain_batched"], drained_rate, "instant drain", "70%"),
         ),
         ("e", "idle RSS, default model", None, f"{r['idle_rss_mb']:.1f} MB (target <= 100)"),
+        (
+            "f",
+            "async + Prefer: wait=5, instant model",
+            r["prefer_wait"],
+            f"p50 {r['prefer_wait']['p50_ms'] - r['sync']['p50_ms']:+.2f} ms vs sync "
+            "(goal: within 2 ms)",
+        ),
     ]
     print(
         f"\n{r['machine']}; Redis {r['redis']}; load: {r['load_tool']}, "
