@@ -27,11 +27,19 @@ from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
 from .results import ResultStore
-from .routes import cancel_prediction, get_prediction, predict, predict_with_model
+from .routes import (
+    cancel_prediction,
+    get_prediction,
+    predict,
+    predict_batch,
+    predict_with_model,
+)
 from .settings import Settings
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+_PREDICTION = "/predict/{prediction_id:(?!batch$)[^/]+}"
 
 
 async def models_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -156,8 +164,10 @@ def create_app(settings: Settings) -> web.Application:
         app,
         [
             web.post("/predict", predict),
-            web.get("/predict/{prediction_id}", get_prediction, allow_head=False),
-            web.delete("/predict/{prediction_id}", cancel_prediction),
+            web.post("/predict/batch", predict_batch),
+            # Not "batch": that path is POST /predict/batch alone.
+            web.get(_PREDICTION, get_prediction, allow_head=False),
+            web.delete(_PREDICTION, cancel_prediction),
             web.get("/models", list_models, allow_head=False),
             web.get("/models/{name}", get_model, allow_head=False),
             web.post("/models/{name}/predict", predict_with_model),

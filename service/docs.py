@@ -94,3 +94,5 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
         spec["paths"][f"/models/{name}/predict"] = {"post": operation}
         if name == registry.default:
             spec["paths"]["/predict"]["post"]["requestBody"] = operation["requestBody"]
+            bulk = schemas["BulkRequest"]["properties"]["inputs"]
+            bulk["items"] = input_schema

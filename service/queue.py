@@ -76,17 +76,22 @@ def _stream_entries(reply: Any) -> list[Any]:
 
 
 # KEYS: the stream, then one record key per job.
-# ARGV: record TTL, queue limit (0: none), then per job: prediction id, model, input
+# ARGV: record TTL, queue limit (0: none), '1' when the jobs are queued all or none (a
+# bulk submit), then per job: prediction id, model, input
 # (JSON), created time, request id, idempotency key ('' if none), body digest.
 # Per job, in order: a known idempotency key answers 'dup:<its id>' (same body) or
 # 'conflict' (another body); a full queue answers 'full'; otherwise the job record
 # (status queued), its stream entry and its idempotency key are written and it answers
 # 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
 _SUBMIT = """
-local ttl, limit = ARGV[1], tonumber(ARGV[2])
+local ttl, limit, whole = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local out = {}
+if whole and limit > 0 and redis.call('XLEN', KEYS[1]) + #KEYS - 1 > limit then
+  for i = 2, #KEYS do out[i - 1] = 'full' end
+  return out
+end
 for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 7
+  local a = 4 + (i - 2) * 7
   local id, idem, digest = ARGV[a], ARGV[a + 5], ARGV[a + 6]
   local known = false
   if idem ~= '' then known = redis.call('GET', idem) end
@@ -151,9 +156,18 @@ class JobQueue:
             raise QueueFull(f"The queue holds {self._max_queue} jobs; try again shortly.")
         raise IdempotencyConflict("This Idempotency-Key was used with a different request body.")
 
-    async def _write(self, jobs: list[NewJob]) -> list[str]:
+    async def submit_all(self, jobs: list[NewJob]) -> list[str]:
+        """Queues every job, or none when they do not all fit under MAX_QUEUE (QueueFull):
+        one script call, one round trip. Answers the prediction ids in order.
+        """
+        replies = await self._write(jobs, whole=True)
+        if any(r == "full" for r in replies):
+            raise QueueFull(f"The queue cannot take {len(jobs)} more jobs; try again shortly.")
+        return [job.prediction_id for job in jobs]
+
+    async def _write(self, jobs: list[NewJob], whole: bool = False) -> list[str]:
         keys = [self._keys.stream]
-        args: list[Any] = [self._ttl, self._max_queue]
+        args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0"]
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
             args += (

@@ -9,7 +9,14 @@ import orjson
 from aiohttp import web
 
 from . import state
-from .errors import BadRequest, NotFound, Overloaded, PredictionFailed, PredictionTimeout
+from .errors import (
+    BadRequest,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PredictionFailed,
+    PredictionTimeout,
+)
 from .ids import new_id
 from .models import Model
 from .queue import NewJob
@@ -20,6 +27,7 @@ from .web_io import (
     check_json,
     idempotency_key,
     json_response,
+    parse_bulk_body,
     parse_predict_body,
     prefer,
 )
@@ -139,6 +147,54 @@ async def predict_with_model(request: web.Request) -> web.Response:
       "504": {$ref: "#/components/responses/Timeout"}
     """
     return await _predict(request, request.app[state.MODELS].get(request.match_info["name"]))
+
+
+async def predict_batch(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Queue many inputs for the default model in one request
+    description: >-
+      Every input is checked first; if any does not fit the model, the answer is 422 with
+      each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
+      queued in one Redis round trip and their prediction ids come back in input order.
+    tags: [predictions]
+    security: [{}, {bearer: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/BulkRequest"}
+    responses:
+      "202":
+        description: All queued.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/BulkAccepted"}
+      "400": {$ref: "#/components/responses/BadRequest"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "413": {$ref: "#/components/responses/PayloadTooLarge"}
+      "415": {$ref: "#/components/responses/UnsupportedMediaType"}
+      "422": {$ref: "#/components/responses/InvalidInput"}
+      "429": {$ref: "#/components/responses/QueueFull"}
+      "503": {$ref: "#/components/responses/Unavailable"}
+    """
+    app = request.app
+    model = app[state.MODELS].get()
+    check_json(request)
+    inputs = parse_bulk_body(await request.read(), app[state.SETTINGS].max_bulk)
+    problems = []
+    for index, value in enumerate(inputs):
+        try:
+            model.validate(value)
+        except InvalidInput as exc:
+            for item in exc.detail:
+                problems.append({**item, "loc": ["inputs", index, *item["loc"][1:]]})
+    if problems:
+        raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
+    now, request_id = time.time(), request[state.REQUEST_ID]
+    jobs = [NewJob(new_id(), model.name, value, now, request_id) for value in inputs]
+    ids = await app[state.QUEUE].submit_all(jobs)
+    return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)
 
 
 async def _wait_for(request: web.Request, prediction_id: str, seconds: float) -> JobRecord | None:

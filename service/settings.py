@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         60.0, ge=0, description="Cap of 'Prefer: wait=N' and of GET /predict/{id}?wait=N."
     )
+    max_bulk: int = Field(1000, ge=1, description="Most inputs in one POST /predict/batch.")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
     api_key: str | None = Field(
         None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."

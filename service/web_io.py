@@ -85,6 +85,22 @@ def check_json(request: web.Request) -> None:
         raise UnsupportedMediaType("Send the body as application/json.")
 
 
+def parse_bulk_body(raw: bytes, most: int) -> list[Any]:
+    """The ``inputs`` of a bulk body: a list of 1..``most`` items; 400 or 422 otherwise."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+    inputs = data.get("inputs") if type(data) is dict and set(data) == {"inputs"} else None
+    if type(inputs) is not list or not 1 <= len(inputs) <= most:
+        raise InvalidInput(
+            f"The body must be a JSON object with one field, 'inputs': a list of 1 to {most} "
+            "inputs.",
+            [{"loc": ["inputs"], "msg": f"a list of 1 to {most} inputs", "type": "bulk"}],
+        )
+    return inputs
+
+
 def parse_predict_body(raw: bytes) -> Any:
     """The ``input`` of a predict body; 400 or 422 when the body is not one."""
     try:

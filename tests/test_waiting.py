@@ -114,3 +114,38 @@ async def test_cancel_a_finished_job_is_409_and_unknown_is_404(make_client: Clie
     assert (await resp.json())["status"] == "done"
     assert (await client.delete("/predict/00000000-0000-4000-8000-000000000000")).status == 404
     assert (await client.delete("/predict/nope")).status == 404
+
+
+async def test_bulk_submit_queues_all_in_order(make_client: ClientFactory, rds: Redis) -> None:
+    client = await make_client(model="tests.models:echo")
+    resp = await client.post("/predict/batch", json={"inputs": [1, 2, 3]})
+    assert resp.status == 202
+    ids = (await resp.json())["prediction_ids"]
+    assert len(ids) == 3
+    results = [(await wait_final(client, p))["output"] for p in ids]
+    assert results == [{"input": n, "result": {"echo": n}} for n in (1, 2, 3)]
+
+
+async def test_bulk_submit_with_a_bad_item_reports_it_and_queues_nothing(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0)
+    resp = await client.post("/predict/batch", json={"inputs": ["good", 5, "fine", ""]})
+    assert resp.status == 422
+    locs = [d["loc"][:2] for d in (await resp.json())["detail"]]
+    assert locs == [["inputs", 1], ["inputs", 3]]
+    assert await rds.xlen("predictions") == 0
+    for body in ({"inputs": []}, {"inputs": "x"}, {"other": [1]}):
+        assert (await client.post("/predict/batch", json=body)).status == 422
+    too_many = await make_client(workers=0, max_bulk=2)
+    assert (await too_many.post("/predict/batch", json={"inputs": ["a", "b", "c"]})).status == 422
+
+
+async def test_bulk_submit_that_does_not_fit_the_queue_queues_nothing(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, max_queue=3)
+    await submit(client, "one")
+    resp = await client.post("/predict/batch", json={"inputs": ["a", "b", "c"]})
+    assert resp.status == 429
+    assert await rds.xlen("predictions") == 1
