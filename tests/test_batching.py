@@ -6,41 +6,42 @@ import asyncio
 
 from redis.asyncio import Redis
 
+from service import state
+
 from . import models
 from .conftest import ClientFactory
 from .test_api import submit, wait_final
 from .test_worker import worker_for
 
 
-async def test_concurrent_sync_requests_share_one_batch_call(make_client: ClientFactory) -> None:
-    client = await make_client(
-        model="tests.models:BatchEcho", max_batch_size=10, max_batch_delay_ms=200
-    )
+async def test_concurrent_callers_share_one_batch_call(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:BatchEcho", max_batch_size=10)
+    batcher = client.server.app[state.BATCHERS]["default"]
     texts = [f"text {i}" for i in range(10)]
-    responses = await asyncio.gather(
-        *(client.post("/predict", json={"input": text}) for text in texts)
-    )
-    bodies = [await r.json() for r in responses]
-    assert [b["result"] for b in bodies] == [{"echo": t} for t in texts]
-    assert [b["input"] for b in bodies] == texts
-    assert models.batch_sizes == [10]  # full batch: sent at once, not after the delay
+    outcomes = await asyncio.gather(*(batcher.run_one(text) for text in texts))
+    assert [o.payload for o in outcomes] == [f'{{"echo":"{t}"}}'.encode() for t in texts]
+    assert models.batch_sizes == [10]  # one call for the ten callers of the same turn
 
 
-async def test_a_bad_item_fails_alone_in_a_sync_batch(make_client: ClientFactory) -> None:
-    client = await make_client(
-        model="tests.models:BatchEcho", max_batch_size=5, max_batch_delay_ms=200
-    )
-    texts = ["a", "b", "bad", "c", "d"]
-    responses = await asyncio.gather(
-        *(client.post("/predict", json={"input": text}) for text in texts)
-    )
-    statuses = [r.status for r in responses]
-    assert statuses == [200, 200, 500, 200, 200]
-    assert "bad input for this model" in (await responses[2].json())["error"]
-    assert [(await r.json())["result"] for i, r in enumerate(responses) if i != 2] == [
-        {"echo": t} for t in ["a", "b", "c", "d"]
-    ]
+async def test_a_bad_item_fails_alone_in_a_batch(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:BatchEcho", max_batch_size=5)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    outcomes = await asyncio.gather(*(batcher.run_one(t) for t in ["a", "b", "bad", "c", "d"]))
+    assert [o.ok for o in outcomes] == [True, True, False, True, True]
+    assert "bad input for this model" in outcomes[2].error
     assert models.batch_sizes == [5]  # one batch call, then the items one by one
+
+
+async def test_concurrent_sync_requests_get_their_own_results(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:BatchEcho", max_batch_size=8)
+    texts = ["a", "b", "bad", "c", "d", "e", "f", "g", "h", "i"]
+    responses = await asyncio.gather(
+        *(client.post("/predict", json={"input": text}) for text in texts)
+    )
+    assert [r.status for r in responses] == [500 if t == "bad" else 200 for t in texts]
+    for text, resp in zip(texts, responses, strict=True):
+        if text != "bad":
+            assert await resp.json() == {"input": text, "result": {"echo": text}}
 
 
 async def test_a_partial_batch_goes_after_the_delay(make_client: ClientFactory) -> None:
