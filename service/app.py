@@ -33,6 +33,7 @@ from .routes import (
     predict,
     predict_batch,
     predict_with_model,
+    prediction_events,
 )
 from .settings import Settings
 from .worker import Worker
@@ -168,6 +169,7 @@ def create_app(settings: Settings) -> web.Application:
             # Not "batch": that path is POST /predict/batch alone.
             web.get(_PREDICTION, get_prediction, allow_head=False),
             web.delete(_PREDICTION, cancel_prediction),
+            web.get(_PREDICTION + "/events", prediction_events, allow_head=False),
             web.get("/models", list_models, allow_head=False),
             web.get("/models/{name}", get_model, allow_head=False),
             web.post("/models/{name}/predict", predict_with_model),

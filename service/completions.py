@@ -1,5 +1,5 @@
-"""Waiting for jobs to end without polling: every replica follows one pub/sub channel on
-which the scripts that end jobs announce them, and wakes its local waiters.
+"""Waiting for jobs to change without polling: every replica follows one pub/sub channel on
+which the scripts that start or end jobs announce them, and wakes its local waiters.
 
 A waiter on replica A is woken by a job that replica B finished. A waiter always re-reads
 the record after it is woken (or its time is up), so a lost announcement (Redis restarting,
@@ -79,8 +79,10 @@ class Completions:
         prediction_id: str,
         seconds: float,
         read: Callable[[], Awaitable[JobRecord | None]],
+        until: Callable[[JobRecord | None], bool] = lambda r: r is None or r.status.final,
     ) -> JobRecord | None:
-        """The job's record once it is final, or as it is after ``seconds``."""
+        """The job's record once ``until(record)`` holds (by default: it is final), or as
+        it is after ``seconds``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while True:
@@ -90,7 +92,7 @@ class Completions:
             try:
                 record = await read()
                 left = deadline - loop.time()
-                if record is None or record.status.final or left <= 0:
+                if until(record) or left <= 0:
                     return record
                 await asyncio.wait([future], timeout=left)
             finally:

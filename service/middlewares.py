@@ -69,7 +69,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _observe(
     request: web.Request, response: web.StreamResponse, request_id: str, elapsed: float
 ) -> None:
-    response.headers["X-Request-ID"] = request_id
+    if not response.prepared:  # a stream sets its own before it starts
+        response.headers["X-Request-ID"] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     request.app[state.METRICS].observe_request(route, request.method, response.status, elapsed)

@@ -21,7 +21,8 @@ from .schemas import JobRecord
 #   deliveries", and a dead-letter entry with the reason; answers 'dead';
 # - otherwise queued/processing: now processing, attempts + 1; answers the old status;
 # - done/failed/canceled (a re-delivery, or canceled while queued): untouched.
-# Jobs it ends are announced on the completions channel. One script call per batch.
+# Every job whose status it changes is announced on the completions channel. One script
+# call per batch.
 _MARK_PROCESSING = """
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
 local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -51,6 +52,7 @@ for i = 2, #KEYS do
     else
       redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
       redis.call('HINCRBY', key, 'attempts', 1)
+      ended[#ended + 1] = key  -- a change of status too (live status streams follow it)
     end
   end
   out[i - 1] = status or ''

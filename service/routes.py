@@ -20,7 +20,7 @@ from .errors import (
 from .ids import new_id
 from .models import Model
 from .queue import NewJob
-from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord
+from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord, Status
 from .web_io import (
     async_mode,
     body_digest,
@@ -238,6 +238,7 @@ async def get_prediction(request: web.Request) -> web.Response:
       - $ref: "#/components/parameters/PredictionId"
       - $ref: "#/components/parameters/Wait"
     responses:
+      "400": {$ref: "#/components/responses/BadRequest"}
       "401": {$ref: "#/components/responses/Unauthorized"}
       "200":
         description: The job's current record.
@@ -261,6 +262,74 @@ async def get_prediction(request: web.Request) -> web.Response:
     if record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     return json_response(record.to_view())
+
+
+_KEEPALIVE_SECONDS = 15.0
+
+
+async def prediction_events(request: web.Request) -> web.StreamResponse:
+    """
+    ---
+    summary: Follow a prediction's status as server-sent events
+    description: >-
+      `text/event-stream`: one `status` event with the record (the GET shape) now and at
+      every change of status, until the job is final; then the stream ends. A comment line
+      every 15 s keeps idle connections open.
+    tags: [predictions]
+    security: [{}, {bearer: []}]
+    parameters:
+      - $ref: "#/components/parameters/PredictionId"
+    responses:
+      "200":
+        description: "Events: `event: status` with `data:` the record as JSON."
+        content:
+          text/event-stream:
+            schema:
+              type: object
+              properties:
+                event: {type: string, enum: [status]}
+                data: {type: string, description: "The record (the GET shape) as JSON."}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "404":
+        description: Unknown or expired prediction id.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Error"}
+      "503": {$ref: "#/components/responses/Unavailable"}
+    """
+    prediction_id = _parse_id(request.match_info["prediction_id"])
+    results = request.app[state.RESULTS]
+    record = await results.get(prediction_id)
+    if record is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-ID": request[state.REQUEST_ID],
+        }
+    )
+    await response.prepare(request)
+    completions = request.app[state.COMPLETIONS]
+    sent: Status | None = None
+    while record is not None:
+        if record.status is not sent:
+            data = orjson.dumps(record.to_view())
+            await response.write(b"event: status\ndata: " + data + b"\n\n")
+            sent = record.status
+        if record.status.final:
+            break
+        before = record.status
+        record = await completions.wait(
+            prediction_id,
+            _KEEPALIVE_SECONDS,
+            lambda: results.get(prediction_id),
+            until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
+        )
+        if record is not None and record.status is before:
+            await response.write(b": still " + before.value.encode() + b"\n\n")
+    await response.write_eof()
+    return response
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from redis.asyncio import Redis
 
@@ -149,3 +150,33 @@ async def test_bulk_submit_that_does_not_fit_the_queue_queues_nothing(
     resp = await client.post("/predict/batch", json={"inputs": ["a", "b", "c"]})
     assert resp.status == 429
     assert await rds.xlen("predictions") == 1
+
+
+async def test_events_stream_each_status_until_final_then_close(
+    make_client: ClientFactory,
+) -> None:
+    api = await make_client(workers=0, model="tests.models:gated")
+    prediction_id = await submit(api, "watch me")
+    resp = await api.get(f"/predict/{prediction_id}/events")
+    assert resp.status == 200 and resp.content_type == "text/event-stream"
+
+    async def next_event() -> dict[str, object]:
+        data = b""
+        while True:
+            line = await resp.content.readline()
+            if line.startswith(b"data: "):
+                data = line[len(b"data: ") :]
+            elif line == b"\n" and data:
+                return json.loads(data)  # type: ignore[no-any-return]
+
+    first = await asyncio.wait_for(next_event(), 10)
+    assert first["status"] == "queued"
+    await make_client(model="tests.models:gated", consumer_name="worker")  # starts it
+    second = await asyncio.wait_for(next_event(), 10)
+    assert second["status"] == "processing"
+    models.release()
+    third = await asyncio.wait_for(next_event(), 10)
+    assert third["status"] == "done" and third["output"]["result"] == {"echo": "watch me"}
+    assert await asyncio.wait_for(resp.content.read(), 10) == b"", "the stream ends"
+    missing = await api.get("/predict/00000000-0000-4000-8000-000000000000/events")
+    assert missing.status == 404
