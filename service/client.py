@@ -1,0 +1,283 @@
+"""A Python client for the service: `AsyncClient` (aiohttp) and `Client`, its blocking twin.
+
+    async with AsyncClient("http://localhost:8080") as client:
+        print(await client.predict("What a lovely day"))
+        job = await client.submit("Queued text")
+        print(await job.result(timeout=30))
+
+    with Client("http://localhost:8080") as client:
+        print(client.predict("What a lovely day"))
+
+Errors are raised as `ClientError` subclasses carrying the server's message and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+T = TypeVar("T")
+
+#: Longest single long-poll a Job.result() makes (the server caps it too).
+_POLL_SECONDS = 30.0
+
+
+class ClientError(Exception):
+    """The server answered an error; ``status`` and ``message`` are its own."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+class BadRequestError(ClientError):
+    """400: a malformed request."""
+
+
+class UnauthorizedError(ClientError):
+    """401: the API key is missing or wrong."""
+
+
+class NotFoundError(ClientError):
+    """404: unknown model, prediction or route."""
+
+
+class ConflictError(ClientError):
+    """409: an Idempotency-Key reused with another body, or a job too far along to cancel."""
+
+
+class InvalidInputError(ClientError):
+    """422: the input does not fit the model; ``detail`` lists the field errors."""
+
+
+class OverloadedError(ClientError):
+    """429/503: queue full, too busy, or Redis unavailable; retry later."""
+
+
+class PredictionFailedError(ClientError):
+    """500, or a queued job that ended failed: the model raised."""
+
+
+class PredictionTimeoutError(ClientError):
+    """504, or a job that was not final within Job.result()'s timeout."""
+
+
+class JobCanceledError(ClientError):
+    """The job was canceled before it ran."""
+
+
+_BY_STATUS: dict[int, type[ClientError]] = {
+    400: BadRequestError,
+    401: UnauthorizedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidInputError,
+    429: OverloadedError,
+    500: PredictionFailedError,
+    503: OverloadedError,
+    504: PredictionTimeoutError,
+}
+
+
+def _error(status: int, body: Any) -> ClientError:
+    message = body.get("error", "") if isinstance(body, dict) else str(body)
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return _BY_STATUS.get(status, ClientError)(status, message, detail)
+
+
+@dataclass
+class Job:
+    """A queued prediction."""
+
+    client: AsyncClient
+    prediction_id: str
+
+    async def status(self) -> dict[str, Any]:
+        """The job's record (the GET /predict/{id} shape)."""
+        return await self.client.get(self.prediction_id)
+
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (public API)
+        """The model's output once the job is done (long-polls; no busy loop).
+
+        Raises PredictionFailedError if it failed, JobCanceledError if it was canceled,
+        PredictionTimeoutError if it is not final within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            record = await self.client.get(
+                self.prediction_id, wait=max(0.0, min(left, _POLL_SECONDS))
+            )
+            status = record["status"]
+            if status == "done":
+                return record["output"]["result"]
+            if status == "failed":
+                raise PredictionFailedError(200, record.get("error") or "failed", record)
+            if status == "canceled":
+                raise JobCanceledError(200, "The job was canceled.", record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise PredictionTimeoutError(
+                    200, f"Job {self.prediction_id} is still {status}.", record
+                )
+
+    async def cancel(self) -> dict[str, Any]:
+        """Cancels the job if it is still queued (ConflictError if it already runs)."""
+        return await self.client._call("DELETE", f"/predict/{self.prediction_id}")
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        base_url: str = "http://localhost:8080",
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        async with self._http().request(
+            method, self.base_url + path, json=body, headers=headers, params=params
+        ) as resp:
+            try:
+                payload = await resp.json(content_type=None)
+            except ValueError:
+                payload = {"error": await resp.text()}
+            if resp.status >= 400:
+                raise _error(resp.status, payload)
+            return payload
+
+    @staticmethod
+    def _path(model: str | None) -> str:
+        return "/predict" if model is None else f"/models/{model}/predict"
+
+    async def predict(self, value: Any, *, model: str | None = None) -> Any:
+        """Predicts at once (sync mode); answers the model's output."""
+        body = await self._call("POST", self._path(model), {"input": value})
+        return body["result"]
+
+    async def submit(
+        self,
+        value: Any,
+        *,
+        model: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queues a prediction; answers its Job."""
+        headers = {"Async-Mode": "true"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        body = await self._call("POST", self._path(model), {"input": value}, headers)
+        return Job(self, body["prediction_id"])
+
+    async def submit_many(self, values: list[Any]) -> list[Job]:
+        """Queues many inputs for the default model in one request (all or none)."""
+        body = await self._call("POST", "/predict/batch", {"inputs": values})
+        return [Job(self, prediction_id) for prediction_id in body["prediction_ids"]]
+
+    async def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """A job's record; with ``wait``, as soon as it is final or ``wait`` seconds pass."""
+        params = {"wait": f"{wait:g}"} if wait > 0 else None
+        record: dict[str, Any] = await self._call("GET", f"/predict/{prediction_id}", params=params)
+        return record
+
+    async def models(self) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call("GET", "/models")
+        return body
+
+
+class SyncJob:
+    """A queued prediction, for the blocking Client."""
+
+    def __init__(self, client: Client, job: Job) -> None:
+        self._client = client
+        self._job = job
+        self.prediction_id = job.prediction_id
+
+    def status(self) -> dict[str, Any]:
+        return self._client._run(self._job.status())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._client._run(self._job.result(timeout))
+
+    def cancel(self) -> dict[str, Any]:
+        return self._client._run(self._job.cancel())
+
+
+class Client:
+    """The blocking client: the same calls as AsyncClient, on a private event loop."""
+
+    def __init__(self, base_url: str = "http://localhost:8080", **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncClient(base_url, **options)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coroutine)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._async.close())
+            self._loop.close()
+
+    def predict(self, value: Any, *, model: str | None = None) -> Any:
+        return self._run(self._async.predict(value, model=model))
+
+    def submit(
+        self, value: Any, *, model: str | None = None, idempotency_key: str | None = None
+    ) -> SyncJob:
+        job = self._run(self._async.submit(value, model=model, idempotency_key=idempotency_key))
+        return SyncJob(self, job)
+
+    def submit_many(self, values: list[Any]) -> list[SyncJob]:
+        return [SyncJob(self, job) for job in self._run(self._async.submit_many(values))]
+
+    def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return self._run(self._async.get(prediction_id, wait=wait))
+
+    def models(self) -> dict[str, Any]:
+        return self._run(self._async.models())

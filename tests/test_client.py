@@ -1,0 +1,101 @@
+"""The Python client, against a real server: predict, submit, result, cancel, bulk, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from service.client import (
+    AsyncClient,
+    Client,
+    ConflictError,
+    InvalidInputError,
+    JobCanceledError,
+    NotFoundError,
+    PredictionFailedError,
+    PredictionTimeoutError,
+)
+from service.embedded import free_port
+
+from .conftest import ClientFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_the_async_client_covers_the_api(make_client: ClientFactory) -> None:
+    server = await make_client(model="tests.models:Fragile")
+    async with AsyncClient(str(server.make_url(""))) as client:
+        assert await client.predict("four") == {"length": 4}
+        job = await client.submit("seven!!")
+        assert await job.result(timeout=10) == {"length": 7}
+        assert (await job.status())["status"] == "done"
+        jobs = await client.submit_many(["a", "bb"])
+        assert [await j.result(timeout=10) for j in jobs] == [{"length": 1}, {"length": 2}]
+        failing = await client.submit("boom")
+        with pytest.raises(PredictionFailedError, match="the model exploded"):
+            await failing.result(timeout=10)
+        with pytest.raises(PredictionFailedError) as caught:
+            await client.predict("boom")
+        assert caught.value.status == 500
+        with pytest.raises(InvalidInputError) as invalid:
+            await client.predict(5)
+        assert invalid.value.detail[0]["loc"] == ["input"]
+        with pytest.raises(NotFoundError, match="Unknown model 'nope'"):
+            await client.predict("x", model="nope")
+        with pytest.raises(ConflictError):
+            await job.cancel()  # already done
+        assert (await client.models())["default"] == "default"
+
+
+async def test_cancel_and_result_timeout(make_client: ClientFactory) -> None:
+    server = await make_client(workers=0, model="tests.models:echo")
+    async with AsyncClient(str(server.make_url(""))) as client:
+        job = await client.submit(1)
+        with pytest.raises(PredictionTimeoutError):
+            await job.result(timeout=0.3)
+        assert (await job.cancel())["status"] == "canceled"
+        with pytest.raises(JobCanceledError):
+            await job.result(timeout=5)
+
+
+def test_the_blocking_client(redis_url: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "MODEL": "tests.models:echo",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health/live", timeout=2).close()
+                break
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with Client(base) as client:
+            assert client.predict("hi") == {"echo": "hi"}
+            job = client.submit("later", idempotency_key="k-1")
+            assert job.result(timeout=10) == {"echo": "later"}
+            assert client.submit("later", idempotency_key="k-1").prediction_id == job.prediction_id
+            assert [j.result(timeout=10) for j in client.submit_many([1, 2])] == [
+                {"echo": 1},
+                {"echo": 2},
+            ]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
