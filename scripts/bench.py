@@ -358,6 +358,7 @@ def main() -> None:
                     f"http://127.0.0.1:{port}/predict", sync_body, {"Async-Mode": "true"}, args
                 )
             progress("f. async submit with Prefer: wait=5, instant model, two workers")
+            redis.Redis.from_url(url).flushall()  # not b's backlog
             with server(url, model=INSTANT) as (port, _):
                 results["prefer_wait"] = drive(
                     f"http://127.0.0.1:{port}/predict",
