@@ -84,49 +84,8 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
     return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
 
 
-async def predict(request: web.Request) -> web.Response:
-    """
-    ---
-    summary: Predict with the default model, now or queued
-    description: >-
-      With `Async-Mode: false` (or no header) the model runs at once and the answer holds its
-      result. With `Async-Mode: true` the job is recorded and queued, and the answer holds a
-      prediction id to poll at `GET /predict/{prediction_id}` (also in the `Location` header).
-    tags: [predictions]
-    security: [{}, {bearer: []}]
-    parameters:
-      - $ref: "#/components/parameters/AsyncMode"
-      - $ref: "#/components/parameters/IdempotencyKey"
-      - $ref: "#/components/parameters/Prefer"
-    requestBody: {$ref: "#/components/requestBodies/Predict"}
-    responses:
-      "200": {$ref: "#/components/responses/SyncPrediction"}
-      "202": {$ref: "#/components/responses/Accepted"}
-      "400": {$ref: "#/components/responses/BadRequest"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
-      "409": {$ref: "#/components/responses/Conflict"}
-      "413": {$ref: "#/components/responses/PayloadTooLarge"}
-      "415": {$ref: "#/components/responses/UnsupportedMediaType"}
-      "422": {$ref: "#/components/responses/InvalidInput"}
-      "429": {$ref: "#/components/responses/QueueFull"}
-      "500": {$ref: "#/components/responses/ServerError"}
-      "503": {$ref: "#/components/responses/Unavailable"}
-      "504": {$ref: "#/components/responses/Timeout"}
-    """
-    return await _predict(request, request.app[state.MODELS].get())
-
-
-async def predict_with_model(request: web.Request) -> web.Response:
-    """
-    ---
-    summary: Predict with a named model, now or queued
-    description: >-
-      The same contract as `POST /predict`, for the model named in the path
-      (`GET /models` lists them). The job record names its model.
-    tags: [predictions]
-    security: [{}, {bearer: []}]
-    parameters:
-      - $ref: "#/components/parameters/ModelName"
+# The two predict routes share one contract; their OpenAPI text is built from one tail.
+_PREDICT_SPEC_TAIL = """
       - $ref: "#/components/parameters/AsyncMode"
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/Prefer"
@@ -145,8 +104,45 @@ async def predict_with_model(request: web.Request) -> web.Response:
       "500": {$ref: "#/components/responses/ServerError"}
       "503": {$ref: "#/components/responses/Unavailable"}
       "504": {$ref: "#/components/responses/Timeout"}
+"""
+
+
+async def predict(request: web.Request) -> web.Response:
+    return await _predict(request, request.app[state.MODELS].get())
+
+
+predict.__doc__ = (
     """
+    ---
+    summary: Predict with the default model, now or queued
+    description: >-
+      With `Async-Mode: false` (or no header) the model runs at once and the answer holds its
+      result. With `Async-Mode: true` the job is recorded and queued, and the answer holds a
+      prediction id to poll at `GET /predict/{prediction_id}` (also in the `Location` header).
+    tags: [predictions]
+    security: [{}, {bearer: []}]
+    parameters:"""
+    + _PREDICT_SPEC_TAIL
+)
+
+
+async def predict_with_model(request: web.Request) -> web.Response:
     return await _predict(request, request.app[state.MODELS].get(request.match_info["name"]))
+
+
+predict_with_model.__doc__ = (
+    '''
+    ---
+    summary: Predict with a named model, now or queued
+    description: >-
+      The same contract as `POST /predict`, for the model named in the path
+      (`GET /models` lists them). The job record names its model.
+    tags: [predictions]
+    security: [{}, {bearer: []}]
+    parameters:
+      - $ref: "#/components/parameters/ModelName"'''
+    + _PREDICT_SPEC_TAIL
+)
 
 
 async def predict_batch(request: web.Request) -> web.Response:

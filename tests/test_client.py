@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,9 +16,8 @@ from service.client import (
     PredictionFailedError,
     PredictionTimeoutError,
 )
-from service.embedded import free_port
 
-from .conftest import ClientFactory
+from .conftest import ClientFactory, running_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,35 +59,15 @@ async def test_cancel_and_result_timeout(make_client: ClientFactory) -> None:
 
 
 def test_the_blocking_client(redis_url: str) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "MODEL": "tests.models:echo",
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health/live", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        with Client(base) as client:
-            assert client.predict("hi") == {"echo": "hi"}
-            job = client.submit("later", idempotency_key="k-1")
-            assert job.result(timeout=10) == {"echo": "later"}
-            assert client.submit("later", idempotency_key="k-1").prediction_id == job.prediction_id
-            assert [j.result(timeout=10) for j in client.submit_many([1, 2])] == [
-                {"echo": 1},
-                {"echo": 2},
-            ]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    with (
+        running_service(REDIS_URL=redis_url, MODEL="tests.models:echo") as base,
+        Client(base) as client,
+    ):
+        assert client.predict("hi") == {"echo": "hi"}
+        job = client.submit("later", idempotency_key="k-1")
+        assert job.result(timeout=10) == {"echo": "later"}
+        assert client.submit("later", idempotency_key="k-1").prediction_id == job.prediction_id
+        assert [j.result(timeout=10) for j in client.submit_many([1, 2])] == [
+            {"echo": 1},
+            {"echo": 2},
+        ]

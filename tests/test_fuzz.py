@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from service.embedded import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import running_service
 
 
 def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "ERROR",
-    }
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    spec = f"http://127.0.0.1:{port}/docs/swagger.json"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(spec, timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                assert time.monotonic() < deadline, "server never answered"
-                time.sleep(0.1)
+    with running_service(REDIS_URL=redis_url, LOG_LEVEL="ERROR") as base:
         st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
         out = subprocess.run(
             [
                 st,
                 "run",
-                spec,
+                f"{base}/docs/swagger.json",
                 "--checks",
                 "all",
                 "--max-examples",
@@ -54,8 +30,5 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) ->
             text=True,
             timeout=600,
         )
-        assert out.returncode == 0, out.stdout[-6000:]
-        assert " passed" in out.stdout and "failed" not in out.stdout.split("SUMMARY")[-1]
-    finally:
-        server.terminate()
-        server.wait(30)
+    assert out.returncode == 0, out.stdout[-6000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout.split("SUMMARY")[-1]
