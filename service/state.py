@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 
 from .batching import Batchers
 from .completions import Completions
-from .executor import Executor
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .models import ModelRegistry
@@ -26,7 +25,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 MODELS = web.AppKey("models", ModelRegistry)
-EXECUTOR = web.AppKey("executor", Executor)
 BATCHERS = web.AppKey("batchers", Batchers)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
