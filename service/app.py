@@ -17,6 +17,7 @@ from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
 from .executor import Executor
 from .health import live, ready
+from .job_routes import cancel_prediction, get_prediction, prediction_events
 from .keys import Keys
 from .lifecycle import Lifecycle, SyncGate
 from .memory import release_freed_memory
@@ -27,14 +28,7 @@ from .model_routes import get_model, list_models
 from .models import ModelRegistry, model_configs
 from .queue import JobQueue
 from .results import ResultStore
-from .routes import (
-    cancel_prediction,
-    get_prediction,
-    predict,
-    predict_batch,
-    predict_with_model,
-    prediction_events,
-)
+from .routes import predict, predict_batch, predict_with_model
 from .settings import Settings
 from .worker import Worker
 

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import state
 from .errors import ServiceError, Unauthorized
 from .ids import new_id
-from .routes import json_response
+from .web_io import json_response
 
 log = logging.getLogger(__name__)
 

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import orjson
 from aiohttp import web
 
 from . import state
 from .errors import (
-    BadRequest,
     InvalidInput,
-    NotFound,
     Overloaded,
     PredictionFailed,
     PredictionTimeout,
 )
 from .ids import new_id
+from .job_routes import wait_for_record
 from .models import Model
 from .queue import NewJob
-from .schemas import ACCEPTED_MESSAGE, NOT_FOUND_MESSAGE, JobRecord, Status
+from .schemas import ACCEPTED_MESSAGE
 from .web_io import (
     async_mode,
     body_digest,
@@ -54,7 +52,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
         )
         prediction_id = await request.app[state.QUEUE].submit(job)
         if wait > 0:
-            record = await _wait_for(request, prediction_id, wait)
+            record = await wait_for_record(request, prediction_id, wait)
             if record is not None and record.status.final:
                 return json_response(
                     record.to_view(), headers={"Preference-Applied": f"wait={wait:g}"}
@@ -191,188 +189,3 @@ async def predict_batch(request: web.Request) -> web.Response:
     jobs = [NewJob(new_id(), model.name, value, now, request_id) for value in inputs]
     ids = await app[state.QUEUE].submit_all(jobs)
     return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)
-
-
-async def _wait_for(request: web.Request, prediction_id: str, seconds: float) -> JobRecord | None:
-    results = request.app[state.RESULTS]
-    return await request.app[state.COMPLETIONS].wait(
-        prediction_id, seconds, lambda: results.get(prediction_id)
-    )
-
-
-def _wait_param(request: web.Request) -> float:
-    raw = request.query.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise BadRequest(f"wait={raw!r} is not a number of seconds.") from None
-    if not 0 <= wait < float("inf"):
-        raise BadRequest("wait must be zero or more seconds.")
-    return min(wait, request.app[state.SETTINGS].max_wait_seconds)
-
-
-def _parse_id(raw: str) -> str:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise NotFound(NOT_FOUND_MESSAGE) from None
-
-
-async def get_prediction(request: web.Request) -> web.Response:
-    """
-    ---
-    summary: Read a queued prediction
-    description: >-
-      Answers the job's record: `queued` or `processing` (result "processing"), `done` (with
-      the model's output) or `failed` (with `error`). Any replica answers for any job.
-      Records expire after the result TTL.
-    tags: [predictions]
-    security: [{}, {bearer: []}]
-    parameters:
-      - $ref: "#/components/parameters/PredictionId"
-      - $ref: "#/components/parameters/Wait"
-    responses:
-      "400": {$ref: "#/components/responses/BadRequest"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
-      "200":
-        description: The job's current record.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Prediction"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
-            example: {error: Prediction ID not found.}
-      "503": {$ref: "#/components/responses/Unavailable"}
-    """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
-    wait = _wait_param(request)
-    if wait > 0:
-        record = await _wait_for(request, prediction_id, wait)
-    else:
-        record = await request.app[state.RESULTS].get(prediction_id)
-    if record is None:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    return json_response(record.to_view())
-
-
-_KEEPALIVE_SECONDS = 15.0
-
-
-async def prediction_events(request: web.Request) -> web.StreamResponse:
-    """
-    ---
-    summary: Follow a prediction's status as server-sent events
-    description: >-
-      `text/event-stream`: one `status` event with the record (the GET shape) now and at
-      every change of status, until the job is final; then the stream ends. A comment line
-      every 15 s keeps idle connections open.
-    tags: [predictions]
-    security: [{}, {bearer: []}]
-    parameters:
-      - $ref: "#/components/parameters/PredictionId"
-    responses:
-      "200":
-        description: "Events: `event: status` with `data:` the record as JSON."
-        content:
-          text/event-stream:
-            schema:
-              type: object
-              properties:
-                event: {type: string, enum: [status]}
-                data: {type: string, description: "The record (the GET shape) as JSON."}
-      "401": {$ref: "#/components/responses/Unauthorized"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
-      "503": {$ref: "#/components/responses/Unavailable"}
-    """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
-    results = request.app[state.RESULTS]
-    record = await results.get(prediction_id)
-    if record is None:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-ID": request[state.REQUEST_ID],
-        }
-    )
-    await response.prepare(request)
-    completions = request.app[state.COMPLETIONS]
-    sent: Status | None = None
-    while record is not None:
-        if record.status is not sent:
-            data = orjson.dumps(record.to_view())
-            await response.write(b"event: status\ndata: " + data + b"\n\n")
-            sent = record.status
-        if record.status.final:
-            break
-        before = record.status
-        record = await completions.wait(
-            prediction_id,
-            _KEEPALIVE_SECONDS,
-            lambda: results.get(prediction_id),
-            until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
-        )
-        if record is not None and record.status is before:
-            await response.write(b": still " + before.value.encode() + b"\n\n")
-    await response.write_eof()
-    return response
-
-
-async def cancel_prediction(request: web.Request) -> web.Response:
-    """
-    ---
-    summary: Cancel a queued prediction
-    description: >-
-      A job still queued is marked `canceled` and never runs (200, its record). A job
-      already running or finished is left as it is: 409 with its current status. Canceling
-      twice answers 200 both times.
-    tags: [predictions]
-    security: [{}, {bearer: []}]
-    parameters:
-      - $ref: "#/components/parameters/PredictionId"
-    responses:
-      "200":
-        description: Canceled.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Prediction"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
-      "409":
-        description: Running or finished; not canceled.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/StatusConflict"}
-      "503": {$ref: "#/components/responses/Unavailable"}
-    """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
-    results = request.app[state.RESULTS]
-    before = await results.cancel(prediction_id, time.time())
-    if not before:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    record = await results.get(prediction_id)
-    if record is None:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    if before not in ("queued", "canceled"):
-        return json_response(
-            {
-                "error": f"The prediction is {record.status.value}; it cannot be canceled.",
-                "status": record.status.value,
-            },
-            status=409,
-        )
-    return json_response(record.to_view())
