@@ -65,12 +65,7 @@ async def get_prediction(request: web.Request) -> web.Response:
         content:
           application/json:
             schema: {$ref: "#/components/schemas/Prediction"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
-            example: {error: Prediction ID not found.}
+      "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = _parse_id(request.match_info["prediction_id"])
@@ -110,11 +105,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
                 event: {type: string, enum: [status]}
                 data: {type: string, description: "The record (the GET shape) as JSON."}
       "401": {$ref: "#/components/responses/Unauthorized"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
+      "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = _parse_id(request.match_info["prediction_id"])
@@ -171,11 +162,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
           application/json:
             schema: {$ref: "#/components/schemas/Prediction"}
       "401": {$ref: "#/components/responses/Unauthorized"}
-      "404":
-        description: Unknown or expired prediction id.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/Error"}
+      "404": {$ref: "#/components/responses/PredictionNotFound"}
       "409":
         description: Running or finished; not canceled.
         content:
@@ -185,11 +172,8 @@ async def cancel_prediction(request: web.Request) -> web.Response:
     """
     prediction_id = _parse_id(request.match_info["prediction_id"])
     results = request.app[state.RESULTS]
-    before = await results.cancel(prediction_id, time.time())
-    if not before:
-        raise NotFound(NOT_FOUND_MESSAGE)
-    record = await results.get(prediction_id)
-    if record is None:
+    before, record = await results.cancel(prediction_id, time.time())
+    if not before or record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     if before not in ("queued", "canceled"):
         return json_response(

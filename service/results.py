@@ -98,15 +98,15 @@ return jobs
 """
 
 # KEYS: one record key. ARGV: now, completions channel.
-# Cancels a queued job (it will never run) and answers the status it had; any other
-# status is left as it is and answered ('' when the record is gone).
+# Cancels a queued job (it will never run); any other status is left as it is. Answers
+# the status it had ('' when the record is gone) and the record as it is now.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'result', 'null', 'finished_at', ARGV[1])
   redis.call('PUBLISH', ARGV[2], KEYS[1])
 end
-return status or ''
+return {status or '', redis.call('HGETALL', KEYS[1])}
 """
 
 #: Prior statuses after which a job (re)runs: queued, or processing when re-delivered.
@@ -162,12 +162,15 @@ class ResultStore:
         args.extend(entry_ids)
         await self._finish(keys=keys, args=args)
 
-    async def cancel(self, prediction_id: str, now: float) -> str:
-        """Cancels the job if it is still queued; answers the status it had ('' if none)."""
-        reply: bytes = await self._cancel(
+    async def cancel(self, prediction_id: str, now: float) -> tuple[str, JobRecord | None]:
+        """Cancels the job if it is still queued; answers the status it had ('' if none)
+        and the record as it is now, in one round trip."""
+        before, flat = await self._cancel(
             keys=[self._keys.record(prediction_id)], args=[repr(now), self._keys.completions]
         )
-        return reply.decode()
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = JobRecord.from_redis(prediction_id, fields) if fields else None
+        return before.decode(), record
 
     async def get(self, prediction_id: str) -> JobRecord | None:
         fields: Mapping[Any, Any] = await self._redis.hgetall(self._keys.record(prediction_id))
