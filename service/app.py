@@ -13,6 +13,7 @@ from . import state
 from .batching import Batchers
 from .completions import Completions
 from .connection import connect
+from .delivery import Dispatcher
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
 from .executor import Executor
@@ -122,13 +123,36 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     for worker in workers:
         worker.stop()
-    if tasks:
-        _, late = await asyncio.wait(tasks, timeout=settings.shutdown_grace_seconds)
-        for task in late:
-            task.cancel()
-        for task in late:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    await _finish(tasks, settings.shutdown_grace_seconds)
+
+
+async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Delivers webhooks from this replica unless WEBHOOK_DELIVERIES is 0."""
+    settings = app[state.SETTINGS]
+    if settings.webhook_deliveries == 0:
+        yield
+        return
+    if not settings.webhook_secret:
+        log.warning("WEBHOOK_SECRET is not set: webhook deliveries go out unsigned")
+    dispatcher = Dispatcher(
+        app[state.REDIS], Keys.from_settings(settings), app[state.RESULTS], settings
+    )
+    task = asyncio.create_task(dispatcher.run(), name="webhooks")
+    yield
+    dispatcher.stop()
+    await _finish([task], settings.shutdown_grace_seconds)
+
+
+async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Waits up to ``grace`` seconds for stopped tasks, then cancels the late ones."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=grace)
+    for task in late:
+        task.cancel()
+    for task in late:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _mark_stopping(app: web.Application) -> None:
@@ -154,6 +178,7 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(embedded_redis_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(webhooks_ctx)
     app[state.OPENAPI_SPEC] = setup_docs(
         app,
         [

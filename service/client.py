@@ -196,12 +196,20 @@ class AsyncClient:
         *,
         model: str | None = None,
         idempotency_key: str | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
     ) -> Job:
-        """Queues a prediction; answers its Job."""
+        """Queues a prediction; answers its Job. With ``webhook``, the final record is also
+        POSTed there (for the outcomes in ``webhook_events``: "done", "failed")."""
         headers = {"Async-Mode": "true"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        body = await self._call("POST", self._path(model), {"input": value}, headers)
+        payload: dict[str, Any] = {"input": value}
+        if webhook is not None:
+            payload["webhook"] = webhook
+        if webhook_events is not None:
+            payload["webhook_events"] = webhook_events
+        body = await self._call("POST", self._path(model), payload, headers)
         return Job(self, body["prediction_id"])
 
     async def submit_many(self, values: list[Any]) -> list[Job]:
@@ -267,11 +275,9 @@ class Client:
     def predict(self, value: Any, *, model: str | None = None) -> Any:
         return self._run(self._async.predict(value, model=model))
 
-    def submit(
-        self, value: Any, *, model: str | None = None, idempotency_key: str | None = None
-    ) -> SyncJob:
-        job = self._run(self._async.submit(value, model=model, idempotency_key=idempotency_key))
-        return SyncJob(self, job)
+    def submit(self, value: Any, **options: Any) -> SyncJob:
+        """As AsyncClient.submit: model, idempotency_key, webhook, webhook_events."""
+        return SyncJob(self, self._run(self._async.submit(value, **options)))
 
     def submit_many(self, values: list[Any]) -> list[SyncJob]:
         return [SyncJob(self, job) for job in self._run(self._async.submit_many(values))]

@@ -11,6 +11,7 @@ from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
 
 from . import __version__
 from .models import ModelRegistry
+from .schemas import WEBHOOK_URL
 
 _COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
 
@@ -30,6 +31,7 @@ def setup_docs(app: web.Application, routes: list[web.RouteDef]) -> dict[str, An
         # No external validator: the page must work without internet access.
         swagger_ui_settings=SwaggerUiSettings(path="/docs/", validatorUrl=None),
     )
+    docs.spec["components"]["schemas"]["Webhook"]["pattern"] = WEBHOOK_URL  # one source
     docs.add_routes(routes)
     # The spec was validated as each route was added; the compiled validator is large and
     # no longer needed.
@@ -77,7 +79,11 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             "type": "object",
             "additionalProperties": False,
             "required": ["input"],
-            "properties": {"input": input_schema},
+            "properties": {
+                "input": input_schema,
+                "webhook": {"$ref": "#/components/schemas/Webhook"},
+                "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
+            },
         }
         operation = copy.deepcopy(template)
         operation["summary"] = f"Predict with model {name!r} ({model.kind})"

@@ -23,6 +23,16 @@ class Keys:
         return self.stream + ":dead"
 
     @property
+    def webhooks(self) -> str:
+        """Stream of webhook deliveries due (record keys)."""
+        return self.stream + ":webhooks"
+
+    @property
+    def webhook_retries(self) -> str:
+        """Sorted set of failed deliveries, scored by when to try them again."""
+        return self.stream + ":webhooks:retry"
+
+    @property
     def completions(self) -> str:
         """Pub/sub channel: record keys of jobs that just ended, comma-separated."""
         return self.stream + ":done"

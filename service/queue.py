@@ -40,6 +40,8 @@ class NewJob:
     request_id: str = ""
     idempotency_key: str = ""
     body_digest: str = ""
+    webhook: str = ""
+    webhook_events: str = ""
 
 
 def _entries(raw: list[Any]) -> list[Entry]:
@@ -66,7 +68,7 @@ def _deleted_ids(raw: list[Any]) -> list[bytes]:
     return [entry_id for entry_id, fields in raw if not fields]
 
 
-def _stream_entries(reply: Any) -> list[Any]:
+def stream_entries(reply: Any) -> list[Any]:
     """The entries of the one stream in an XREADGROUP reply (RESP2 list or RESP3 dict)."""
     if not reply:
         return []
@@ -78,7 +80,8 @@ def _stream_entries(reply: Any) -> list[Any]:
 # KEYS: the stream, then one record key per job.
 # ARGV: record TTL, queue limit (0: none), '1' when the jobs are queued all or none (a
 # bulk submit), then per job: prediction id, model, input
-# (JSON), created time, request id, idempotency key ('' if none), body digest.
+# (JSON), created time, request id, idempotency key ('' if none), body digest, webhook URL
+# ('' if none), webhook events ('done,failed').
 # Per job, in order: a known idempotency key answers 'dup:<its id>' (same body) or
 # 'conflict' (another body); a full queue answers 'full'; otherwise the job record
 # (status queued), its stream entry and its idempotency key are written and it answers
@@ -91,7 +94,7 @@ if whole and limit > 0 and redis.call('XLEN', KEYS[1]) + #KEYS - 1 > limit then
   return out
 end
 for i = 2, #KEYS do
-  local a = 4 + (i - 2) * 7
+  local a = 4 + (i - 2) * 9
   local id, idem, digest = ARGV[a], ARGV[a + 5], ARGV[a + 6]
   local known = false
   if idem ~= '' then known = redis.call('GET', idem) end
@@ -107,6 +110,9 @@ for i = 2, #KEYS do
   else
     redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
                'created_at', ARGV[a + 3], 'attempts', 0, 'request_id', ARGV[a + 4])
+    if ARGV[a + 7] ~= '' then
+      redis.call('HSET', KEYS[i], 'webhook', ARGV[a + 7], 'webhook_events', ARGV[a + 8])
+    end
     redis.call('EXPIRE', KEYS[i], ttl)
     redis.call('XADD', KEYS[1], '*', 'id', id, 'model', ARGV[a + 1], 'input', ARGV[a + 2],
                'rid', ARGV[a + 4], 'at', ARGV[a + 3])
@@ -178,6 +184,8 @@ class JobQueue:
                 job.request_id,
                 self._keys.idempotency(job.idempotency_key) if job.idempotency_key else "",
                 job.body_digest,
+                job.webhook,
+                job.webhook_events,
             )
         replies: list[bytes] = await self._submit_script(keys=keys, args=args)
         return [r.decode() for r in replies]
@@ -193,7 +201,7 @@ class JobQueue:
             count=count,
             block=None if own_pending else block_ms,
         )
-        raw = _stream_entries(reply)
+        raw = stream_entries(reply)
         gone = _deleted_ids(raw)
         if gone:
             await self._redis.xack(self._keys.stream, self._keys.group, *gone)

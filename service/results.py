@@ -62,8 +62,9 @@ return out
 """
 
 # KEYS: the stream, then one record key per finished job.
-# ARGV: group, finished time, ttl, completions channel, then one outcome per job ('R' +
-# result JSON when done, 'E' + error message when failed), then the entry ids to ack.
+# ARGV: group, finished time, ttl, completions channel, webhook stream, then one outcome
+# per job ('R' + result JSON when done, 'E' + error message when failed), then the entry
+# ids to ack. A job with a webhook for its final status gets a delivery queued with it.
 # Writes each final record once (a record already done, failed or canceled keeps its
 # value; an expired one is not recreated half-empty), announces the jobs it finished on
 # the completions channel, then acks and deletes the entries, all in one atomic step.
@@ -75,8 +76,10 @@ for i = 1, jobs do
   local key = KEYS[i + 1]
   local status = redis.call('HGET', key, 'status')
   if status == 'queued' or status == 'processing' then
-    local outcome = ARGV[4 + i]
+    local outcome = ARGV[5 + i]
+    local final = 'failed'
     if string.sub(outcome, 1, 1) == 'R' then
+      final = 'done'
       redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
                  'finished_at', now)
     else
@@ -85,14 +88,18 @@ for i = 1, jobs do
     end
     redis.call('EXPIRE', key, ttl)
     ended[#ended + 1] = key
+    local hook = redis.call('HMGET', key, 'webhook', 'webhook_events')
+    if hook[1] and string.find(',' .. (hook[2] or '') .. ',', ',' .. final .. ',', 1, true) then
+      redis.call('XADD', ARGV[5], '*', 'key', key)
+    end
   end
 end
 if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
-if #ARGV > 4 + jobs then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, 5 + jobs))
+if #ARGV > 5 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 6 + jobs))
   -- Acked entries are done with: deleting them keeps the stream as long as the work
   -- still waiting or running, and never touches an undelivered or unacked entry.
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 5 + jobs))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 6 + jobs))
 end
 return jobs
 """
@@ -155,7 +162,13 @@ class ResultStore:
     ) -> None:
         """Writes the final records of ``finished`` once and acks ``entry_ids``: one call."""
         keys = [self._keys.stream]
-        args: list[Any] = [self._keys.group, repr(now), self._ttl, self._keys.completions]
+        args: list[Any] = [
+            self._keys.group,
+            repr(now),
+            self._ttl,
+            self._keys.completions,
+            self._keys.webhooks,
+        ]
         for prediction_id, outcome in finished:
             keys.append(self._keys.record(prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)

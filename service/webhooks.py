@@ -1,0 +1,111 @@
+"""Webhook policy and signature: which URLs a job may be posted to, and how it is signed.
+
+A URL must be http(s) with a host; WEBHOOK_ALLOWED_HOSTS (if set) lists the hosts allowed;
+and unless WEBHOOK_ALLOW_PRIVATE, the host must resolve to public addresses only (SSRF:
+no private, loopback, link-local, multicast, reserved or unspecified address). The check
+runs at submit (a 422 the caller sees) and again at each delivery, and the delivery's own
+connections go through `PublicResolver`, so a name that re-resolves to a private address
+between the check and the connect is refused too.
+
+Signature: `X-Webhook-Signature: sha256=<hex>`, the HMAC-SHA256 with WEBHOOK_SECRET of
+`<X-Webhook-Timestamp>.<raw body>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from .errors import InvalidInput
+from .settings import Settings
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Webhook-Signature value of ``body`` sent at ``timestamp``."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+def verify(
+    secret: str, timestamp: str, signature: str, body: bytes, tolerance: float = 300.0
+) -> bool:
+    """A receiver's check: the signature matches and the timestamp is recent (replays of
+    an old delivery fail)."""
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= tolerance
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def non_public(address: str) -> bool:
+    """True for an address a webhook must not reach unless private ones are allowed."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def check_url(url: str, settings: Settings) -> None:
+    """Raises InvalidInput (422) unless ``url`` may receive webhooks."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise _refused("only http and https URLs with a host are accepted")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _refused("the port is not a number from 0 to 65535") from None
+    allowed = {h.strip().lower() for h in settings.webhook_allowed_hosts.split(",") if h.strip()}
+    if allowed and host not in allowed:
+        raise _refused(f"host {host!r} is not in WEBHOOK_ALLOWED_HOSTS")
+    if settings.webhook_allow_private:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _refused(f"host {host!r} does not resolve ({exc})") from None
+    for info in infos:
+        if non_public(str(info[4][0])):
+            raise _refused(f"{host!r} resolves to a non-public address ({info[4][0]})")
+
+
+def _refused(why: str) -> InvalidInput:
+    return InvalidInput(
+        "The webhook URL is not accepted.",
+        [{"loc": ["webhook"], "msg": why, "type": "webhook_url"}],
+    )
+
+
+class PublicResolver(AbstractResolver):
+    """The default resolver, refusing names that resolve to any non-public address."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        for item in found:
+            if non_public(item["host"]):
+                raise OSError(f"{host!r} resolves to a non-public address ({item['host']})")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()

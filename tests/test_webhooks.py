@@ -1,0 +1,267 @@
+"""Webhooks against a real local HTTP receiver: signed, filtered, retried, SSRF-guarded,
+and still delivered after the replica that finished the job stops."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from service.client import AsyncClient
+from service.webhooks import PublicResolver, sign, verify
+
+from .conftest import ClientFactory, poll
+from .test_api import wait_final
+
+SECRET = "webhook-secret"
+
+
+class Receiver:
+    """A real HTTP server on loopback that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.times: list[float] = []
+        self.answers: list[int] = []  # statuses to answer, in order; then `otherwise`
+        self.otherwise = 200
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls.append((dict(request.headers), await request.read()))
+        self.times.append(time.time())
+        status = self.answers.pop(0) if self.answers else self.otherwise
+        return web.json_response({"ok": status == 200}, status=status)
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.times.append(time.time())
+        raise web.HTTPTemporaryRedirect("/hook")
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> tuple[Receiver, str]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    app.router.add_post("/moved", rec.redirect)
+    server = await aiohttp_server(app)
+    return rec, str(server.make_url("/hook"))
+
+
+def hook_settings(**more: Any) -> dict[str, Any]:
+    return {
+        "model": "tests.models:echo",
+        "webhook_secret": SECRET,
+        "webhook_allow_private": True,  # the receiver is on loopback
+        "webhook_retry_seconds": 0.2,
+        **more,
+    }
+
+
+async def submit_with_hook(client: Any, url: str, **extra: Any) -> str:
+    resp = await client.post(
+        "/predict", json={"input": 7, "webhook": url, **extra}, headers={"Async-Mode": "true"}
+    )
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["prediction_id"]  # type: ignore[no-any-return]
+
+
+async def test_the_final_record_is_posted_signed(
+    make_client: ClientFactory, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    client = await make_client(**hook_settings())
+    prediction_id = await submit_with_hook(client, url)
+
+    async def delivered() -> bool:
+        return bool(rec.calls)
+
+    await poll(delivered)
+    headers, body = rec.calls[0]
+    timestamp, signature = headers["X-Webhook-Timestamp"], headers["X-Webhook-Signature"]
+    assert signature == sign(SECRET, timestamp, body)
+    assert verify(SECRET, timestamp, signature, body)
+    assert not verify(SECRET, timestamp, signature, body + b" ")
+    assert not verify("another secret", timestamp, signature, body)
+    old = str(int(timestamp) - 3600)
+    assert not verify(SECRET, old, sign(SECRET, old, body), body), "an old delivery replayed"
+    assert headers["X-Prediction-ID"] == prediction_id
+    record = json.loads(body)
+    assert record["status"] == "done" and record["output"]["result"] == {"echo": 7}
+
+
+async def test_a_failed_delivery_is_retried_until_it_lands(
+    make_client: ClientFactory, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    rec.answers = [500, 503]
+    client = await make_client(**hook_settings())
+    await submit_with_hook(client, url)
+
+    async def landed() -> bool:
+        return len(rec.calls) >= 3
+
+    await poll(landed)
+    assert len({body for _, body in rec.calls}) == 1, "the same record each time"
+
+
+async def test_events_filter_which_outcomes_are_posted(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    _, url = receiver
+    client = await make_client(**hook_settings())
+    prediction_id = await submit_with_hook(client, url, webhook_events=["failed"])
+    assert (await wait_final(client, prediction_id))["status"] == "done"
+    # The delivery would be queued in the same script call that wrote the final record.
+    assert await rds.xlen("predictions:webhooks") == 0
+
+
+async def test_a_delivery_survives_the_replica_that_finished_the_job(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    rec.answers = [503]
+    first = await make_client(**hook_settings(consumer_name="first"))
+    await submit_with_hook(first, url)
+
+    async def tried() -> bool:
+        return bool(rec.calls)
+
+    await poll(tried)
+    await first.close()  # gone, with its delivery unacknowledged in Redis
+    assert len(rec.calls) == 1
+    await make_client(**hook_settings(consumer_name="second"))
+
+    async def delivered() -> bool:
+        return len(rec.calls) == 2
+
+    await poll(delivered)
+    assert json.loads(rec.calls[1][1])["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:9/hook", "non-public address"),
+        ("http://localhost/hook", "non-public address"),
+        ("http://169.254.169.254/latest/meta-data", "non-public address"),
+        ("ftp://example.com/hook", "string_pattern_mismatch"),
+    ],
+)
+async def test_private_and_non_http_urls_are_refused(
+    make_client: ClientFactory, rds: Redis, url: str, why: str
+) -> None:
+    client = await make_client(workers=0)
+    resp = await client.post(
+        "/predict", json={"input": "x", "webhook": url}, headers={"Async-Mode": "true"}
+    )
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["detail"][0]["loc"][0] == "webhook"
+    assert why in json.dumps(body)
+    assert await rds.xlen("predictions") == 0
+
+
+async def test_a_webhook_needs_async_mode_and_an_allowed_host(make_client: ClientFactory) -> None:
+    client = await make_client(workers=0, webhook_allowed_hosts="hooks.example.com")
+    sync = await client.post(
+        "/predict", json={"input": "x", "webhook": "http://hooks.example.com/h"}
+    )
+    assert sync.status == 422
+    other = await client.post(
+        "/predict",
+        json={"input": "x", "webhook": "http://elsewhere.example.com/h"},
+        headers={"Async-Mode": "true"},
+    )
+    assert other.status == 422
+    assert "WEBHOOK_ALLOWED_HOSTS" in json.dumps(await other.json())
+
+
+async def retry_delay(rds: Redis, attempt: int, rec: Receiver) -> float:
+    """How long after the failed POST before ``attempt`` it is scheduled (read from Redis)."""
+
+    async def scheduled() -> list[tuple[bytes, float]]:
+        found = await rds.zrange("predictions:webhooks:retry", 0, -1, withscores=True)
+        return [(m, score) for m, score in found if b"|%d|" % attempt in m]
+
+    (_, due), *_ = await poll(scheduled)
+    return due - rec.times[-1]
+
+
+async def test_retries_back_off_and_are_kept_in_redis(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    rec.answers = [500, 500, 500]
+    client = await make_client(**hook_settings(webhook_retry_seconds=0.5))
+    await submit_with_hook(client, url)
+    second = await retry_delay(rds, 2, rec)
+    third = await retry_delay(rds, 3, rec)
+    fourth = await retry_delay(rds, 4, rec)
+    assert 0.4 < second < 0.6
+    assert 1.8 < third / second < 2.2 and 1.8 < fourth / third < 2.2
+
+    async def landed() -> bool:
+        return len(rec.calls) == 4
+
+    await poll(landed)
+
+
+async def test_a_delivery_is_given_up_after_the_max_age(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    rec.otherwise = 500  # never succeeds
+    client = await make_client(
+        **hook_settings(webhook_retry_seconds=0.1, webhook_max_age_seconds=1.0)
+    )
+    await submit_with_hook(client, url)
+
+    async def given_up() -> bool:
+        pending = await rds.zcard("predictions:webhooks:retry") + await rds.xlen(
+            "predictions:webhooks"
+        )
+        return len(rec.calls) >= 2 and pending == 0
+
+    await poll(given_up)
+    # Tries at about 0, 0.1, 0.3 and 0.7 s; the next (1.5 s) would be past the max age.
+    assert 3 <= len(rec.calls) <= 4
+    assert rec.times[-1] - rec.times[0] < 1.0
+
+
+async def test_redirects_are_not_followed(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    client = await make_client(**hook_settings())
+    await submit_with_hook(client, url.replace("/hook", "/moved"))
+    await retry_delay(rds, 2, rec)  # a 307 is not a delivery: it is retried
+    assert rec.calls == [], "the redirect target was never posted to"
+
+
+async def test_the_client_submits_a_webhook(
+    make_client: ClientFactory, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    server = await make_client(**hook_settings())
+    async with AsyncClient(str(server.make_url(""))) as client:
+        job = await client.submit(3, webhook=url, webhook_events=["done"])
+        assert await job.result(timeout=10) == {"echo": 3}
+
+    async def delivered() -> bool:
+        return bool(rec.calls)
+
+    await poll(delivered)
+    assert rec.calls[0][0]["X-Prediction-ID"] == job.prediction_id
+
+
+async def test_delivery_connections_refuse_names_of_private_addresses() -> None:
+    resolver = PublicResolver()
+    try:
+        with pytest.raises(OSError, match="non-public"):
+            await resolver.resolve("localhost", 80, socket.AF_INET)
+    finally:
+        await resolver.close()
