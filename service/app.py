@@ -58,6 +58,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.max_batch_size,
         settings.max_batch_delay_ms / 1000,
         app[state.METRICS],
+        settings.inline_max_ms / 1000,
     )
     release_freed_memory()
     yield

@@ -7,7 +7,9 @@ import logging
 import time
 from typing import Any
 
+from .deadlines import Deadlines
 from .executor import Executor
+from .inline import InlinePolicy
 from .metrics import Metrics
 from .models import Model, Outcome
 
@@ -31,8 +33,11 @@ class Batcher:
         max_size: int,
         max_delay: float,
         metrics: Metrics | None = None,
+        inline_limit: float = 0.0,
     ) -> None:
         self.model = model
+        # Only thread models: a process model's call is never run here.
+        self._inline = InlinePolicy(model.name, inline_limit if model.execution == "thread" else 0)
         self._metrics = metrics
         self._executor = executor
         self.max_size = max_size
@@ -42,6 +47,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deadlines = Deadlines()
 
     async def run(self, values: list[Any]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
@@ -57,14 +63,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._add(loop, value, future)
-        if give_up_after <= 0:
-            return await future
-        # A timer on the future costs far less than asyncio.wait_for's extra task.
-        timer = loop.call_later(give_up_after, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        if give_up_after > 0:
+            self._deadlines.watch(loop, future, give_up_after)
+        return await future
 
     def _add(
         self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
@@ -86,6 +87,9 @@ class Batcher:
         while self._waiting:
             batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
             self._last_size = len(batch)
+            if self._inline.inline:
+                self._run_inline(batch)
+                continue
             task = asyncio.get_running_loop().create_task(self._run_batch(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -93,7 +97,9 @@ class Batcher:
     async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         began = time.perf_counter()
         try:
-            outcomes = await self._executor.run_batch(self.model, [value for value, _ in batch])
+            outcomes, call_seconds = await self._executor.run_batch(
+                self.model, [value for value, _ in batch]
+            )
         except BaseException as exc:  # the executor failed (not the model): fail the callers
             for _, future in batch:
                 if not future.done():
@@ -101,16 +107,28 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        self._inline.observe(call_seconds)
+        self._settle(batch, outcomes, time.perf_counter() - began)
+
+    def _run_inline(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
+        """Calls the model here, on the loop (run_batch turns model errors into outcomes)."""
+        began = time.perf_counter()
+        outcomes = self.model.run_batch([value for value, _ in batch])
+        seconds = time.perf_counter() - began
+        self._inline.observe(seconds)
+        self._settle(batch, outcomes, seconds)
+
+    def _settle(
+        self,
+        batch: list[tuple[Any, asyncio.Future[Outcome]]],
+        outcomes: list[Outcome],
+        seconds: float,
+    ) -> None:
         if self._metrics is not None:
-            self._metrics.observe_batch(self.model.name, len(batch), time.perf_counter() - began)
+            self._metrics.observe_batch(self.model.name, len(batch), seconds)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # a caller that gave up leaves a cancelled future
                 future.set_result(outcome)
-
-
-def _expire(future: asyncio.Future[Outcome]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 class Batchers:
@@ -123,9 +141,10 @@ class Batchers:
         max_size: int,
         max_delay: float,
         metrics: Metrics | None = None,
+        inline_limit: float = 0.0,
     ) -> None:
         self._batchers = {
-            name: Batcher(model, executor, max_size, max_delay, metrics)
+            name: Batcher(model, executor, max_size, max_delay, metrics, inline_limit)
             for name, model in models.items()
         }
 

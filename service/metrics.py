@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
@@ -23,18 +23,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Counted per request in plain dicts (no locks, no label lookups: the event loop is
+        # the only writer) and turned into metric families at scrape time by collect().
         self._requests: dict[tuple[str, str, int], int] = {}
         # Per (route, method): a count per latency bucket, then +Inf, then the sum.
         self._timings: dict[tuple[str, str], list[Any]] = {}
-        r.register(self)  # collect() below: the HTTP figures
-        self._prediction_children: dict[tuple[str, str, bool], Any] = {}
+        self._predictions: dict[tuple[str, str, bool], int] = {}
+        r.register(self)
         self._batch_children: dict[str, tuple[Any, Any]] = {}
-        self.predictions = Counter(
-            "predictions",
-            "Predictions finished, by model, mode (sync/async) and status.",
-            ["model", "mode", "status"],
-            registry=r,
-        )
         self.model_latency = Histogram(
             "model_batch_duration_seconds",
             "Time of one model call (a batch).",
@@ -65,13 +61,9 @@ class Metrics:
         )
 
     def count_prediction(self, model: str, mode: str, ok: bool) -> None:
-        """One finished prediction (the labelled child is looked up once, then cached)."""
+        """One finished prediction."""
         key = (model, mode, ok)
-        child = self._prediction_children.get(key)
-        if child is None:
-            child = self.predictions.labels(model, mode, "done" if ok else "failed")
-            self._prediction_children[key] = child
-        child.inc()
+        self._predictions[key] = self._predictions.get(key, 0) + 1
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         children = self._batch_children.get(model)
@@ -82,9 +74,7 @@ class Metrics:
         children[1].observe(size)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Counts one answered request and its latency. Plain integers, no locks: the
-        event loop is the only writer, and this runs for every request.
-        """
+        """Counts one answered request and its latency."""
         key = (route, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
         timing = self._timings.get((route, method))
@@ -94,7 +84,15 @@ class Metrics:
         timing[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        """The HTTP figures, for the registry at scrape time."""
+        """The figures counted in plain dicts, for the registry at scrape time."""
+        predictions = CounterMetricFamily(
+            "predictions",
+            "Predictions finished, by model, mode (sync/async) and status.",
+            labels=["model", "mode", "status"],
+        )
+        for (model, mode, ok), count in self._predictions.items():
+            predictions.add_metric([model, mode, "done" if ok else "failed"], count)
+        yield predictions
         requests = CounterMetricFamily(
             "http_requests", "HTTP requests answered.", labels=["route", "method", "status"]
         )

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Most inputs per model call: concurrent sync requests are gathered up "
         "to it, and a worker reads up to it per XREADGROUP.",
     )
+    inline_max_ms: float = Field(
+        0.5,
+        ge=0,
+        description="A thread model whose batch calls keep finishing within this many ms is "
+        "called on the event loop (cheaper than the thread hop); one slower call sends it "
+        "back. 0: always threads.",
+    )
     max_batch_delay_ms: float = Field(
         2.0,
         ge=0,

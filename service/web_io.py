@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -101,17 +101,24 @@ def parse_bulk_body(raw: bytes, most: int) -> list[Any]:
     return inputs
 
 
-def parse_predict_body(raw: bytes) -> PredictRequest:
+class PredictBody(NamedTuple):
+    """A checked predict body ("" and () when it names no webhook)."""
+
+    input: Any
+    webhook: str = ""
+    webhook_events: tuple[str, ...] = ()
+
+
+def parse_predict_body(raw: bytes) -> PredictBody:
     """The predict body; 400 or 422 when it is not one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
     if type(data) is dict and len(data) == 1 and "input" in data:
-        # The usual case, checked without validating a model.
-        return PredictRequest.model_construct(input=data["input"])
+        return PredictBody(data["input"])  # the usual case: no model to validate
     try:
-        return PredictRequest.model_validate(data)
+        body = PredictRequest.model_validate(data)
     except ValidationError as exc:
         detail = [
             {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
@@ -122,3 +129,4 @@ def parse_predict_body(raw: bytes) -> PredictRequest:
             "'webhook_events').",
             detail,
         ) from None
+    return PredictBody(body.input, body.webhook, tuple(body.webhook_events))

@@ -65,6 +65,13 @@ def whoami(value: Any) -> dict[str, int]:
     return {"pid": os.getpid(), "value": value}
 
 
+def where(value: Any) -> dict[str, str]:
+    """Answers the thread it ran in; "slow" takes 30 ms first."""
+    if value == "slow":
+        threading.Event().wait(0.03)
+    return {"thread": threading.current_thread().name}
+
+
 class WithHooks:
     """Needs its setup() hook to have run before predict works."""
 

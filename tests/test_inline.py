@@ -1,0 +1,77 @@
+"""Fast models are called on the event loop; one slow call sends them back to threads.
+And the sync path's timeouts: one timer for many requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service import state
+from service.deadlines import Deadlines
+from service.inline import FIRST_STREAK, InlinePolicy
+
+from .conftest import ClientFactory
+
+
+async def test_a_fast_model_moves_onto_the_loop_and_back_after_a_slow_call(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:where", inline_max_ms=10)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    loop_thread = threading.current_thread().name
+
+    async def thread_of(value: str) -> str:
+        outcome = await batcher.run_one(value)
+        assert outcome.ok
+        return outcome.payload.decode()
+
+    first = [await thread_of("x") for _ in range(FIRST_STREAK)]
+    assert loop_thread not in "".join(first), "threads until the model has proven fast"
+    assert loop_thread in await thread_of("x")
+    assert loop_thread in await thread_of("slow"), "the slow call itself ran inline"
+    assert loop_thread not in await thread_of("x"), "and sent the model back to threads"
+
+
+async def test_inline_calling_can_be_turned_off(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:where", inline_max_ms=0)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    for _ in range(FIRST_STREAK + 5):
+        outcome = await batcher.run_one("x")
+        assert threading.current_thread().name not in outcome.payload.decode()
+
+
+def test_each_demotion_doubles_the_fast_streak_needed() -> None:
+    policy = InlinePolicy("m", 0.001)
+    needed = FIRST_STREAK
+    for _ in range(3):
+        for _ in range(needed - 1):
+            policy.observe(0.0001)
+        assert not policy.inline
+        policy.observe(0.0001)
+        assert policy.inline
+        policy.observe(0.5)  # slow
+        assert not policy.inline
+        needed *= 2
+
+
+async def test_deadlines_fail_only_what_is_still_pending() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    late, settled = loop.create_future(), loop.create_future()
+    deadlines.watch(loop, late, 0.05)
+    deadlines.watch(loop, settled, 0.05)
+    settled.set_result("in time")
+    with pytest.raises(TimeoutError):
+        await late
+    assert settled.result() == "in time"
+    assert len(deadlines) == 0
+    # An earlier deadline than the last one watched still fires on time.
+    slow, quick = loop.create_future(), loop.create_future()
+    deadlines.watch(loop, slow, 30)
+    deadlines.watch(loop, quick, 0.01)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(quick, 5)
+    assert not slow.done()
+    slow.cancel()
