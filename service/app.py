@@ -133,8 +133,6 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_deliveries == 0:
         yield
         return
-    if not settings.webhook_secret:
-        log.warning("WEBHOOK_SECRET is not set: webhook deliveries go out unsigned")
     dispatcher = Dispatcher(
         app[state.REDIS], Keys.from_settings(settings), app[state.RESULTS], settings
     )

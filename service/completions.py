@@ -24,12 +24,18 @@ _RECONNECT_SECONDS = 1.0
 
 
 class Completions:
+    """Follows the two channels: ``done`` (jobs that ended) and ``started`` (jobs that
+    began running). A waiter asks for one or for both."""
+
     def __init__(self, url: str, keys: Keys) -> None:
         # Its own connection: a subscribed connection can do nothing else, and it must not
         # time out while the channel is quiet.
         self._redis: Redis = Redis.from_url(url, socket_timeout=None, health_check_interval=30)
         self._keys = keys
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._done_channel = keys.completions.encode()
+        # Waiters for the end of a job, and waiters for any change of its status.
+        self._ends: dict[str, set[asyncio.Future[None]]] = {}
+        self._changes: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,16 +52,16 @@ class Completions:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._keys.completions)
+                await pubsub.subscribe(self._keys.completions, self._keys.started)
                 if outage:
                     log.info("completions channel followed again")
                     self._wake_all()  # announcements may have been missed meanwhile
                 outage = False
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message and message["type"] == "message":
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        ended = message["channel"] == self._done_channel
                         for key in message["data"].split(b","):
-                            self._wake(self._keys.prediction_id(key))
+                            self._wake(self._keys.prediction_id(key), ended)
             except (RedisError, OSError) as exc:
                 if not outage:
                     log.warning("completions channel lost (%s); reconnecting", exc)
@@ -65,14 +71,33 @@ class Completions:
             finally:
                 await pubsub.aclose()
 
-    def _wake(self, prediction_id: str) -> None:
-        for future in self._waiters.pop(prediction_id, ()):
+    def _wake(self, prediction_id: str, ended: bool) -> None:
+        waiting = self._changes.pop(prediction_id, set())
+        if ended:
+            waiting |= self._ends.pop(prediction_id, set())
+        for future in waiting:
             if not future.done():
                 future.set_result(None)
 
     def _wake_all(self) -> None:
-        for prediction_id in list(self._waiters):
-            self._wake(prediction_id)
+        for prediction_id in list(self._ends) + list(self._changes):
+            self._wake(prediction_id, True)
+
+    def watch(self, prediction_id: str, changes: bool = False) -> asyncio.Future[None]:
+        """A future resolved when the job ends (or, with ``changes``, changes status).
+        Watch before the job can end, then pass it to `wait`, or `forget` it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._changes if changes else self._ends
+        waiters.setdefault(prediction_id, set()).add(future)
+        return future
+
+    def forget(self, prediction_id: str, future: asyncio.Future[None]) -> None:
+        for waiters in (self._ends, self._changes):
+            waiting = waiters.get(prediction_id)
+            if waiting is not None and future in waiting:
+                waiting.discard(future)
+                if not waiting:
+                    del waiters[prediction_id]
 
     async def wait(
         self,
@@ -80,24 +105,38 @@ class Completions:
         seconds: float,
         read: Callable[[], Awaitable[JobRecord | None]],
         until: Callable[[JobRecord | None], bool] = lambda r: r is None or r.status.final,
+        *,
+        changes: bool = False,
+        watching: asyncio.Future[None] | None = None,
     ) -> JobRecord | None:
         """The job's record once ``until(record)`` holds (by default: it is final), or as
-        it is after ``seconds``."""
+        it is after ``seconds``. Wakes on the job's end, or with ``changes`` on any change
+        of status. ``watching`` (from `watch`, taken before the job was submitted) skips
+        the first read: the job was just queued."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        future = watching
         while True:
-            future: asyncio.Future[None] = loop.create_future()
-            # Registered before reading, so an end announced in between is not missed.
-            self._waiters.setdefault(prediction_id, set()).add(future)
-            try:
-                record = await read()
-                left = deadline - loop.time()
-                if until(record) or left <= 0:
+            if future is None:
+                # Watched before reading, so a change announced in between is not missed.
+                future = self.watch(prediction_id, changes)
+                try:
+                    record = await read()
+                except BaseException:
+                    self.forget(prediction_id, future)
+                    raise
+                if until(record) or deadline - loop.time() <= 0:
+                    self.forget(prediction_id, future)
                     return record
-                await asyncio.wait([future], timeout=left)
+            timer = loop.call_at(deadline, _time_up, future)
+            try:
+                await future
             finally:
-                waiting = self._waiters.get(prediction_id)
-                if waiting is not None:
-                    waiting.discard(future)
-                    if not waiting:
-                        del self._waiters[prediction_id]
+                timer.cancel()
+                self.forget(prediction_id, future)
+            future = None
+
+
+def _time_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,6 +27,43 @@ def _redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return scheme + sep + rest
+
+
+class _CPacking(AbstractConnection):
+    """Packs commands with hiredis' C packer. redis-py's asyncio connection packs them in
+    Python, byte string by byte string: for the submit script of a few dozen coalesced
+    jobs that was 14% of an async submit's CPU time."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        # A command name of two words ("CLIENT SETNAME") is sent as two arguments.
+        if (isinstance(first, str) and " " in first) or (
+            isinstance(first, bytes) and b" " in first
+        ):
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # memoryview and the like: redis-py's own packer takes them
+            return super().pack_command(*args)
+
+
+class _TcpConnection(_CPacking, Connection):
+    pass
+
+
+class _SslConnection(_CPacking, SSLConnection):
+    pass
+
+
+class _UnixConnection(_CPacking, UnixDomainSocketConnection):
+    pass
+
+
+_C_PACKING: dict[type, type] = {
+    Connection: _TcpConnection,
+    SSLConnection: _SslConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+}
 
 
 async def connect(url: str, attempts: int = 20, delay: float = 0.25, block_ms: int = 1000) -> Redis:
@@ -37,6 +82,8 @@ async def connect(url: str, attempts: int = 20, delay: float = 0.25, block_ms: i
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    pool = client.connection_pool
+    pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
     for attempt in range(1, attempts + 1):
         try:
             await client.ping()

@@ -63,6 +63,7 @@ class Dispatcher:
         self._consumer = f"{settings.consumer_name}-webhooks"
         self._stopping = asyncio.Event()
         self._release_due = redis.register_script(_RELEASE_DUE)
+        self._warned_unsigned = False
 
     def stop(self) -> None:
         self._stopping.set()
@@ -165,6 +166,9 @@ class Dispatcher:
         }
         if self._settings.webhook_secret:
             headers["X-Webhook-Signature"] = sign(self._settings.webhook_secret, timestamp, body)
+        elif not self._warned_unsigned:
+            log.warning("WEBHOOK_SECRET is not set: webhook deliveries go out unsigned")
+            self._warned_unsigned = True
         try:
             async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:

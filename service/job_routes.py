@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -10,18 +11,43 @@ from aiohttp import web
 
 from . import state
 from .errors import BadRequest, NotFound
+from .queue import NewJob
 from .schemas import NOT_FOUND_MESSAGE, JobRecord, Status
 from .web_io import json_response
 
 
 async def wait_for_record(
-    request: web.Request, prediction_id: str, seconds: float
+    request: web.Request,
+    prediction_id: str,
+    seconds: float,
+    watching: asyncio.Future[None] | None = None,
 ) -> JobRecord | None:
     """The record once the job is final, or as it is after ``seconds`` (no polling)."""
     results = request.app[state.RESULTS]
     return await request.app[state.COMPLETIONS].wait(
-        prediction_id, seconds, lambda: results.get(prediction_id)
+        prediction_id, seconds, lambda: results.get(prediction_id), watching=watching
     )
+
+
+async def submit_and_wait(
+    request: web.Request, job: NewJob, seconds: float
+) -> tuple[str, JobRecord | None]:
+    """Queues ``job``, then waits up to ``seconds`` for it to end: its id and its record.
+
+    The job is watched before it is queued, so its end cannot be announced unseen and the
+    wait needs no first read.
+    """
+    completions = request.app[state.COMPLETIONS]
+    watching = completions.watch(job.prediction_id)
+    try:
+        prediction_id = await request.app[state.QUEUE].submit(job)
+    except BaseException:
+        completions.forget(job.prediction_id, watching)
+        raise
+    if prediction_id != job.prediction_id:  # an earlier job's id, by Idempotency-Key
+        completions.forget(job.prediction_id, watching)
+        return prediction_id, await wait_for_record(request, prediction_id, seconds)
+    return prediction_id, await wait_for_record(request, prediction_id, seconds, watching)
 
 
 def _wait_param(request: web.Request) -> float:
@@ -136,6 +162,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
             _KEEPALIVE_SECONDS,
             lambda: results.get(prediction_id),
             until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
+            changes=True,
         )
         if record is not None and record.status is before:
             await response.write(b": still " + before.value.encode() + b"\n\n")

@@ -37,6 +37,11 @@ class Keys:
         """Pub/sub channel: record keys of jobs that just ended, comma-separated."""
         return self.stream + ":done"
 
+    @property
+    def started(self) -> str:
+        """Pub/sub channel: record keys of jobs that just started running, comma-separated."""
+        return self.stream + ":started"
+
     def prediction_id(self, record_key: bytes | str) -> str:
         key = record_key.decode() if isinstance(record_key, bytes) else record_key
         return key.removeprefix(self.record_prefix)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
+from .coalesce import Coalescer
 from .keys import Keys
 from .models.base import Outcome
 from .schemas import JobRecord
 
 # KEYS: the dead-letter stream, then one record key per job of the batch.
-# ARGV: now, TTL, max deliveries, job timeout (0: none), completions channel, then per job
-# its stream entry id.
+# ARGV: now, TTL, max deliveries, job timeout (0: none), completions channel, started
+# channel, then per job its stream entry id.
 # For each job: its status before ('' if the record is gone), after moving it on:
 # - queued/processing and past its deadline (from submission): failed "timed out";
 #   answers 'expired';
@@ -21,12 +22,12 @@ from .schemas import JobRecord
 #   deliveries", and a dead-letter entry with the reason; answers 'dead';
 # - otherwise queued/processing: now processing, attempts + 1; answers the old status;
 # - done/failed/canceled (a re-delivery, or canceled while queued): untouched.
-# Every job whose status it changes is announced on the completions channel. One script
-# call per batch.
+# Every job it ends is announced on the completions channel, every job it starts on the
+# started channel. One script call per batch.
 _MARK_PROCESSING = """
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
 local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, ended = {}, {}
+local out, ended, started = {}, {}, {}
 for i = 2, #KEYS do
   local key = KEYS[i]
   local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at')
@@ -46,18 +47,19 @@ for i = 2, #KEYS do
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
-                 'entry', ARGV[4 + i], 'reason', reason, 'at', ARGV[1])
+                 'entry', ARGV[5 + i], 'reason', reason, 'at', ARGV[1])
       status = 'dead'
       ended[#ended + 1] = key
     else
       redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1])
       redis.call('HINCRBY', key, 'attempts', 1)
-      ended[#ended + 1] = key  -- a change of status too (live status streams follow it)
+      started[#started + 1] = key
     end
   end
   out[i - 1] = status or ''
 end
 if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ',')) end
+if #started > 0 then redis.call('PUBLISH', ARGV[6], table.concat(started, ',')) end
 return out
 """
 
@@ -116,6 +118,14 @@ end
 return {status or '', redis.call('HGETALL', KEYS[1])}
 """
 
+# KEYS: record keys. Answers each record's fields and values (empty when it is gone).
+# Concurrent reads (waiters woken by one announcement, busy GETs) share one call.
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGETALL', key) end
+return out
+"""
+
 #: Prior statuses after which a job (re)runs: queued, or processing when re-delivered.
 RUNNABLE = (b"queued", b"processing")
 
@@ -137,6 +147,8 @@ class ResultStore:
         self._mark = redis.register_script(_MARK_PROCESSING)
         self._finish = redis.register_script(_FINISH_AND_ACK)
         self._cancel = redis.register_script(_CANCEL)
+        self._read = redis.register_script(_READ)
+        self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._get_many)
 
     async def mark_processing(self, jobs: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
         """Moves each (prediction id, entry id) on in one round trip: processing, or failed
@@ -150,6 +162,7 @@ class ResultStore:
             self._max_deliveries,
             self._job_timeout,
             self._keys.completions,
+            self._keys.started,
         ]
         args.extend(entry_id for _, entry_id in jobs)
         return await self._mark(keys=keys, args=args)
@@ -186,7 +199,12 @@ class ResultStore:
         return before.decode(), record
 
     async def get(self, prediction_id: str) -> JobRecord | None:
-        fields: Mapping[Any, Any] = await self._redis.hgetall(self._keys.record(prediction_id))
-        if not fields:
-            return None
-        return JobRecord.from_redis(prediction_id, fields)
+        """The job's record (None when unknown or expired)."""
+        return await self._reads.add(prediction_id)
+
+    async def _get_many(self, prediction_ids: list[str]) -> list[JobRecord | None]:
+        replies = await self._read(keys=[self._keys.record(p) for p in prediction_ids])
+        return [
+            JobRecord.from_redis(p, dict(zip(r[::2], r[1::2], strict=True))) if r else None
+            for p, r in zip(prediction_ids, replies, strict=True)
+        ]

@@ -15,7 +15,7 @@ from .errors import (
     PredictionTimeout,
 )
 from .ids import new_id
-from .job_routes import wait_for_record
+from .job_routes import submit_and_wait
 from .models import Model
 from .queue import NewJob
 from .schemas import ACCEPTED_MESSAGE
@@ -61,9 +61,10 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             body.webhook,
             ",".join(body.webhook_events) if body.webhook else "",
         )
-        prediction_id = await request.app[state.QUEUE].submit(job)
-        if wait > 0:
-            record = await wait_for_record(request, prediction_id, wait)
+        if wait <= 0:
+            prediction_id = await request.app[state.QUEUE].submit(job)
+        else:
+            prediction_id, record = await submit_and_wait(request, job, wait)
             if record is not None and record.status.final:
                 return json_response(
                     record.to_view(), headers={"Preference-Applied": f"wait={wait:g}"}

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         "to it, and a worker reads up to it per XREADGROUP.",
     )
     inline_max_ms: float = Field(
-        0.5,
+        2.0,
         ge=0,
         description="A thread model whose batch calls keep finishing within this many ms is "
         "called on the event loop (cheaper than the thread hop); one slower call sends it "
