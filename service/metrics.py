@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
@@ -29,22 +29,10 @@ class Metrics:
         # Per (route, method): a count per latency bucket, then +Inf, then the sum.
         self._timings: dict[tuple[str, str], list[Any]] = {}
         self._predictions: dict[tuple[str, str, bool], int] = {}
+        # Per model, the same layout: call durations, and inputs per call.
+        self._batch_times: dict[str, list[Any]] = {}
+        self._batch_sizes: dict[str, list[Any]] = {}
         r.register(self)
-        self._batch_children: dict[str, tuple[Any, Any]] = {}
-        self.model_latency = Histogram(
-            "model_batch_duration_seconds",
-            "Time of one model call (a batch).",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "model_batch_size",
-            "Inputs per model call.",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
-        )
         self.stream_length = Gauge("queue_stream_length", "Entries in the job stream.", registry=r)
         self.group_lag = Gauge(
             "queue_group_lag",
@@ -66,22 +54,15 @@ class Metrics:
         self._predictions[key] = self._predictions.get(key, 0) + 1
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
-        children = self._batch_children.get(model)
-        if children is None:
-            children = (self.model_latency.labels(model), self.batch_size.labels(model))
-            self._batch_children[model] = children
-        children[0].observe(seconds)
-        children[1].observe(size)
+        """One model call: how long it took and how many inputs it had."""
+        _observe(self._batch_times, model, _LATENCY_BUCKETS, seconds)
+        _observe(self._batch_sizes, model, _BATCH_BUCKETS, size)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Counts one answered request and its latency."""
         key = (route, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
-        timing = self._timings.get((route, method))
-        if timing is None:
-            timing = self._timings[(route, method)] = [0] * (len(_LATENCY_BUCKETS) + 1) + [0.0]
-        timing[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        timing[-1] += seconds
+        _observe(self._timings, (route, method), _LATENCY_BUCKETS, seconds)
 
     def collect(self) -> Iterator[Metric]:
         """The figures counted in plain dicts, for the registry at scrape time."""
@@ -99,18 +80,27 @@ class Metrics:
         for (route, method, status), count in self._requests.items():
             requests.add_metric([route, method, str(status)], count)
         yield requests
-        latency = HistogramMetricFamily(
+        yield _histogram(
             "http_request_duration_seconds",
             "Time to answer an HTTP request.",
-            labels=["route", "method"],
+            ["route", "method"],
+            self._timings,
+            _LATENCY_BUCKETS,
         )
-        for (route, method), timing in self._timings.items():
-            cumulative, buckets = 0, []
-            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), timing[:-1], strict=True):
-                cumulative += int(count)
-                buckets.append((floatToGoString(bound), cumulative))
-            latency.add_metric([route, method], buckets, timing[-1])
-        yield latency
+        yield _histogram(
+            "model_batch_duration_seconds",
+            "Time of one model call (a batch).",
+            ["model"],
+            self._batch_times,
+            _LATENCY_BUCKETS,
+        )
+        yield _histogram(
+            "model_batch_size",
+            "Inputs per model call.",
+            ["model"],
+            self._batch_sizes,
+            _BATCH_BUCKETS,
+        )
 
     async def refresh_queue(self, redis: Redis, keys: Keys) -> None:
         """Reads the queue figures from Redis (at scrape time; four small calls)."""
@@ -141,3 +131,32 @@ class Metrics:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _observe(
+    table: dict[Any, list[Any]], key: Any, bounds: tuple[float, ...], value: float
+) -> None:
+    """Counts ``value`` in its bucket of ``table[key]``: a count per bucket, then +Inf,
+    then the sum."""
+    counts = table.get(key)
+    if counts is None:
+        counts = table[key] = [0] * (len(bounds) + 1) + [0.0]
+    counts[bisect_left(bounds, value)] += 1
+    counts[-1] += value
+
+
+def _histogram(
+    name: str,
+    documentation: str,
+    labels: list[str],
+    table: dict[Any, list[Any]],
+    bounds: tuple[float, ...],
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, counts in table.items():
+        cumulative, buckets = 0, []
+        for bound, count in zip((*bounds, float("inf")), counts[:-1], strict=True):
+            cumulative += int(count)
+            buckets.append((floatToGoString(bound), cumulative))
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], buckets, counts[-1])
+    return family
