@@ -114,6 +114,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             block_ms=settings.read_block_ms,
             visibility_timeout=settings.visibility_timeout_seconds,
             job_timeout=settings.job_timeout_seconds,
+            completions=app[state.COMPLETIONS],
         )
         for i in range(settings.workers)
     ]

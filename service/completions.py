@@ -34,8 +34,8 @@ class Completions:
         self._keys = keys
         self._done_channel = keys.completions.encode()
         # Waiters for the end of a job, and waiters for any change of its status.
-        self._ends: dict[str, set[asyncio.Future[None]]] = {}
-        self._changes: dict[str, set[asyncio.Future[None]]] = {}
+        self._ends: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
+        self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -71,27 +71,36 @@ class Completions:
             finally:
                 await pubsub.aclose()
 
-    def _wake(self, prediction_id: str, ended: bool) -> None:
+    def _wake(self, prediction_id: str, ended: bool, record: JobRecord | None = None) -> None:
         waiting = self._changes.pop(prediction_id, set())
         if ended:
             waiting |= self._ends.pop(prediction_id, set())
         for future in waiting:
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
+
+    def waited_for(self, prediction_id: str) -> bool:
+        """Whether someone here waits for this job to end."""
+        return prediction_id in self._ends or prediction_id in self._changes
+
+    def ended(self, record: JobRecord) -> None:
+        """Hands a final record that this replica just wrote to its local waiters: they
+        need not read it back (the channel announcement still reaches everyone else)."""
+        self._wake(record.prediction_id, True, record)
 
     def _wake_all(self) -> None:
         for prediction_id in list(self._ends) + list(self._changes):
             self._wake(prediction_id, True)
 
-    def watch(self, prediction_id: str, changes: bool = False) -> asyncio.Future[None]:
+    def watch(self, prediction_id: str, changes: bool = False) -> asyncio.Future[JobRecord | None]:
         """A future resolved when the job ends (or, with ``changes``, changes status).
         Watch before the job can end, then pass it to `wait`, or `forget` it."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
         waiters = self._changes if changes else self._ends
         waiters.setdefault(prediction_id, set()).add(future)
         return future
 
-    def forget(self, prediction_id: str, future: asyncio.Future[None]) -> None:
+    def forget(self, prediction_id: str, future: asyncio.Future[JobRecord | None]) -> None:
         for waiters in (self._ends, self._changes):
             waiting = waiters.get(prediction_id)
             if waiting is not None and future in waiting:
@@ -107,7 +116,7 @@ class Completions:
         until: Callable[[JobRecord | None], bool] = lambda r: r is None or r.status.final,
         *,
         changes: bool = False,
-        watching: asyncio.Future[None] | None = None,
+        watching: asyncio.Future[JobRecord | None] | None = None,
     ) -> JobRecord | None:
         """The job's record once ``until(record)`` holds (by default: it is final), or as
         it is after ``seconds``. Wakes on the job's end, or with ``changes`` on any change
@@ -130,13 +139,15 @@ class Completions:
                     return record
             timer = loop.call_at(deadline, _time_up, future)
             try:
-                await future
+                handed = await future  # a record when this replica ended the job
             finally:
                 timer.cancel()
                 self.forget(prediction_id, future)
+            if handed is not None and until(handed):
+                return handed
             future = None
 
 
-def _time_up(future: asyncio.Future[None]) -> None:
+def _time_up(future: asyncio.Future[JobRecord | None]) -> None:
     if not future.done():
         future.set_result(None)

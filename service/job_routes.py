@@ -20,7 +20,7 @@ async def wait_for_record(
     request: web.Request,
     prediction_id: str,
     seconds: float,
-    watching: asyncio.Future[None] | None = None,
+    watching: asyncio.Future[JobRecord | None] | None = None,
 ) -> JobRecord | None:
     """The record once the job is final, or as it is after ``seconds`` (no polling)."""
     results = request.app[state.RESULTS]

@@ -64,21 +64,23 @@ return out
 """
 
 # KEYS: the stream, then one record key per finished job.
-# ARGV: group, finished time, ttl, completions channel, webhook stream, then one outcome
-# per job ('R' + result JSON when done, 'E' + error message when failed), then the entry
-# ids to ack. A job with a webhook for its final status gets a delivery queued with it.
+# ARGV: group, finished time, ttl, completions channel, webhook stream, one flag per job
+# ('1': answer its record), then one outcome per job ('R' + result JSON when done, 'E' +
+# error message when failed), then the entry ids to ack. A job with a webhook for its
+# final status gets a delivery queued with it.
 # Writes each final record once (a record already done, failed or canceled keeps its
 # value; an expired one is not recreated half-empty), announces the jobs it finished on
 # the completions channel, then acks and deletes the entries, all in one atomic step.
+# Answers, per job, its record when flagged (fields and values; empty otherwise).
 _FINISH_AND_ACK = """
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local jobs = #KEYS - 1
-local ended = {}
+local ended, out = {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 1]
   local status = redis.call('HGET', key, 'status')
   if status == 'queued' or status == 'processing' then
-    local outcome = ARGV[5 + i]
+    local outcome = ARGV[6 + i]
     local final = 'failed'
     if string.sub(outcome, 1, 1) == 'R' then
       final = 'done'
@@ -95,15 +97,17 @@ for i = 1, jobs do
       redis.call('XADD', ARGV[5], '*', 'key', key)
     end
   end
+  out[i] = {}
+  if string.sub(ARGV[6], i, i) == '1' then out[i] = redis.call('HGETALL', key) end
 end
 if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
-if #ARGV > 5 + jobs then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, 6 + jobs))
+if #ARGV > 6 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 7 + jobs))
   -- Acked entries are done with: deleting them keeps the stream as long as the work
   -- still waiting or running, and never touches an undelivered or unacked entry.
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 6 + jobs))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 7 + jobs))
 end
-return jobs
+return out
 """
 
 # KEYS: one record key. ARGV: now, completions channel.
@@ -172,8 +176,10 @@ class ResultStore:
         finished: Sequence[tuple[str, Outcome]],
         entry_ids: Sequence[bytes],
         now: float,
-    ) -> None:
-        """Writes the final records of ``finished`` once and acks ``entry_ids``: one call."""
+        wanted: Sequence[bool] = (),
+    ) -> list[JobRecord | None]:
+        """Writes the final records of ``finished`` once and acks ``entry_ids``: one call.
+        Answers the records of the jobs ``wanted`` flags (None for the others)."""
         keys = [self._keys.stream]
         args: list[Any] = [
             self._keys.group,
@@ -181,12 +187,17 @@ class ResultStore:
             self._ttl,
             self._keys.completions,
             self._keys.webhooks,
+            "".join("1" if w else "0" for w in wanted) or "0",
         ]
         for prediction_id, outcome in finished:
             keys.append(self._keys.record(prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
         args.extend(entry_ids)
-        await self._finish(keys=keys, args=args)
+        replies = await self._finish(keys=keys, args=args)
+        return [
+            JobRecord.from_redis(p, _pairs(flat)) if flat else None
+            for (p, _), flat in zip(finished, replies, strict=True)
+        ]
 
     async def cancel(self, prediction_id: str, now: float) -> tuple[str, JobRecord | None]:
         """Cancels the job if it is still queued; answers the status it had ('' if none)
@@ -194,8 +205,7 @@ class ResultStore:
         before, flat = await self._cancel(
             keys=[self._keys.record(prediction_id)], args=[repr(now), self._keys.completions]
         )
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        record = JobRecord.from_redis(prediction_id, fields) if fields else None
+        record = JobRecord.from_redis(prediction_id, _pairs(flat)) if flat else None
         return before.decode(), record
 
     async def get(self, prediction_id: str) -> JobRecord | None:
@@ -205,6 +215,11 @@ class ResultStore:
     async def _get_many(self, prediction_ids: list[str]) -> list[JobRecord | None]:
         replies = await self._read(keys=[self._keys.record(p) for p in prediction_ids])
         return [
-            JobRecord.from_redis(p, dict(zip(r[::2], r[1::2], strict=True))) if r else None
-            for p, r in zip(prediction_ids, replies, strict=True)
+            JobRecord.from_redis(p, _pairs(flat)) if flat else None
+            for p, flat in zip(prediction_ids, replies, strict=True)
         ]
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash from the flat field, value, field, value... list a script answers."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

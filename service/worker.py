@@ -14,6 +14,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .batching import Batchers
+from .completions import Completions
 from .errors import InvalidInput, NotFound
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
@@ -41,6 +42,7 @@ class Worker:
         block_ms: int,
         visibility_timeout: float,
         job_timeout: float = 0.0,
+        completions: Completions | None = None,
     ) -> None:
         self._queue = queue
         self._results = results
@@ -52,6 +54,7 @@ class Worker:
         self._block_ms = block_ms
         self._visibility_ms = int(visibility_timeout * 1000)
         self._job_timeout = job_timeout
+        self._completions = completions
         self._reclaim_every = visibility_timeout / 2
         self._next_reclaim = 0.0
         self._own_pending_done = False
@@ -107,7 +110,15 @@ class Worker:
         backoff = 0.05
         while True:
             try:
-                await self._results.finish_and_ack(finished, entry_ids, time.time())
+                local = self._completions
+                wanted = [local.waited_for(p) for p, _ in finished] if local else []
+                records = await self._results.finish_and_ack(
+                    finished, entry_ids, time.time(), wanted
+                )
+                if local is not None and any(wanted):
+                    for record in records:
+                        if record is not None:
+                            local.ended(record)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if time.monotonic() + backoff > give_up:
