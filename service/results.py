@@ -65,16 +65,17 @@ return out
 
 # KEYS: the stream, then one record key per finished job.
 # ARGV: group, finished time, ttl, completions channel, webhook stream, one flag per job
-# ('1': answer its record), then one outcome per job ('R' + result JSON when done, 'E' +
-# error message when failed), then the entry ids to ack. A job with a webhook for its
-# final status gets a delivery queued with it.
+# ('1': answer its record; '' for no records at all), then one outcome per job ('R' +
+# result JSON when done, 'E' + error message when failed), then the entry ids to ack. A
+# job with a webhook for its final status gets a delivery queued with it.
 # Writes each final record once (a record already done, failed or canceled keeps its
 # value; an expired one is not recreated half-empty), announces the jobs it finished on
 # the completions channel, then acks and deletes the entries, all in one atomic step.
-# Answers, per job, its record when flagged (fields and values; empty otherwise).
+# Answers, per job, its record when flagged (fields and values; empty otherwise), or the
+# number of jobs when no record is asked for.
 _FINISH_AND_ACK = """
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local jobs = #KEYS - 1
+local jobs, want = #KEYS - 1, ARGV[6]
 local ended, out = {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 1]
@@ -97,8 +98,10 @@ for i = 1, jobs do
       redis.call('XADD', ARGV[5], '*', 'key', key)
     end
   end
-  out[i] = {}
-  if string.sub(ARGV[6], i, i) == '1' then out[i] = redis.call('HGETALL', key) end
+  if want ~= '' then
+    out[i] = {}
+    if string.sub(want, i, i) == '1' then out[i] = redis.call('HGETALL', key) end
+  end
 end
 if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
 if #ARGV > 6 + jobs then
@@ -107,6 +110,7 @@ if #ARGV > 6 + jobs then
   -- still waiting or running, and never touches an undelivered or unacked entry.
   redis.call('XDEL', KEYS[1], unpack(ARGV, 7 + jobs))
 end
+if want == '' then return jobs end
 return out
 """
 
@@ -187,13 +191,15 @@ class ResultStore:
             self._ttl,
             self._keys.completions,
             self._keys.webhooks,
-            "".join("1" if w else "0" for w in wanted) or "0",
+            "".join("1" if w else "0" for w in wanted) if any(wanted) else "",
         ]
         for prediction_id, outcome in finished:
             keys.append(self._keys.record(prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
         args.extend(entry_ids)
         replies = await self._finish(keys=keys, args=args)
+        if not any(wanted):
+            return [None] * len(finished)
         return [
             JobRecord.from_redis(p, _pairs(flat)) if flat else None
             for (p, _), flat in zip(finished, replies, strict=True)
