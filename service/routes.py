@@ -100,6 +100,8 @@ _PREDICT_SPEC_TAIL = """
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/Prefer"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
+    callbacks:
+      predictionEnded: {$ref: "#/components/callbacks/PredictionEnded"}
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
       "202": {$ref: "#/components/responses/Accepted"}
