@@ -64,6 +64,7 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._release_due = redis.register_script(_RELEASE_DUE)
         self._warned_unsigned = False
+        self._next_reclaim = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -83,6 +84,9 @@ class Dispatcher:
                 except (RedisError, OSError) as exc:
                     log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
                     await asyncio.sleep(1)
+                except Exception:  # a bug must not end deliveries for good
+                    log.exception("webhook dispatcher failed; trying again in 1 s")
+                    await asyncio.sleep(1)
 
     async def _next_entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
         keys, count = self._keys, self._settings.webhook_deliveries
@@ -92,14 +96,16 @@ class Dispatcher:
         )
         # Wake for the next retry on time, or after at most half a second.
         block = MAX_BLOCK if not next_due else min(MAX_BLOCK, max(0.01, float(next_due) - now))
-        stuck_ms = int(self._settings.webhook_timeout_seconds * STUCK_FACTOR * 1000)
+        stuck = self._settings.webhook_timeout_seconds * STUCK_FACTOR
         try:
-            claimed = await self._redis.xautoclaim(
-                keys.webhooks, GROUP, self._consumer, stuck_ms, count=count
-            )
-            entries = [(i, f) for i, f in claimed[1] if f]
-            if entries:
-                return entries
+            if now >= self._next_reclaim:  # deliveries of a dispatcher that stopped mid-POST
+                claimed = await self._redis.xautoclaim(
+                    keys.webhooks, GROUP, self._consumer, int(stuck * 1000), count=count
+                )
+                entries = [(i, f) for i, f in claimed[1] if f]
+                if entries:
+                    return entries
+                self._next_reclaim = now + stuck / 2
             reply = await self._redis.xreadgroup(
                 GROUP, self._consumer, {keys.webhooks: ">"}, count, block=int(block * 1000)
             )
@@ -120,7 +126,10 @@ class Dispatcher:
     async def _deliver(
         self, http: aiohttp.ClientSession, entry_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
-        key = fields[b"key"]
+        key = fields.get(b"key")
+        if key is None:  # not a delivery this service wrote
+            await self._ack(entry_id)
+            return
         prediction_id = self._keys.prediction_id(key)
         attempt = int(fields.get(b"attempt", b"1"))
         since = float(fields.get(b"since") or int(entry_id.split(b"-")[0]) / 1000)

@@ -13,6 +13,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from service.client import AsyncClient
+from service.queue import stream_entries
 from service.webhooks import PublicResolver, sign, verify
 
 from .conftest import ClientFactory, poll
@@ -265,3 +266,25 @@ async def test_delivery_connections_refuse_names_of_private_addresses() -> None:
             await resolver.resolve("localhost", 80, socket.AF_INET)
     finally:
         await resolver.close()
+
+
+async def test_a_delivery_left_mid_post_is_taken_over(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    # This replica finishes the job but sends no webhooks itself.
+    first = await make_client(**hook_settings(webhook_deliveries=0))
+    prediction_id = await submit_with_hook(first, url)
+    assert (await wait_final(first, prediction_id))["status"] == "done"
+    # A dispatcher that read the delivery and died before it posted or acked it.
+    await rds.xgroup_create("predictions:webhooks", "webhooks", id="0", mkstream=True)
+    taken = await rds.xreadgroup("webhooks", "gone", {"predictions:webhooks": ">"}, count=10)
+    assert len(stream_entries(taken)) == 1
+    await make_client(**hook_settings(consumer_name="second", webhook_timeout_seconds=0.1))
+
+    async def delivered() -> bool:
+        return bool(rec.calls)
+
+    await poll(delivered)
+    assert rec.calls[0][0]["X-Prediction-ID"] == prediction_id
+    assert (await rds.xpending("predictions:webhooks", "webhooks"))["pending"] == 0
