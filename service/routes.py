@@ -165,6 +165,7 @@ async def predict_batch(request: web.Request) -> web.Response:
       Every input is checked first; if any does not fit the model, the answer is 422 with
       each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
       queued in one Redis round trip and their prediction ids come back in input order.
+      A `webhook` applies to every job (one delivery per job).
     tags: [predictions]
     security: [{}, {bearer: []}]
     requestBody:
@@ -189,7 +190,8 @@ async def predict_batch(request: web.Request) -> web.Response:
     app = request.app
     model = app[state.MODELS].get()
     check_json(request)
-    inputs = parse_bulk_body(await request.read(), app[state.SETTINGS].max_bulk)
+    body = parse_bulk_body(await request.read(), app[state.SETTINGS].max_bulk)
+    inputs = body.inputs
     problems = []
     for index, value in enumerate(inputs):
         try:
@@ -199,7 +201,13 @@ async def predict_batch(request: web.Request) -> web.Response:
                 problems.append({**item, "loc": ["inputs", index, *item["loc"][1:]]})
     if problems:
         raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
+    if body.webhook:
+        await check_url(body.webhook, app[state.SETTINGS])
     now, request_id = time.time(), request[state.REQUEST_ID]
-    jobs = [NewJob(new_id(), model.name, value, now, request_id) for value in inputs]
+    events = ",".join(body.webhook_events)
+    jobs = [
+        NewJob(new_id(), model.name, value, now, request_id, "", "", body.webhook, events)
+        for value in inputs
+    ]
     ids = await app[state.QUEUE].submit_all(jobs)
     return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)

@@ -28,18 +28,29 @@ _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|
 WEBHOOK_URL = r"^https?://[A-Za-z0-9.-]+(:" + _PORT + r")?([/?#][^\s]*)?$"
 
 
-class PredictRequest(BaseModel):
-    """Body of POST /predict. The input's own type is checked by the model's schema."""
+class WebhookFields(BaseModel):
+    """The optional webhook of a submit (POST /predict and POST /predict/batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Any
     # "" (the default, never validated) means none; a given URL, null included, is checked.
     webhook: Annotated[str, StringConstraints(max_length=2048, pattern=WEBHOOK_URL)] = ""
     webhook_events: Annotated[list[Literal["done", "failed"]], Field(min_length=1)] = [
         "done",
         "failed",
     ]
+
+
+class PredictRequest(WebhookFields):
+    """Body of POST /predict. The input's own type is checked by the model's schema."""
+
+    input: Any
+
+
+class BulkRequest(WebhookFields):
+    """Body of POST /predict/batch (each input is checked by the model's schema)."""
+
+    inputs: list[Any]
 
 
 def _text(value: bytes | None) -> str | None:

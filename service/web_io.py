@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import BadRequest, InvalidInput, UnsupportedMediaType
-from .schemas import PredictRequest
+from .schemas import BulkRequest, PredictRequest
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def json_response(
@@ -85,22 +87,6 @@ def check_json(request: web.Request) -> None:
         raise UnsupportedMediaType("Send the body as application/json.")
 
 
-def parse_bulk_body(raw: bytes, most: int) -> list[Any]:
-    """The ``inputs`` of a bulk body: a list of 1..``most`` items; 400 or 422 otherwise."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
-    inputs = data.get("inputs") if type(data) is dict and set(data) == {"inputs"} else None
-    if type(inputs) is not list or not 1 <= len(inputs) <= most:
-        raise InvalidInput(
-            f"The body must be a JSON object with one field, 'inputs': a list of 1 to {most} "
-            "inputs.",
-            [{"loc": ["inputs"], "msg": f"a list of 1 to {most} inputs", "type": "bulk"}],
-        )
-    return inputs
-
-
 class PredictBody(NamedTuple):
     """A checked predict body ("" and () when it names no webhook)."""
 
@@ -109,24 +95,63 @@ class PredictBody(NamedTuple):
     webhook_events: tuple[str, ...] = ()
 
 
+class BulkBody(NamedTuple):
+    """A checked bulk body; the webhook, if any, applies to every input."""
+
+    inputs: list[Any]
+    webhook: str = ""
+    webhook_events: tuple[str, ...] = ()
+
+
 def parse_predict_body(raw: bytes) -> PredictBody:
     """The predict body; 400 or 422 when it is not one."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+    data = _json(raw)
     if type(data) is dict and len(data) == 1 and "input" in data:
         return PredictBody(data["input"])  # the usual case: no model to validate
+    body = _validated(
+        PredictRequest,
+        data,
+        "The body must be a JSON object with 'input' (and optionally 'webhook', 'webhook_events').",
+    )
+    return PredictBody(body.input, body.webhook, tuple(body.webhook_events))
+
+
+def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
+    """The bulk body: ``inputs``, a list of 1..``most`` items, and an optional webhook;
+    400 or 422 otherwise."""
+    data = _json(raw)
+    if type(data) is dict and len(data) == 1 and type(data.get("inputs")) is list:
+        body = BulkBody(data["inputs"])  # the usual case: no model to validate
+    else:
+        checked = _validated(
+            BulkRequest,
+            data,
+            "The body must be a JSON object with 'inputs' (and optionally 'webhook', "
+            "'webhook_events').",
+        )
+        body = BulkBody(checked.inputs, checked.webhook, tuple(checked.webhook_events))
+    if not 1 <= len(body.inputs) <= most:
+        raise InvalidInput(
+            f"'inputs' must hold 1 to {most} inputs.",
+            [{"loc": ["inputs"], "msg": f"a list of 1 to {most} inputs", "type": "bulk"}],
+        )
+    return body
+
+
+def _json(raw: bytes) -> Any:
     try:
-        body = PredictRequest.model_validate(data)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+
+
+def _validated(model: type[M], data: Any, message: str) -> M:
+    """``data`` as ``model``; 422 with each field's error otherwise."""
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         detail = [
             {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False, include_context=False, include_input=False)
         ]
-        raise InvalidInput(
-            "The body must be a JSON object with 'input' (and optionally 'webhook', "
-            "'webhook_events').",
-            detail,
-        ) from None
-    return PredictBody(body.input, body.webhook, tuple(body.webhook_events))
+        raise InvalidInput(message, detail) from None

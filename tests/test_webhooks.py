@@ -288,3 +288,27 @@ async def test_a_delivery_left_mid_post_is_taken_over(
     await poll(delivered)
     assert rec.calls[0][0]["X-Prediction-ID"] == prediction_id
     assert (await rds.xpending("predictions:webhooks", "webhooks"))["pending"] == 0
+
+
+async def test_a_bulk_submit_webhook_covers_every_job(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    client = await make_client(**hook_settings())
+    resp = await client.post("/predict/batch", json={"inputs": [1, 2], "webhook": url})
+    assert resp.status == 202, await resp.text()
+    ids = (await resp.json())["prediction_ids"]
+
+    async def both() -> bool:
+        return len(rec.calls) == 2
+
+    await poll(both)
+    assert sorted(h["X-Prediction-ID"] for h, _ in rec.calls) == sorted(ids)
+    refused = await client.post("/predict/batch", json={"inputs": [1], "webhook": "ftp://x/y"})
+    assert refused.status == 422
+    assert (await refused.json())["detail"][0]["loc"] == ["webhook"]
+    private = await (await make_client(workers=0)).post(
+        "/predict/batch", json={"inputs": [1], "webhook": "http://127.0.0.1:9/h"}
+    )
+    assert private.status == 422, "the host policy applies to bulk submits too"
+    assert len(await rds.keys("prediction:*")) == 2, "nothing refused was recorded"
