@@ -87,6 +87,15 @@ _BY_STATUS: dict[int, type[ClientError]] = {
 }
 
 
+def _webhook_fields(webhook: str | None, events: list[str] | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if webhook is not None:
+        fields["webhook"] = webhook
+    if events is not None:
+        fields["webhook_events"] = events
+    return fields
+
+
 def _error(status: int, body: Any) -> ClientError:
     message = body.get("error", "") if isinstance(body, dict) else str(body)
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -204,17 +213,21 @@ class AsyncClient:
         headers = {"Async-Mode": "true"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        payload: dict[str, Any] = {"input": value}
-        if webhook is not None:
-            payload["webhook"] = webhook
-        if webhook_events is not None:
-            payload["webhook_events"] = webhook_events
+        payload: dict[str, Any] = {"input": value, **_webhook_fields(webhook, webhook_events)}
         body = await self._call("POST", self._path(model), payload, headers)
         return Job(self, body["prediction_id"])
 
-    async def submit_many(self, values: list[Any]) -> list[Job]:
-        """Queues many inputs for the default model in one request (all or none)."""
-        body = await self._call("POST", "/predict/batch", {"inputs": values})
+    async def submit_many(
+        self,
+        values: list[Any],
+        *,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
+    ) -> list[Job]:
+        """Queues many inputs for the default model in one request (all or none); a
+        ``webhook`` gets each job's final record."""
+        payload: dict[str, Any] = {"inputs": values, **_webhook_fields(webhook, webhook_events)}
+        body = await self._call("POST", "/predict/batch", payload)
         return [Job(self, prediction_id) for prediction_id in body["prediction_ids"]]
 
     async def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
@@ -279,8 +292,10 @@ class Client:
         """As AsyncClient.submit: model, idempotency_key, webhook, webhook_events."""
         return SyncJob(self, self._run(self._async.submit(value, **options)))
 
-    def submit_many(self, values: list[Any]) -> list[SyncJob]:
-        return [SyncJob(self, job) for job in self._run(self._async.submit_many(values))]
+    def submit_many(self, values: list[Any], **options: Any) -> list[SyncJob]:
+        """As AsyncClient.submit_many: webhook, webhook_events."""
+        jobs = self._run(self._async.submit_many(values, **options))
+        return [SyncJob(self, job) for job in jobs]
 
     def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
         return self._run(self._async.get(prediction_id, wait=wait))
