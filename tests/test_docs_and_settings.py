@@ -11,7 +11,7 @@ import pytest
 
 from service.settings import Settings, load_settings
 
-from .conftest import ClientFactory
+from .conftest import ROOT, ClientFactory
 
 
 async def test_docs_page_loads_with_local_assets_only(make_client: ClientFactory) -> None:
@@ -94,3 +94,12 @@ def test_help_lists_every_setting_with_its_default() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="workers"):
         load_settings(["--workers", "-1"])
+
+
+def test_every_setting_is_in_the_readme_table_and_the_env_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        env = name.upper()
+        assert f"| `{env}` |" in readme, f"{env} is missing from the README's settings table"
+        assert f"# {env}=" in example, f"{env} is missing from .env.example"
