@@ -90,11 +90,20 @@ class Worker:
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
-        heartbeat = asyncio.create_task(self._heartbeat([e.entry_id for e in runnable]))
+        # The heartbeat starts only if the batch is still running after one interval: a
+        # task per batch (made and cancelled) costs more than most batches take.
+        interval = self._visibility_ms / 3000
+        ids = [e.entry_id for e in runnable]
+        beats: list[asyncio.Task[None]] = []
+        timer = asyncio.get_running_loop().call_later(
+            interval, lambda: beats.append(asyncio.create_task(self._heartbeat(ids, interval)))
+        )
         try:
             outcomes = await self._predict(runnable)
         finally:
-            heartbeat.cancel()
+            timer.cancel()
+            for beat in beats:
+                beat.cancel()
         # Jobs already final (a redelivery) or expired are acked without running again.
         finished = [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)]
         await self._store(finished, [e.entry_id for e in entries])
@@ -126,16 +135,16 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    async def _heartbeat(self, entry_ids: list[bytes]) -> None:
+    async def _heartbeat(self, entry_ids: list[bytes], interval: float) -> None:
         """While a batch runs, keeps claiming its entries so no one else reclaims them."""
         if not entry_ids:
             return
         while True:
-            await asyncio.sleep(self._visibility_ms / 3000)
             try:
                 await self._queue.heartbeat(self.consumer, entry_ids)
             except RedisError as exc:
                 log.warning("%s: heartbeat failed: %s", self.consumer, exc)
+            await asyncio.sleep(interval)
 
     def _report_given_up(self, entries: list[Entry], prior: list[bytes]) -> None:
         for entry, status in zip(entries, prior, strict=True):
