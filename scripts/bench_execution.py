@@ -23,6 +23,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts._http import wait_http  # noqa: E402
 from service.embedded import free_port  # noqa: E402
 
 LIMIT = 30_000  # about 15 ms of pure-Python work per prediction
@@ -51,19 +52,6 @@ async def drive(port: int, requests: int, concurrency: int) -> tuple[float, list
     return requests / elapsed, latencies
 
 
-async def wait_up(port: int, deadline: float) -> None:
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/models") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
 def run_mode(mode: str, args: argparse.Namespace) -> tuple[float, list[float]]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
@@ -82,7 +70,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> tuple[float, list[float]]:
         env.pop("REDIS_URL", None)
         server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
         try:
-            asyncio.run(wait_up(port, time.monotonic() + 60))
+            wait_http(f"http://127.0.0.1:{port}/models")
             asyncio.run(drive(port, args.concurrency * 2, args.concurrency))  # warm up
             return asyncio.run(drive(port, args.requests, args.concurrency))
         finally:

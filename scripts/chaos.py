@@ -32,6 +32,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts._http import wait_http  # noqa: E402
 from service.embedded import RedisServer, free_port  # noqa: E402
 
 
@@ -60,17 +61,9 @@ def start_replica(
     return port, proc
 
 
-async def wait_ready(session: aiohttp.ClientSession, port: int, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(f"http://127.0.0.1:{port}/health/ready") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"replica on {port} never ready")
+async def wait_ready(port: int, within: float = 30) -> None:
+    url = f"http://127.0.0.1:{port}/health/ready"
+    await asyncio.to_thread(wait_http, url, within, need_ok=True)
 
 
 async def submit_all(
@@ -139,7 +132,7 @@ async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) 
                 procs.append(proc)
             async with aiohttp.ClientSession() as session:
                 for port in ports:
-                    await wait_ready(session, port)
+                    await wait_ready(port)
                 say(f"{replicas} replicas up; submitting {jobs} jobs")
                 third, two_thirds = asyncio.Event(), asyncio.Event()
                 milestones = {jobs // 3: third, 2 * jobs // 3: two_thirds}
@@ -169,7 +162,7 @@ async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) 
                 # Let any late redelivery happen before the recount.
                 await asyncio.sleep(2 * visibility)
                 for port in live_ports:
-                    await wait_ready(session, port)
+                    await wait_ready(port)
             final = final_records(client, ids)
             calls = client.hgetall("chaos:calls")
             pending = client.xpending("predictions", "workers")["pending"]
