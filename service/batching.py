@@ -10,6 +10,7 @@ from typing import Any
 from .deadlines import Deadlines
 from .executor import Executor
 from .inline import InlinePolicy
+from .loop import BoundLoop
 from .metrics import Metrics
 from .models import Model, Outcome
 
@@ -48,24 +49,27 @@ class Batcher:
         self._soon: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._deadlines = Deadlines()
+        self._loop = BoundLoop()
 
     async def run(self, values: list[Any]) -> list[Outcome]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in values]
         for value, future in zip(values, futures, strict=True):
             self._add(loop, value, future)
         return [await future for future in futures]
 
-    async def run_one(self, value: Any, give_up_after: float = 0.0) -> Outcome:
-        """The outcome of one input; TimeoutError after ``give_up_after`` seconds (0: none), when
-        the caller stops waiting (the batch itself cannot be interrupted).
+    def run_one(self, value: Any, give_up_after: float = 0.0) -> asyncio.Future[Outcome]:
+        """A future of the outcome of one input; TimeoutError after ``give_up_after`` seconds
+        (0: none), when the caller stops waiting (the batch itself cannot be interrupted).
+        (A plain function that answers a future, not a coroutine: a coroutine layer on the
+        sync path costs each request on the call and again when it resumes.)
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._add(loop, value, future)
         if give_up_after > 0:
             self._deadlines.watch(loop, future, give_up_after)
-        return await future
+        return future
 
     def _add(
         self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
@@ -90,7 +94,7 @@ class Batcher:
             if self._inline.inline:
                 self._run_inline(batch)
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            task = self._loop().create_task(self._run_batch(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

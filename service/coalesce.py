@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from .loop import BoundLoop
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -25,14 +27,17 @@ class Coalescer(Generic[T, R]):
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop = BoundLoop()
 
-    async def add(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    def add(self, item: T) -> asyncio.Future[R]:
+        """A future of ``item``'s result. (Not a coroutine: one layer fewer per request.)"""
+        loop = self._loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._items.append(item)
         self._futures.append(future)
         if self._task is None:
-            self._task = asyncio.create_task(self._drain())
-        return await future
+            self._task = loop.create_task(self._drain())
+        return future
 
     async def _drain(self) -> None:
         try:

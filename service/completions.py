@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .keys import Keys
+from .loop import BoundLoop
 from .schemas import JobRecord
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Completions:
         self._ends: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._loop = BoundLoop()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="completions")
@@ -95,7 +97,7 @@ class Completions:
     def watch(self, prediction_id: str, changes: bool = False) -> asyncio.Future[JobRecord | None]:
         """A future resolved when the job ends (or, with ``changes``, changes status).
         Watch before the job can end, then pass it to `wait`, or `forget` it."""
-        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JobRecord | None] = self._loop().create_future()
         waiters = self._changes if changes else self._ends
         waiters.setdefault(prediction_id, set()).add(future)
         return future
@@ -122,7 +124,7 @@ class Completions:
         it is after ``seconds``. Wakes on the job's end, or with ``changes`` on any change
         of status. ``watching`` (from `watch`, taken before the job was submitted) skips
         the first read: the job was just queued."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         deadline = loop.time() + seconds
         future = watching
         while True:

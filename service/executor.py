@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .loop import BoundLoop
 from .models import Model, ModelConfig, Outcome, load_model
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model")
         self._processes: ProcessPoolExecutor | None = None
         self._process_count = process_workers
+        self._loop = BoundLoop()
         if process_models:
             self._processes = ProcessPoolExecutor(
                 max_workers=process_workers,
@@ -47,14 +49,14 @@ class Executor:
             )
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+        return await self._loop().run_in_executor(self._threads, fn, *args)
 
     async def run_batch(self, model: Model, values: list[Any]) -> tuple[list[Outcome], float]:
         """Predicts ``values`` with ``model`` wherever that model runs; answers the outcomes
         and how long a thread model's call itself took (not the hand-over; inf for a
         process model)."""
         if model.execution == "process" and self._processes is not None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop()
             outcomes = await loop.run_in_executor(
                 self._processes, _child_run_batch, model.name, values
             )

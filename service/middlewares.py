@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import state
 from .errors import ServiceError, Unauthorized
-from .ids import new_id
+from .ids import new_request_id
 from .web_io import json_response
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     HTTP metrics. (One middleware, not two: each layer costs every request.)
     """
     given = request.headers.get("X-Request-ID")
-    request_id = given if given and _REQUEST_ID.match(given) else new_id()
+    request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
     request[state.REQUEST_ID] = request_id
     began = time.perf_counter()
     try:

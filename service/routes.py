@@ -16,7 +16,6 @@ from .errors import (
 )
 from .ids import new_id
 from .job_routes import submit_and_wait
-from .models import Model
 from .queue import NewJob
 from .schemas import ACCEPTED_MESSAGE
 from .web_io import (
@@ -32,9 +31,12 @@ from .web_io import (
 from .webhooks import check_url
 
 
-async def _predict(request: web.Request, model: Model) -> web.Response:
-    # Kept flat on purpose: every coroutine layer here costs each request (see README).
-    settings = request.app[state.SETTINGS]
+async def predict(request: web.Request) -> web.Response:
+    # Kept flat on purpose: every coroutine layer here costs each request (see README);
+    # POST /predict comes here straight, POST /models/{name}/predict through one wrapper.
+    app = request.app
+    settings = app[state.SETTINGS]
+    model = app[state.MODELS].get(request.match_info.get("name"))
     respond_async, wait = prefer(request, settings.max_wait_seconds)
     queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
@@ -62,7 +64,7 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             ",".join(body.webhook_events) if body.webhook else "",
         )
         if wait <= 0:
-            prediction_id = await request.app[state.QUEUE].submit(job)
+            prediction_id = await app[state.QUEUE].submit(job)
         else:
             prediction_id, record = await submit_and_wait(request, job, wait)
             if record is not None and record.status.final:
@@ -75,7 +77,6 @@ async def _predict(request: web.Request, model: Model) -> web.Response:
             headers={"Location": f"/predict/{prediction_id}"},
         )
     # Sync: within the concurrency bound and JOB_TIMEOUT_SECONDS.
-    app = request.app
     gate = app[state.SYNC_GATE]
     if gate.in_flight >= settings.max_sync_in_flight:
         raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
@@ -119,10 +120,6 @@ _PREDICT_SPEC_TAIL = """
 """
 
 
-async def predict(request: web.Request) -> web.Response:
-    return await _predict(request, request.app[state.MODELS].get())
-
-
 predict.__doc__ = (
     """
     ---
@@ -139,7 +136,7 @@ predict.__doc__ = (
 
 
 async def predict_with_model(request: web.Request) -> web.Response:
-    return await _predict(request, request.app[state.MODELS].get(request.match_info["name"]))
+    return await predict(request)  # the model is named in the path
 
 
 predict_with_model.__doc__ = (

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from service.ids import new_request_id
 from service.logs import JsonFormatter
 
 from .conftest import ClientFactory, poll
@@ -139,6 +141,21 @@ async def test_request_id_is_taken_or_made_and_carried_into_the_job(
     await poll(logged)
     access = [r for r in caplog.records if r.name == "service.access" and r.request_id == "req-42"]
     assert access and access[0].status == 202 and access[0].path == "/predict"
+
+
+def test_made_request_ids_are_distinct_uuids_and_differ_between_processes() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert {uuid.UUID(i).version for i in ids} == {4}
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "from service.ids import new_request_id; print(new_request_id())"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert uuid.UUID(elsewhere).version == 4
+    assert elsewhere[:24] != ids[0][:24]  # another replica: another prefix
 
 
 def test_json_log_lines_carry_the_fields() -> None:
