@@ -52,6 +52,7 @@ async def predict(request: web.Request) -> web.Response:
             )
         await check_url(body.webhook, settings)
     if queued:
+        events = ",".join(body.webhook_events) if body.webhook else ""
         job = NewJob(
             new_id(),
             model.name,
@@ -59,9 +60,9 @@ async def predict(request: web.Request) -> web.Response:
             time.time(),
             request[state.REQUEST_ID],
             key,
-            body_digest(model.name, raw) if key else "",
+            body_digest(model.name, raw, body.webhook, events) if key else "",
             body.webhook,
-            ",".join(body.webhook_events) if body.webhook else "",
+            events,
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)

@@ -69,9 +69,13 @@ def idempotency_key(request: web.Request) -> str:
     return raw
 
 
-def body_digest(model: str, value: Any) -> str:
-    """What makes two submits 'the same request' for an Idempotency-Key."""
+def body_digest(model: str, value: Any, webhook: str = "", events: str = "") -> str:
+    """What makes two submits 'the same request' for an Idempotency-Key: the model, the
+    input and, when there is one, the webhook and its events (a submit without a webhook
+    digests as it did before webhooks existed, so keys stored then still match)."""
     canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if webhook:
+        canonical += f"\0{webhook}\0{events}".encode()
     return hashlib.sha256(model.encode() + b"\0" + canonical).hexdigest()[:32]
 
 

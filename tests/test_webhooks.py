@@ -181,6 +181,28 @@ async def test_a_webhook_needs_async_mode_and_an_allowed_host(make_client: Clien
     assert "WEBHOOK_ALLOWED_HOSTS" in json.dumps(await other.json())
 
 
+async def test_an_idempotency_key_reused_with_another_webhook_is_a_conflict(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(**hook_settings(workers=0, webhook_deliveries=0))
+    key = {"Async-Mode": "true", "Idempotency-Key": "order-18"}
+
+    async def post(body: dict[str, Any]) -> Any:
+        return await client.post("/predict", json={"input": 7, **body}, headers=key)
+
+    first = await post({"webhook": "http://127.0.0.1:9/a"})
+    assert first.status == 202
+    same = await post({"webhook": "http://127.0.0.1:9/a"})
+    assert (await same.json())["prediction_id"] == (await first.json())["prediction_id"]
+    for other in (
+        {"webhook": "http://127.0.0.1:9/b"},
+        {"webhook": "http://127.0.0.1:9/a", "webhook_events": ["failed"]},
+        {},
+    ):
+        resp = await post(other)
+        assert resp.status == 409, other
+
+
 async def retry_delay(rds: Redis, attempt: int, rec: Receiver) -> float:
     """How long after the failed POST before ``attempt`` it is scheduled (read from Redis)."""
 
