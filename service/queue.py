@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +32,12 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to queue: its record starts as ``queued`` with these fields."""
+    """A job to queue: its record starts as ``queued`` with these fields (and the time it
+    was written as its ``created_at``)."""
 
     prediction_id: str
     model: str
     input: Any
-    created_at: float
     request_id: str = ""
     idempotency_key: str = ""
     body_digest: str = ""
@@ -79,23 +80,30 @@ def stream_entries(reply: Any) -> list[Any]:
 
 # KEYS: the stream, then one record key per job.
 # ARGV: record TTL, queue limit (0: none), '1' when the jobs are queued all or none (a
-# bulk submit), then per job: prediction id, model, input
-# (JSON), created time, request id, idempotency key ('' if none), body digest, webhook URL
-# ('' if none), webhook events ('done,failed').
+# bulk submit), the created time of every job, then per job: prediction id, model, input
+# (JSON), request id, and its extras: '' or a JSON array [idempotency key ('' if none),
+# body digest, webhook URL ('' if none), webhook events ('done,failed')]. (Five arguments
+# a job, most often with no extras: packing and parsing arguments is the client's main
+# cost per queued job.)
 # Per job, in order: a known idempotency key answers 'dup:<its id>' (same body) or
 # 'conflict' (another body); a full queue answers 'full'; otherwise the job record
 # (status queued), its stream entry and its idempotency key are written and it answers
 # 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
+# When every job is 'ok' the answer is just their number.
 _SUBMIT = """
-local ttl, limit, whole = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local out = {}
+local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local out, all_ok = {}, true
 if whole and limit > 0 and redis.call('XLEN', KEYS[1]) + #KEYS - 1 > limit then
   for i = 2, #KEYS do out[i - 1] = 'full' end
   return out
 end
 for i = 2, #KEYS do
-  local a = 4 + (i - 2) * 9
-  local id, idem, digest = ARGV[a], ARGV[a + 5], ARGV[a + 6]
+  local a = 5 + (i - 2) * 5
+  local id, idem, digest, webhook, events = ARGV[a], '', '', '', ''
+  if ARGV[a + 4] ~= '' then
+    local extras = cjson.decode(ARGV[a + 4])
+    idem, digest, webhook, events = extras[1], extras[2], extras[3], extras[4]
+  end
   local known = false
   if idem ~= '' then known = redis.call('GET', idem) end
   if known then
@@ -105,21 +113,24 @@ for i = 2, #KEYS do
     else
       out[i - 1] = 'conflict'
     end
+    all_ok = false
   elseif limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
     out[i - 1] = 'full'
+    all_ok = false
   else
     redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-               'created_at', ARGV[a + 3], 'attempts', 0, 'request_id', ARGV[a + 4])
-    if ARGV[a + 7] ~= '' then
-      redis.call('HSET', KEYS[i], 'webhook', ARGV[a + 7], 'webhook_events', ARGV[a + 8])
+               'created_at', now, 'attempts', 0, 'request_id', ARGV[a + 3])
+    if webhook ~= '' then
+      redis.call('HSET', KEYS[i], 'webhook', webhook, 'webhook_events', events)
     end
     redis.call('EXPIRE', KEYS[i], ttl)
     redis.call('XADD', KEYS[1], '*', 'id', id, 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-               'rid', ARGV[a + 4], 'at', ARGV[a + 3])
+               'rid', ARGV[a + 3], 'at', now)
     if idem ~= '' then redis.call('SET', idem, id .. '|' .. digest, 'EX', ttl) end
     out[i - 1] = 'ok'
   end
 end
+if all_ok then return #KEYS - 1 end
 return out
 """
 
@@ -173,22 +184,22 @@ class JobQueue:
 
     async def _write(self, jobs: list[NewJob], whole: bool = False) -> list[str]:
         keys = [self._keys.stream]
-        args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0"]
+        args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0", repr(time.time())]
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
-            args += (
-                job.prediction_id,
-                job.model,
-                orjson.dumps(job.input),
-                repr(job.created_at),
-                job.request_id,
-                self._keys.idempotency(job.idempotency_key) if job.idempotency_key else "",
-                job.body_digest,
-                job.webhook,
-                job.webhook_events,
-            )
-        replies: list[bytes] = await self._submit_script(keys=keys, args=args)
+            args += (job.prediction_id, job.model, orjson.dumps(job.input), job.request_id)
+            if job.idempotency_key or job.webhook:
+                args.append(self._extras(job))
+            else:
+                args.append("")
+        replies: int | list[bytes] = await self._submit_script(keys=keys, args=args)
+        if isinstance(replies, int):  # every job queued
+            return ["ok"] * len(jobs)
         return [r.decode() for r in replies]
+
+    def _extras(self, job: NewJob) -> bytes:
+        key = self._keys.idempotency(job.idempotency_key) if job.idempotency_key else ""
+        return orjson.dumps([key, job.body_digest, job.webhook, job.webhook_events])
 
     async def read(
         self, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
 from aiohttp import web
 
@@ -57,7 +55,6 @@ async def predict(request: web.Request) -> web.Response:
             new_id(),
             model.name,
             raw,
-            time.time(),
             request[state.REQUEST_ID],
             key,
             body_digest(model.name, raw, body.webhook, events) if key else "",
@@ -201,10 +198,10 @@ async def predict_batch(request: web.Request) -> web.Response:
         raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
     if body.webhook:
         await check_url(body.webhook, app[state.SETTINGS])
-    now, request_id = time.time(), request[state.REQUEST_ID]
+    request_id = request[state.REQUEST_ID]
     events = ",".join(body.webhook_events)
     jobs = [
-        NewJob(new_id(), model.name, value, now, request_id, "", "", body.webhook, events)
+        NewJob(new_id(), model.name, value, request_id, "", "", body.webhook, events)
         for value in inputs
     ]
     ids = await app[state.QUEUE].submit_all(jobs)
