@@ -53,7 +53,8 @@ return next[2] or ''
 
 
 class Dispatcher:
-    """Posts due deliveries, at most WEBHOOK_DELIVERIES at a time."""
+    """Posts due deliveries, at most WEBHOOK_DELIVERIES at a time; a slot that frees up is
+    filled at once (a slow receiver holds its own slot, not the next deliveries)."""
 
     def __init__(self, redis: Redis, keys: Keys, results: ResultStore, settings: Settings) -> None:
         self._redis = redis
@@ -77,25 +78,63 @@ class Dispatcher:
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as http:
-            while not self._stopping.is_set():
-                try:
-                    entries = await self._next_entries()
-                    await asyncio.gather(*(self._deliver(http, i, f) for i, f in entries))
-                except (RedisError, OSError) as exc:
-                    log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
-                    await asyncio.sleep(1)
-                except Exception:  # a bug must not end deliveries for good
-                    log.exception("webhook dispatcher failed; trying again in 1 s")
-                    await asyncio.sleep(1)
+            sending: set[asyncio.Task[None]] = set()
+            try:
+                while not self._stopping.is_set():
+                    free = self._settings.webhook_deliveries - len(sending)
+                    if free <= 0:
+                        await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    try:
+                        entries = await self._next_entries(free, busy=bool(sending))
+                    except (RedisError, OSError) as exc:
+                        log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
+                        await asyncio.sleep(1)
+                        continue
+                    except Exception:  # a bug must not end deliveries for good
+                        log.exception("webhook dispatcher failed; trying again in 1 s")
+                        await asyncio.sleep(1)
+                        continue
+                    for entry_id, fields in entries:
+                        task = asyncio.create_task(self._send(http, entry_id, fields))
+                        sending.add(task)
+                        task.add_done_callback(sending.discard)
+                # Stopping: the deliveries under way may finish (within the app's grace).
+                await asyncio.gather(*sending, return_exceptions=True)
+            finally:
+                for task in sending:
+                    task.cancel()
+                await asyncio.gather(*sending, return_exceptions=True)
 
-    async def _next_entries(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        keys, count = self._keys, self._settings.webhook_deliveries
+    async def _send(
+        self, http: aiohttp.ClientSession, entry_id: bytes, fields: dict[bytes, bytes]
+    ) -> None:
+        """One delivery in its own task; an error leaves the entry pending, and another
+        dispatcher (or this one) claims it once it has been idle for the stuck time."""
+        try:
+            await self._deliver(http, entry_id, fields)
+        except (RedisError, OSError) as exc:
+            log.warning("webhook delivery %s: %s; left pending", entry_id.decode(), exc)
+        except Exception:
+            log.exception("webhook delivery %s failed; left pending", entry_id.decode())
+
+    async def _next_entries(
+        self, count: int, busy: bool = False
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` deliveries: stuck ones first, else new ones (waiting up to
+        MAX_BLOCK, or until the next retry is due). While deliveries are ``busy`` it waits
+        no longer than the first retry's wait: a retry one of them schedules meanwhile is
+        never due before this wait ends, so it is released on time."""
+        keys = self._keys
         now = time.time()
         next_due = await self._release_due(
-            keys=[keys.webhook_retries, keys.webhooks], args=[now, count]
+            keys=[keys.webhook_retries, keys.webhooks],
+            args=[now, self._settings.webhook_deliveries],
         )
         # Wake for the next retry on time, or after at most half a second.
         block = MAX_BLOCK if not next_due else min(MAX_BLOCK, max(0.01, float(next_due) - now))
+        if busy:
+            block = min(block, self._settings.webhook_retry_seconds)
         stuck = self._settings.webhook_timeout_seconds * STUCK_FACTOR
         try:
             if now >= self._next_reclaim:  # deliveries of a dispatcher that stopped mid-POST

@@ -3,6 +3,7 @@ and still delivered after the replica that finished the job stops."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -30,12 +31,19 @@ class Receiver:
         self.times: list[float] = []
         self.answers: list[int] = []  # statuses to answer, in order; then `otherwise`
         self.otherwise = 200
+        self.held = 0  # POSTs to /slow being held until `release` is set
+        self.release = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         self.calls.append((dict(request.headers), await request.read()))
         self.times.append(time.time())
         status = self.answers.pop(0) if self.answers else self.otherwise
         return web.json_response({"ok": status == 200}, status=status)
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.held += 1
+        await self.release.wait()
+        return web.json_response({"ok": True})
 
     async def redirect(self, request: web.Request) -> web.Response:
         self.times.append(time.time())
@@ -48,6 +56,7 @@ async def receiver(aiohttp_server: Any) -> tuple[Receiver, str]:
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
     app.router.add_post("/moved", rec.redirect)
+    app.router.add_post("/slow", rec.slow)
     server = await aiohttp_server(app)
     return rec, str(server.make_url("/hook"))
 
@@ -107,6 +116,28 @@ async def test_a_failed_delivery_is_retried_until_it_lands(
 
     await poll(landed)
     assert len({body for _, body in rec.calls}) == 1, "the same record each time"
+
+
+async def test_a_slow_receiver_does_not_hold_back_the_next_deliveries(
+    make_client: ClientFactory, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    client = await make_client(**hook_settings(webhook_deliveries=4))
+    await submit_with_hook(client, url.replace("/hook", "/slow"))
+
+    async def held() -> bool:
+        return rec.held == 1
+
+    await poll(held)
+    fast = [await submit_with_hook(client, url) for _ in range(3)]
+
+    async def delivered() -> bool:
+        return len(rec.calls) == 3
+
+    await poll(delivered)  # while the first POST is still held
+    assert rec.held == 1 and not rec.release.is_set()
+    assert {headers["X-Prediction-ID"] for headers, _ in rec.calls} == set(fast)
+    rec.release.set()
 
 
 async def test_events_filter_which_outcomes_are_posted(
