@@ -23,9 +23,37 @@ class Status(StrEnum):
 
 
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-#: An http(s) URL with a host name or IPv4 address (the host policy and DNS are checked
-#: at submit). The OpenAPI spec's Webhook schema takes its pattern from here.
-WEBHOOK_URL = r"^https?://[A-Za-z0-9.-]+(:" + _PORT + r")?([/?#][^\s]*)?$"
+
+
+def _ipv6() -> str:
+    """An IPv6 address as RFC 3986 spells it: eight groups, '::' for a run of zero groups,
+    and possibly an IPv4 address as the last 32 bits."""
+    group = "[0-9A-Fa-f]{1,4}"
+    octet = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+    last32 = f"({group}:{group}|{octet}(\\.{octet}){{3}})"
+    forms = [f"({group}:){{6}}{last32}", f"::({group}:){{5}}{last32}"]
+    # h groups before '::' (at most `before` of them), then a fixed tail after it.
+    tails = [
+        f"({group}:){{4}}{last32}",
+        f"({group}:){{3}}{last32}",
+        f"({group}:){{2}}{last32}",
+        f"{group}:{last32}",
+        last32,
+        group,
+        "",
+    ]
+    for before, tail in enumerate(tails, start=1):
+        forms.append(f"(({group}:){{0,{before - 1}}}{group})?::{tail}")
+    return "(" + "|".join(f"({form})" for form in forms) + ")"
+
+
+# A host name, an IPv4 address, or an IPv6 address in brackets (exactly the forms
+# urllib accepts, so a URL the schema admits is never refused for its syntax).
+_HOST = r"([A-Za-z0-9.-]+|\[" + _ipv6() + r"\])"
+#: An http(s) URL with a host name, an IPv4 address or a bracketed IPv6 address (the host
+#: policy and DNS are checked at submit). The OpenAPI spec's Webhook schema takes its
+#: pattern from here.
+WEBHOOK_URL = r"^https?://" + _HOST + r"(:" + _PORT + r")?([/?#][^\s]*)?$"
 
 
 class WebhookFields(BaseModel):

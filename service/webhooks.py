@@ -63,7 +63,10 @@ def non_public(address: str) -> bool:
 
 async def check_url(url: str, settings: Settings) -> None:
     """Raises InvalidInput (422) unless ``url`` may receive webhooks."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # checks a bracketed IPv6 address, too
+    except ValueError as exc:
+        raise _refused(f"not a valid URL ({exc})") from None
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
         raise _refused("only http and https URLs with a host are accepted")
@@ -71,7 +74,8 @@ async def check_url(url: str, settings: Settings) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise _refused("the port is not a number from 0 to 65535") from None
-    allowed = {h.strip().lower() for h in settings.webhook_allowed_hosts.split(",") if h.strip()}
+    listed = settings.webhook_allowed_hosts.split(",")
+    allowed = {h.strip().strip("[]").lower() for h in listed if h.strip()}  # [::1] or ::1
     if allowed and host not in allowed:
         raise _refused(f"host {host!r} is not in WEBHOOK_ALLOWED_HOSTS")
     if settings.webhook_allow_private:

@@ -140,6 +140,24 @@ async def test_a_slow_receiver_does_not_hold_back_the_next_deliveries(
     rec.release.set()
 
 
+async def test_a_receiver_at_an_ipv6_address_is_posted_to(
+    make_client: ClientFactory, aiohttp_server: Any
+) -> None:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    server = await aiohttp_server(app, host="::1")
+    url = f"http://[::1]:{server.port}/hook"
+    client = await make_client(**hook_settings(webhook_allowed_hosts="[::1]"))
+    prediction_id = await submit_with_hook(client, url)
+
+    async def delivered() -> bool:
+        return bool(rec.calls)
+
+    await poll(delivered)
+    assert rec.calls[0][0]["X-Prediction-ID"] == prediction_id
+
+
 async def test_events_filter_which_outcomes_are_posted(
     make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
@@ -180,6 +198,10 @@ async def test_a_delivery_survives_the_replica_that_finished_the_job(
         ("http://127.0.0.1:9/hook", "non-public address"),
         ("http://localhost/hook", "non-public address"),
         ("http://169.254.169.254/latest/meta-data", "non-public address"),
+        ("http://[::1]:9/hook", "non-public address"),
+        ("http://[fe80::1]/hook", "non-public address"),
+        ("http://[::ffff:127.0.0.1]/hook", "non-public address"),
+        ("http://[1:2:3:4:5:6:7:8:9]/hook", "string_pattern_mismatch"),
         ("ftp://example.com/hook", "string_pattern_mismatch"),
     ],
 )
