@@ -158,6 +158,18 @@ def test_made_request_ids_are_distinct_uuids_and_differ_between_processes() -> N
     assert elsewhere[:24] != ids[0][:24]  # another replica: another prefix
 
 
+def test_after_start_up_young_collections_are_rarer_and_the_rest_untouched() -> None:
+    code = (
+        "import gc; before = gc.get_threshold()\n"
+        "from service.memory import release_freed_memory; release_freed_memory()\n"
+        "print(before, gc.get_threshold(), gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "(700, 10, 10) (20000, 10, 10) True"
+
+
 def test_json_log_lines_carry_the_fields() -> None:
     record = logging.LogRecord(
         "service.access", logging.INFO, __file__, 1, "POST /predict", (), None
