@@ -105,11 +105,11 @@ class Worker:
             for beat in beats:
                 beat.cancel()
         # Jobs already final (a redelivery) or expired are acked without running again.
-        finished = [(e.prediction_id, o) for e, o in zip(runnable, outcomes, strict=True)]
+        finished = list(zip(runnable, outcomes, strict=True))
         await self._store(finished, [e.entry_id for e in entries])
         self._report(runnable, outcomes)
 
-    async def _store(self, finished: list[tuple[str, Outcome]], entry_ids: list[bytes]) -> None:
+    async def _store(self, finished: list[tuple[Entry, Outcome]], entry_ids: list[bytes]) -> None:
         """Writes the outcomes and acks. If Redis is away, keeps retrying for a while: the
         results are in hand, and running the jobs again later would cost a model call each.
         Past half the visibility timeout it gives up; the entries stay pending and are
@@ -120,7 +120,7 @@ class Worker:
         while True:
             try:
                 local = self._completions
-                wanted = [local.waited_for(p) for p, _ in finished] if local else []
+                wanted = [local.waited_for(e.prediction_id) for e, _ in finished] if local else []
                 records = await self._results.finish_and_ack(
                     finished, entry_ids, time.time(), wanted
                 )

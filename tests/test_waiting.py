@@ -25,6 +25,30 @@ async def test_prefer_wait_answers_the_finished_record(make_client: ClientFactor
     assert record["output"] == {"input": 3, "result": {"echo": 3}}
 
 
+async def test_the_waited_record_is_the_stored_one_done_or_failed(
+    make_client: ClientFactory,
+) -> None:
+    # The worker hands the record it just wrote to waiters on its replica without reading
+    # it back: field for field, it must be what GET answers from Redis.
+    client = await make_client(
+        model="tests.models:Fragile",
+        webhook_allow_private=True,
+        webhook_allowed_hosts="127.0.0.1",
+    )
+    for text, status in (("fine", "done"), ("boom", "failed")):
+        resp = await client.post(
+            "/predict",
+            json={"input": text, "webhook": "http://127.0.0.1:9/hook"},
+            headers={"Async-Mode": "true", "Prefer": "wait=5", "X-Request-ID": f"r-{text}"},
+        )
+        assert resp.status == 200
+        waited = await resp.json()
+        assert waited["status"] == status and waited["request_id"] == f"r-{text}"
+        assert waited["attempts"] == 1 and waited["started_at"] <= waited["finished_at"]
+        stored = await (await client.get(f"/predict/{waited['prediction_id']}")).json()
+        assert waited == stored
+
+
 async def test_prefer_wait_falls_back_to_202_when_the_job_is_slower(
     make_client: ClientFactory,
 ) -> None:
