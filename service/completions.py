@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .deadlines import Deadlines
 from .keys import Keys
 from .loop import BoundLoop
 from .schemas import JobRecord
@@ -39,6 +40,8 @@ class Completions:
         self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop = BoundLoop()
+        # Time up: the future is answered None (the waiter then reads the record).
+        self._deadlines = Deadlines(_time_up)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="completions")
@@ -62,6 +65,8 @@ class Completions:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         ended = message["channel"] == self._done_channel
+                        if not (self._changes or (ended and self._ends)):
+                            continue  # no one here waits for these: not worth parsing
                         for key in message["data"].split(b","):
                             self._wake(self._keys.prediction_id(key), ended)
             except (RedisError, OSError) as exc:
@@ -74,12 +79,12 @@ class Completions:
                 await pubsub.aclose()
 
     def _wake(self, prediction_id: str, ended: bool, record: JobRecord | None = None) -> None:
-        waiting = self._changes.pop(prediction_id, set())
-        if ended:
-            waiting |= self._ends.pop(prediction_id, set())
-        for future in waiting:
-            if not future.done():
-                future.set_result(record)
+        for waiters in (self._changes, self._ends) if ended else (self._changes,):
+            waiting = waiters.pop(prediction_id, None)
+            if waiting is not None:
+                for future in waiting:
+                    if not future.done():
+                        future.set_result(record)
 
     def waited_for(self, prediction_id: str) -> bool:
         """Whether someone here waits for this job to end."""
@@ -139,11 +144,10 @@ class Completions:
                 if until(record) or deadline - loop.time() <= 0:
                     self.forget(prediction_id, future)
                     return record
-            timer = loop.call_at(deadline, _time_up, future)
+            self._deadlines.watch(loop, future, deadline - loop.time())
             try:
                 handed = await future  # a record when this replica ended the job
             finally:
-                timer.cancel()
                 self.forget(prediction_id, future)
             if handed is not None and until(handed):
                 return handed

@@ -75,3 +75,15 @@ async def test_deadlines_fail_only_what_is_still_pending() -> None:
         await asyncio.wait_for(quick, 5)
     assert not slow.done()
     slow.cancel()
+
+
+async def test_deadlines_settle_as_told() -> None:
+    # Waiters (Prefer: wait, ?wait=) are answered None when time is up, not failed.
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(lambda f: f.done() or f.set_result(None))
+    first, later = loop.create_future(), loop.create_future()
+    deadlines.watch(loop, first, 30)
+    deadlines.watch(loop, later, 0.01)  # out of order: a timer of its own
+    assert await asyncio.wait_for(later, 5) is None
+    assert not first.done()
+    first.cancel()
