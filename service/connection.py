@@ -66,7 +66,13 @@ _C_PACKING: dict[type, type] = {
 }
 
 
-async def connect(url: str, attempts: int = 20, delay: float = 0.25, block_ms: int = 1000) -> Redis:
+async def connect(
+    url: str,
+    attempts: int = 20,
+    delay: float = 0.25,
+    block_ms: int = 1000,
+    socket_timeout: float = 5.0,
+) -> Redis:
     """A client for ``url`` once Redis answers PING; gives up after ``attempts`` tries.
 
     Socket timeouts make a Redis that hangs (rather than closes) an error, so routes answer
@@ -77,7 +83,7 @@ async def connect(url: str, attempts: int = 20, delay: float = 0.25, block_ms: i
         health_check_interval=30,
         socket_keepalive=True,
         socket_connect_timeout=2,
-        socket_timeout=max(5.0, 2 * block_ms / 1000),
+        socket_timeout=max(socket_timeout, 2 * block_ms / 1000),
         # A pooled connection that Redis closed (it restarted) is retried on a fresh one.
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],

@@ -12,7 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.connection import connect
 from service.embedded import RedisServer, free_port
 
 from .conftest import ClientFactory, poll
@@ -63,6 +66,31 @@ async def _serve(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", cwd=ROOT, env={**os.environ, **env}
     )
+
+
+async def test_a_hung_redis_is_a_timeout_and_the_client_recovers(tmp_path: Path) -> None:
+    # A Redis that stops answering (SIGSTOP) without closing its sockets must end each call
+    # in a timeout (then 503s and worker backoff), for a small command and for one too big
+    # for the socket buffers, and the same client works again once Redis does.
+    server = RedisServer(tmp_path / "redis", free_port())
+    client = await connect(server.start(), socket_timeout=0.5)
+    pid = server.pid
+    assert pid is not None
+    try:
+        assert await client.set("k", "v")
+        os.kill(pid, signal.SIGSTOP)
+        for value in (b"small", b"x" * (32 << 20)):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+                await client.set("k", value)
+            assert asyncio.get_running_loop().time() - started < 10
+        os.kill(pid, signal.SIGCONT)
+        assert await poll(lambda: client.set("k", "back"))
+        assert await client.get("k") == b"back"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        await client.aclose()
+        server.stop()
 
 
 async def test_sigterm_finishes_in_flight_work_and_exits_0(
