@@ -49,6 +49,31 @@ async def test_the_waited_record_is_the_stored_one_done_or_failed(
         assert waited == stored
 
 
+async def test_prefer_wait_answers_at_once_when_the_submit_does_not_queue_the_job(
+    make_client: ClientFactory,
+) -> None:
+    # The wait starts with the submit; a full queue or a reused Idempotency-Key must still
+    # answer as without Prefer: wait, and not after the wait.
+    full = await make_client(workers=0, max_queue=1)
+    waiting = {"Async-Mode": "true", "Prefer": "wait=30"}
+    await submit(full, "a")  # no worker: it stays queued
+    started = asyncio.get_running_loop().time()
+    resp = await full.post("/predict", json={"input": "b"}, headers=waiting)
+    assert resp.status == 429 and "queue" in (await resp.json())["error"]
+    assert asyncio.get_running_loop().time() - started < 10
+
+    client = await make_client(model="tests.models:echo")
+    keyed = {**waiting, "Idempotency-Key": "order-19"}
+    first = await client.post("/predict", json={"input": 5}, headers=keyed)
+    assert first.status == 200
+    record = await first.json()
+    again = await client.post("/predict", json={"input": 5}, headers=keyed)
+    assert again.status == 200 and (await again.json()) == record  # the earlier job's record
+    other = await client.post("/predict", json={"input": 6}, headers=keyed)
+    assert other.status == 409
+    assert asyncio.get_running_loop().time() - started < 10
+
+
 async def test_prefer_wait_falls_back_to_202_when_the_job_is_slower(
     make_client: ClientFactory,
 ) -> None:
