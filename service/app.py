@@ -31,7 +31,7 @@ from .queue import JobQueue
 from .results import ResultStore
 from .routes import predict, predict_batch, predict_with_model
 from .settings import Settings
-from .worker import Worker
+from .worker import DirectLane, Worker
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,16 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     tasks = [asyncio.create_task(w.run(), name=w.consumer) for w in workers]
     app[state.WORKER_TASKS] = tasks
+    queue = app[state.QUEUE]
+    lane = DirectLane(workers[0], len(workers)) if workers else None
+    queue.lane = lane
     if workers:
         log.info("started %d workers as %s-*", len(workers), settings.consumer_name)
     yield
+    queue.lane = None
     for worker in workers:
         worker.stop()
-    await _finish(tasks, settings.shutdown_grace_seconds)
+    await _finish(tasks + (lane.close() if lane else []), settings.shutdown_grace_seconds)
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -43,6 +43,19 @@ class NewJob:
     body_digest: str = ""
     webhook: str = ""
     webhook_events: str = ""
+    #: Someone on this replica waits for it (Prefer: wait): it may take the direct lane.
+    waited: bool = False
+
+
+class Lane(Protocol):
+    """Runs, on the replica that submitted them, jobs the submit script delivered to
+    ``consumer`` and marked processing (see `service.worker.DirectLane`)."""
+
+    consumer: str
+
+    def has_room(self) -> bool: ...
+
+    def take(self, entries: list[Entry]) -> None: ...
 
 
 def _entries(raw: list[Any]) -> list[Entry]:
@@ -78,6 +91,31 @@ def stream_entries(reply: Any) -> list[Any]:
     return reply[0][1]
 
 
+# Whether every entry of the stream has been delivered to the group (its newest entry is
+# not after the group's last-delivered-id); false when the stream or group is missing.
+_NO_BACKLOG = """
+local function no_backlog(stream, group)
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if groups.err then return false end
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  for _, g in ipairs(groups) do
+    local name, delivered
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1] end
+      if g[j] == 'last-delivered-id' then delivered = g[j + 1] end
+    end
+    if name == group then
+      if not newest then return true end
+      local nm, ns = string.match(newest[1], '(%d+)-(%d+)')
+      local dm, ds = string.match(delivered, '(%d+)-(%d+)')
+      nm, ns, dm, ds = tonumber(nm), tonumber(ns), tonumber(dm), tonumber(ds)
+      return nm < dm or (nm == dm and ns <= ds)
+    end
+  end
+  return false
+end
+"""
+
 # KEYS: the stream, then one record key per job.
 # ARGV: record TTL, queue limit (0: none), '1' when the jobs are queued all or none (a
 # bulk submit), the created time of every job, then per job: prediction id, model, input
@@ -90,13 +128,26 @@ def stream_entries(reply: Any) -> list[Any]:
 # (status queued), its stream entry and its idempotency key are written and it answers
 # 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
 # When every job is 'ok' the answer is just their number.
-_SUBMIT = """
+# With three more arguments (group, lane consumer, started channel) and no entry waiting
+# undelivered, the jobs are written as processing (attempts 1) and delivered to the lane
+# consumer in the same call, and the answer is {that count or the list, entry ids}.
+_SUBMIT = (
+    _NO_BACKLOG
+    + """
 local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
 local out, all_ok = {}, true
 if whole and limit > 0 and redis.call('XLEN', KEYS[1]) + #KEYS - 1 > limit then
   for i = 2, #KEYS do out[i - 1] = 'full' end
   return out
 end
+local lane = #ARGV > 4 + 5 * (#KEYS - 1)
+local group, consumer, started_channel
+if lane then
+  local b = 5 + 5 * (#KEYS - 1)
+  group, consumer, started_channel = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  lane = no_backlog(KEYS[1], group)
+end
+local entry_ids, started = {}, {}
 for i = 2, #KEYS do
   local a = 5 + (i - 2) * 5
   local id, idem, digest, webhook, events = ARGV[a], '', '', '', ''
@@ -118,21 +169,40 @@ for i = 2, #KEYS do
     out[i - 1] = 'full'
     all_ok = false
   else
-    redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-               'created_at', now, 'attempts', 0, 'request_id', ARGV[a + 3])
+    if lane then
+      redis.call('HSET', KEYS[i], 'status', 'processing', 'model', ARGV[a + 1],
+                 'input', ARGV[a + 2], 'created_at', now, 'started_at', now, 'attempts', 1,
+                 'request_id', ARGV[a + 3])
+      started[#started + 1] = KEYS[i]
+    else
+      redis.call('HSET', KEYS[i], 'status', 'queued', 'model', ARGV[a + 1],
+                 'input', ARGV[a + 2], 'created_at', now, 'attempts', 0,
+                 'request_id', ARGV[a + 3])
+    end
     if webhook ~= '' then
       redis.call('HSET', KEYS[i], 'webhook', webhook, 'webhook_events', events)
     end
     redis.call('EXPIRE', KEYS[i], ttl)
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'model', ARGV[a + 1], 'input', ARGV[a + 2],
-               'rid', ARGV[a + 3], 'at', now)
+    entry_ids[i - 1] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', ARGV[a + 1],
+                                  'input', ARGV[a + 2], 'rid', ARGV[a + 3], 'at', now)
     if idem ~= '' then redis.call('SET', idem, id .. '|' .. digest, 'EX', ttl) end
     out[i - 1] = 'ok'
   end
+  entry_ids[i - 1] = entry_ids[i - 1] or ''
+end
+if lane and #started > 0 then
+  -- Nothing was waiting undelivered, so the entries just added are exactly what the group
+  -- hands out next: to the lane's consumer, already marked processing above.
+  redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #started,
+             'STREAMS', KEYS[1], '>')
+  redis.call('PUBLISH', started_channel, table.concat(started, ','))
+  if all_ok then return {#KEYS - 1, entry_ids} end
+  return {out, entry_ids}
 end
 if all_ok then return #KEYS - 1 end
 return out
 """
+)
 
 
 class JobQueue:
@@ -141,6 +211,8 @@ class JobQueue:
         self._keys = keys
         self._ttl = ttl_seconds
         self._max_queue = max_queue
+        #: Set while this replica's workers run: waited-for jobs may be run here at once.
+        self.lane: Lane | None = None
         self._submit_script = redis.register_script(_SUBMIT)
         self._submits: Coalescer[NewJob, str] = Coalescer(self._write)
 
@@ -184,17 +256,35 @@ class JobQueue:
 
     async def _write(self, jobs: list[NewJob], whole: bool = False) -> list[str]:
         keys = [self._keys.stream]
-        args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0", repr(time.time())]
+        now = time.time()
+        args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0", repr(now)]
+        inputs = []
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
-            args += (job.prediction_id, job.model, orjson.dumps(job.input), job.request_id)
+            inputs.append(orjson.dumps(job.input))
+            args += (job.prediction_id, job.model, inputs[-1], job.request_id)
             if job.idempotency_key or job.webhook:
                 args.append(self._extras(job))
             else:
                 args.append("")
-        replies: int | list[bytes] = await self._submit_script(keys=keys, args=args)
+        lane = self.lane
+        if lane is not None and not whole and lane.has_room() and any(j.waited for j in jobs):
+            args += (self._keys.group, lane.consumer, self._keys.started)
+        replies: Any = await self._submit_script(keys=keys, args=args)
         if isinstance(replies, int):  # every job queued
             return ["ok"] * len(jobs)
+        if len(replies) == 2 and isinstance(replies[1], list):  # the lane took them
+            replies, entry_ids = replies
+            if lane is not None:
+                lane.take(
+                    [
+                        Entry(entry_id, job.prediction_id, job.model, raw, job.request_id, now)
+                        for job, raw, entry_id in zip(jobs, inputs, entry_ids, strict=True)
+                        if entry_id
+                    ]
+                )
+            if isinstance(replies, int):
+                return ["ok"] * len(jobs)
         return [r.decode() for r in replies]
 
     def _extras(self, job: NewJob) -> bytes:

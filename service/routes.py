@@ -60,6 +60,7 @@ async def predict(request: web.Request) -> web.Response:
             body_digest(model.name, raw, body.webhook, events) if key else "",
             body.webhook,
             events,
+            waited=wait > 0,
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)

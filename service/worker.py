@@ -83,11 +83,13 @@ class Worker:
             await self.process(entries)
         return len(entries)
 
-    async def process(self, entries: list[Entry]) -> None:
-        """Marks the batch processing, runs it, writes each final record and acks (pipelined)."""
-        prior = await self._results.mark_processing(
-            [(e.prediction_id, e.entry_id) for e in entries], time.time()
-        )
+    async def process(self, entries: list[Entry], prior: list[bytes] | None = None) -> None:
+        """Marks the batch processing, runs it, writes each final record and acks (pipelined).
+        ``prior``: the batch was marked already (the direct lane), with these statuses."""
+        if prior is None:
+            prior = await self._results.mark_processing(
+                [(e.prediction_id, e.entry_id) for e in entries], time.time()
+            )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
         # The heartbeat starts only if the batch is still running after one interval: a
@@ -259,3 +261,44 @@ class Worker:
     def stop(self) -> None:
         """Asks the loop to end after the current step."""
         self._stopping.set()
+
+
+class DirectLane:
+    """Runs at once the jobs this replica just submitted and waits for (Prefer: wait).
+
+    When no entry waits undelivered, the submit script writes such jobs as processing and
+    delivers them to this lane's consumer (one of the replica's workers) in the same call,
+    so they skip a worker's blocked read and its mark call: two of the round trips on a
+    waited job's path. They are then ordinary pending entries of that consumer, so
+    heartbeats, and a reclaim by another replica after a crash, apply as to any worker's
+    batch. At most ``room`` batches run in the lane at once; beyond that (or while older
+    entries wait undelivered, which keeps the queue's order), submits queue as usual.
+    """
+
+    def __init__(self, worker: Worker, room: int) -> None:
+        self._worker = worker
+        self._room = room
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.consumer = worker.consumer
+
+    def has_room(self) -> bool:
+        return not self._closed and len(self._tasks) < self._room
+
+    def close(self) -> list[asyncio.Task[None]]:
+        """Takes no more batches (one delivered later stays pending for a reclaim) and
+        answers the batches still running."""
+        self._closed = True
+        return list(self._tasks)
+
+    def take(self, entries: list[Entry]) -> None:
+        if entries and not self._closed:
+            task = asyncio.create_task(self._worker.process(entries, [b"queued"] * len(entries)))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its entries stay pending: reclaimed later, as after a worker's failed batch.
+            log.warning("%s: a direct batch failed: %s", self.consumer, task.exception())

@@ -74,6 +74,51 @@ async def test_prefer_wait_answers_at_once_when_the_submit_does_not_queue_the_jo
     assert asyncio.get_running_loop().time() - started < 10
 
 
+async def test_a_waited_job_runs_here_at_once_even_while_the_workers_are_busy(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # The direct lane: the submit script hands a waited-for job to this replica, marked
+    # processing, so the one worker being stuck on another job does not hold it up.
+    client = await make_client(
+        model="tests.models:gated", models="echo=tests.models:echo", workers=1
+    )
+    stuck = await submit(client, "held")
+    assert await asyncio.to_thread(models.started.wait, 10)
+    resp = await client.post(
+        "/models/echo/predict",
+        json={"input": 7},
+        headers={"Async-Mode": "true", "Prefer": "wait=5"},
+    )
+    assert resp.status == 200
+    record = await resp.json()
+    assert record["status"] == "done" and record["attempts"] == 1
+    assert record["started_at"] == record["created_at"]  # marked when submitted
+    assert await rds.xlen("predictions") == 1  # its entry is acked and gone; "held" waits
+    models.release()
+    assert (await wait_final(client, stuck))["status"] == "done"
+
+
+async def test_with_jobs_waiting_undelivered_a_waited_job_queues_behind_them(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(
+        model="tests.models:gated", models="echo=tests.models:echo", workers=1
+    )
+    first = await submit(client, "held")
+    assert await asyncio.to_thread(models.started.wait, 10)
+    behind = await submit(client, "next")  # undelivered: the only worker is busy
+    resp = await client.post(
+        "/models/echo/predict",
+        json={"input": 8},
+        headers={"Async-Mode": "true", "Prefer": "wait=0.3"},
+    )
+    assert resp.status == 202  # not run out of turn
+    waited = (await resp.json())["prediction_id"]
+    models.release()
+    for prediction_id in (first, behind, waited):
+        assert (await wait_final(client, prediction_id))["status"] == "done"
+
+
 async def test_prefer_wait_falls_back_to_202_when_the_job_is_slower(
     make_client: ClientFactory,
 ) -> None:
