@@ -102,26 +102,29 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Starts WORKERS consumer tasks; on exit: stop reading, a grace period, then cancel."""
     settings = app[state.SETTINGS]
-    workers = [
-        Worker(
+
+    def make_worker(consumer: str) -> Worker:
+        return Worker(
             queue=app[state.QUEUE],
             results=app[state.RESULTS],
             models=app[state.MODELS],
             batchers=app[state.BATCHERS],
             metrics=app[state.METRICS],
-            consumer=f"{settings.consumer_name}-{i}",
+            consumer=f"{settings.consumer_name}-{consumer}",
             batch_size=settings.max_batch_size,
             block_ms=settings.read_block_ms,
             visibility_timeout=settings.visibility_timeout_seconds,
             job_timeout=settings.job_timeout_seconds,
             completions=app[state.COMPLETIONS],
         )
-        for i in range(settings.workers)
-    ]
+
+    workers = [make_worker(str(i)) for i in range(settings.workers)]
     tasks = [asyncio.create_task(w.run(), name=w.consumer) for w in workers]
     app[state.WORKER_TASKS] = tasks
     queue = app[state.QUEUE]
-    lane = DirectLane(workers[0], len(workers)) if workers else None
+    # The lane has a consumer of its own: no worker's own-pending read may take its
+    # batches while they run; after a crash they are reclaimed like any idle entries.
+    lane = DirectLane(make_worker("lane"), len(workers)) if workers else None
     queue.lane = lane
     if workers:
         log.info("started %d workers as %s-*", len(workers), settings.consumer_name)

@@ -267,6 +267,8 @@ class JobQueue:
                 args.append(self._extras(job))
             else:
                 args.append("")
+        # A flush with a job someone here waits for goes to the lane whole (the others
+        # would be run by a worker of some replica just as soon).
         lane = self.lane
         if lane is not None and not whole and lane.has_room() and any(j.waited for j in jobs):
             args += (self._keys.group, lane.consumer, self._keys.started)

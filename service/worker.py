@@ -267,7 +267,7 @@ class DirectLane:
     """Runs at once the jobs this replica just submitted and waits for (Prefer: wait).
 
     When no entry waits undelivered, the submit script writes such jobs as processing and
-    delivers them to this lane's consumer (one of the replica's workers) in the same call,
+    delivers them to this lane's consumer (``worker``'s; its loop is not run) in one call,
     so they skip a worker's blocked read and its mark call: two of the round trips on a
     waited job's path. They are then ordinary pending entries of that consumer, so
     heartbeats, and a reclaim by another replica after a crash, apply as to any worker's
