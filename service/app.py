@@ -20,6 +20,7 @@ from .executor import Executor
 from .health import live, ready
 from .job_routes import cancel_prediction, get_prediction, prediction_events
 from .keys import Keys
+from .lane import DirectLane
 from .lifecycle import Lifecycle, SyncGate
 from .memory import release_freed_memory
 from .metrics import Metrics
@@ -31,7 +32,7 @@ from .queue import JobQueue
 from .results import ResultStore
 from .routes import predict, predict_batch, predict_with_model
 from .settings import Settings
-from .worker import DirectLane, Worker
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 

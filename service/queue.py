@@ -49,7 +49,7 @@ class NewJob:
 
 class Lane(Protocol):
     """Runs, on the replica that submitted them, jobs the submit script delivered to
-    ``consumer`` and marked processing (see `service.worker.DirectLane`)."""
+    ``consumer`` and marked processing (see `service.lane`)."""
 
     consumer: str
 

@@ -1,0 +1,54 @@
+"""The direct lane: jobs a replica just submitted and someone there waits for (Prefer:
+wait) are run on that replica at once, marked and delivered by the submit script itself
+(see `service.queue`), instead of waiting for a worker's read and mark."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .queue import Entry
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class DirectLane:
+    """Runs at once the jobs this replica just submitted and waits for (Prefer: wait).
+
+    When no entry waits undelivered, the submit script writes such jobs as processing and
+    delivers them to this lane's consumer (``worker``'s; its loop is not run) in one call,
+    so they skip a worker's blocked read and its mark call: two of the round trips on a
+    waited job's path. They are then ordinary pending entries of that consumer, so
+    heartbeats, and a reclaim by another replica after a crash, apply as to any worker's
+    batch. At most ``room`` batches run in the lane at once; beyond that (or while older
+    entries wait undelivered, which keeps the queue's order), submits queue as usual.
+    """
+
+    def __init__(self, worker: Worker, room: int) -> None:
+        self._worker = worker
+        self._room = room
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.consumer = worker.consumer
+
+    def has_room(self) -> bool:
+        return not self._closed and len(self._tasks) < self._room
+
+    def close(self) -> list[asyncio.Task[None]]:
+        """Takes no more batches (one delivered later stays pending for a reclaim) and
+        answers the batches still running."""
+        self._closed = True
+        return list(self._tasks)
+
+    def take(self, entries: list[Entry]) -> None:
+        if entries and not self._closed:
+            task = asyncio.create_task(self._worker.process(entries, [b"queued"] * len(entries)))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its entries stay pending: reclaimed later, as after a worker's failed batch.
+            log.warning("%s: a direct batch failed: %s", self.consumer, task.exception())
