@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .app import create_app
+from .embedded import DataDirMismatch, RedisBinaryNotFound
 from .errors import ModelLoadError
 from .logs import setup_logging
 from .loop import use_event_loop
@@ -55,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutdown_timeout=settings.shutdown_grace_seconds,
             print=lambda msg: logging.getLogger("service").info(msg.strip()),
         )
-    except ModelLoadError as exc:
-        # One clear line naming the model and the cause; no traceback.
+    except (ModelLoadError, DataDirMismatch, RedisBinaryNotFound) as exc:
+        # One clear line naming what is wrong and the cause; no traceback.
         print(f"error: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -68,12 +68,44 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def embedded_redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Starts a private redis-server when no REDIS_URL is set, and stops it on exit."""
+    """Starts a private redis-server when no REDIS_URL is set, restarts it if it dies, and
+    stops it on exit (after the workers drained: this context is cleaned up after them)."""
     settings = app[state.SETTINGS]
     server = RedisServer(settings.data_dir, settings.embedded_redis_port)
     app[state.REDIS_URL] = await asyncio.to_thread(server.start)
+    app[state.EMBEDDED_REDIS] = server
+    watchdog = asyncio.create_task(_keep_alive(server, app[state.LIFECYCLE]), name="redis-watch")
     yield
+    watchdog.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
     await asyncio.to_thread(server.stop)
+
+
+_WATCH_SECONDS = 0.5
+_RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+async def _keep_alive(server: RedisServer, lifecycle: Lifecycle) -> None:
+    """Restarts the private redis-server when it exits on its own (its AOF brings the data
+    back). While it cannot be restarted, liveness fails so that a supervisor restarts the
+    whole replica."""
+    failures = 0
+    while True:
+        await asyncio.sleep(_WATCH_SECONDS if not failures else _RESTART_BACKOFF_SECONDS[-1])
+        if server.alive():
+            continue
+        log.error("the private redis-server (pid %s) exited; restarting it", server.pid)
+        try:
+            await asyncio.to_thread(server.start)
+        except (OSError, RuntimeError) as exc:
+            failures += 1
+            lifecycle.fault = f"the private redis-server cannot be restarted: {exc}"
+            log.error("%s (attempt %d)", lifecycle.fault, failures)
+            continue
+        failures = 0
+        lifecycle.fault = None
+        log.warning("the private redis-server runs again (pid %s)", server.pid)
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:

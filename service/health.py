@@ -18,6 +18,9 @@ async def live(request: web.Request) -> web.Response:
     """
     ---
     summary: Liveness (the process answers)
+    description: >-
+      503 only when the replica is broken beyond what it mends itself (its private
+      redis-server cannot be restarted): restart it.
     tags: [health]
     responses:
       "200":
@@ -25,7 +28,15 @@ async def live(request: web.Request) -> web.Response:
         content:
           application/json:
             schema: {$ref: "#/components/schemas/Health"}
+      "503":
+        description: Broken; `checks.process` says why.
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Health"}
     """
+    fault = request.app[state.LIFECYCLE].fault
+    if fault is not None:
+        return json_response({"status": "unavailable", "checks": {"process": fault}}, status=503)
     return json_response({"status": "ok", "checks": {"process": "up"}})
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 @dataclass
 class Lifecycle:
     stopping: bool = False
+    #: Set while the replica is broken beyond what it can mend itself: liveness fails.
+    fault: str | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from .batching import Batchers
 from .completions import Completions
+from .embedded import RedisServer
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .models import ModelRegistry
@@ -24,6 +25,7 @@ SYNC_GATE = web.AppKey("sync_gate", SyncGate)
 REQUEST_ID = web.RequestKey("request_id", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
+EMBEDDED_REDIS = web.AppKey("embedded_redis", RedisServer)
 MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)
 QUEUE = web.AppKey("queue", JobQueue)

