@@ -200,6 +200,24 @@ async def _mark_stopping(app: web.Application) -> None:
     app[state.LIFECYCLE].stopping = True
 
 
+#: Every route. A route needs the API key (when API_KEY is set) unless it is marked public
+#: here; the Swagger page and its spec are public too.
+ROUTES: list[tuple[web.RouteDef, bool]] = [
+    (web.post("/predict", predict), False),
+    (web.post("/predict/batch", predict_batch), False),
+    # Not "batch": that path is POST /predict/batch alone.
+    (web.get(_PREDICTION, get_prediction, allow_head=False), False),
+    (web.delete(_PREDICTION, cancel_prediction), False),
+    (web.get(_PREDICTION + "/events", prediction_events, allow_head=False), False),
+    (web.get("/models", list_models, allow_head=False), False),
+    (web.get("/models/{name}", get_model, allow_head=False), False),
+    (web.post("/models/{name}/predict", predict_with_model), False),
+    (web.get("/health/live", live, allow_head=False), True),
+    (web.get("/health/ready", ready, allow_head=False), True),
+    (web.get("/metrics", metrics, allow_head=False), True),
+]
+
+
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
     middlewares = [request_middleware]
@@ -219,21 +237,16 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
+    public_handlers = {route.handler for route, public in ROUTES if public}
     app[state.OPENAPI_SPEC] = setup_docs(
-        app,
-        [
-            web.post("/predict", predict),
-            web.post("/predict/batch", predict_batch),
-            # Not "batch": that path is POST /predict/batch alone.
-            web.get(_PREDICTION, get_prediction, allow_head=False),
-            web.delete(_PREDICTION, cancel_prediction),
-            web.get(_PREDICTION + "/events", prediction_events, allow_head=False),
-            web.get("/models", list_models, allow_head=False),
-            web.get("/models/{name}", get_model, allow_head=False),
-            web.post("/models/{name}/predict", predict_with_model),
-            web.get("/health/live", live, allow_head=False),
-            web.get("/health/ready", ready, allow_head=False),
-            web.get("/metrics", metrics, allow_head=False),
-        ],
+        app, [route for route, _ in ROUTES], public_handlers, auth=bool(settings.api_key)
+    )
+    # Matched by route object in the auth middleware: the routes above marked public and
+    # everything the Swagger page registered (under /docs).
+    app[state.PUBLIC_ROUTES] = frozenset(
+        route
+        for route in app.router.routes()
+        if route.handler in public_handlers
+        or (route.resource is not None and route.resource.canonical.startswith("/docs"))
     )
     return app

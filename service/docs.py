@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,16 @@ from .schemas import WEBHOOK_URL
 _COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
 
 
-def setup_docs(app: web.Application, routes: list[web.RouteDef]) -> dict[str, Any]:
-    """Adds ``routes`` with their docstring specs and the UI; answers the live spec dict."""
+def setup_docs(
+    app: web.Application,
+    routes: list[web.RouteDef],
+    public: Collection[Callable[..., Any]] = (),
+    *,
+    auth: bool = False,
+) -> dict[str, Any]:
+    """Adds ``routes`` with their docstring specs and the UI; answers the live spec dict.
+    With ``auth`` every operation whose handler is not ``public`` asks for the bearer key;
+    without it the spec shows no security at all (no Authorize button, no locks)."""
     docs = SwaggerDocs(
         app,
         validate=False,
@@ -31,12 +41,37 @@ def setup_docs(app: web.Application, routes: list[web.RouteDef]) -> dict[str, An
         # No external validator: the page must work without internet access.
         swagger_ui_settings=SwaggerUiSettings(path="/docs/", validatorUrl=None),
     )
-    docs.spec["components"]["schemas"]["Webhook"]["pattern"] = WEBHOOK_URL  # one source
+    spec = docs.spec
+    spec["components"]["schemas"]["Webhook"]["pattern"] = WEBHOOK_URL  # one source
     docs.add_routes(routes)
     # The spec was validated as each route was added; the compiled validator is large and
     # no longer needed.
     docs.spec_validate = None
-    return docs.spec
+    for route in routes:
+        operation = spec["paths"][_spec_path(route.path)][route.method.lower()]
+        if auth and route.handler not in public:
+            operation["security"] = [{"bearer": []}]
+        # Callbacks inline, not as $refs: client generators (openapi-python-client) do not
+        # follow a $ref there.
+        for name, callback in operation.get("callbacks", {}).items():
+            operation["callbacks"][name] = _resolved(spec, callback)
+    if not auth:
+        spec["components"].pop("securitySchemes", None)
+    return spec
+
+
+def _spec_path(path: str) -> str:
+    """The OpenAPI path of an aiohttp route path ('{name:regex}' becomes '{name}')."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
+
+
+def _resolved(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return copy.deepcopy(node)
 
 
 def _to_openapi30(schema: Any, defs_prefix: str) -> Any:
@@ -75,7 +110,7 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             schemas[prefix + def_name] = _to_openapi30(definition, prefix)
         input_schema = _to_openapi30(raw, prefix)
         input_schema.setdefault("description", f"Input of model {name!r} ({model.kind}).")
-        schemas[f"{prefix}request"] = {
+        request: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "required": ["input"],
@@ -85,6 +120,11 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
                 "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
             },
         }
+        # A body that succeeds as it stands ("Try it out"), with no webhook in it.
+        example = model.example()
+        if example is not None:
+            request["example"] = {"input": example}
+        schemas[f"{prefix}request"] = request
         operation = copy.deepcopy(template)
         operation["summary"] = f"Predict with model {name!r} ({model.kind})"
         operation["parameters"] = [
@@ -102,3 +142,8 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             spec["paths"]["/predict"]["post"]["requestBody"] = operation["requestBody"]
             bulk = schemas["BulkRequest"]["properties"]["inputs"]
             bulk["items"] = input_schema
+            spec["components"]["parameters"]["ModelName"]["schema"]["example"] = name
+            if example is not None:
+                bulk["example"] = [example, example]
+                schemas["BulkRequest"]["example"] = {"inputs": [example, example]}
+                schemas["PredictRequest"]["example"] = {"input": example}

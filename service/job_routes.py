@@ -79,7 +79,6 @@ async def get_prediction(request: web.Request) -> web.Response:
       the model's output) or `failed` (with `error`). Any replica answers for any job.
       Records expire after the result TTL.
     tags: [predictions]
-    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
       - $ref: "#/components/parameters/Wait"
@@ -117,7 +116,6 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
       every change of status, until the job is final; then the stream ends. A comment line
       every 15 s keeps idle connections open.
     tags: [predictions]
-    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
     responses:
@@ -179,7 +177,6 @@ async def cancel_prediction(request: web.Request) -> web.Response:
       already running or finished is left as it is: 409 with its current status. Canceling
       twice answers 200 both times.
     tags: [predictions]
-    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
     responses:

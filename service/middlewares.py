@@ -93,18 +93,15 @@ def _observe(
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With API_KEY set, prediction routes need 'Authorization: Bearer <API_KEY>'."""
-    key = request.app[state.SETTINGS].api_key or ""
-    if _needs_key(request):
+    """With API_KEY set, every route needs 'Authorization: Bearer <API_KEY>' unless the
+    route table marks it public. A path that matches no route goes on to its 404/405."""
+    match = request.match_info
+    if match.route not in request.app[state.PUBLIC_ROUTES] and match.http_exception is None:
+        key = request.app[state.SETTINGS].api_key or ""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
             raise Unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
     return await handler(request)
-
-
-def _needs_key(request: web.Request) -> bool:
-    path = request.path
-    return path.startswith("/predict") or path.startswith("/models")
 
 
 _OUTAGE_LOG_EVERY_SECONDS = 10.0

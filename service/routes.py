@@ -128,7 +128,6 @@ predict.__doc__ = (
       result. With `Async-Mode: true` the job is recorded and queued, and the answer holds a
       prediction id to poll at `GET /predict/{prediction_id}` (also in the `Location` header).
     tags: [predictions]
-    security: [{}, {bearer: []}]
     parameters:"""
     + _PREDICT_SPEC_TAIL
 )
@@ -146,7 +145,6 @@ predict_with_model.__doc__ = (
       The same contract as `POST /predict`, for the model named in the path
       (`GET /models` lists them). The job record names its model.
     tags: [predictions]
-    security: [{}, {bearer: []}]
     parameters:
       - $ref: "#/components/parameters/ModelName"'''
     + _PREDICT_SPEC_TAIL
@@ -163,7 +161,6 @@ async def predict_batch(request: web.Request) -> web.Response:
       queued in one Redis round trip and their prediction ids come back in input order.
       A `webhook` applies to every job (one delivery per job).
     tags: [predictions]
-    security: [{}, {bearer: []}]
     requestBody:
       required: true
       content:

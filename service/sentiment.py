@@ -20,6 +20,7 @@ class VaderSentiment:
 
     input_type = Text
     version = "vaderSentiment-3.3"
+    example = "I love this product, it works great!"
 
     def __init__(self) -> None:
         self._analyzer = SentimentIntensityAnalyzer()

@@ -125,19 +125,49 @@ async def test_an_idempotency_key_gives_one_job_even_under_50_concurrent_submits
     assert await rds.xlen("predictions") == 1
 
 
-async def test_api_key_guards_prediction_routes_only(make_client: ClientFactory) -> None:
-    client = await make_client(api_key="s3cret")
-    denied = await client.post("/predict", json={"input": "hi"})
-    assert denied.status == 401 and denied.headers["WWW-Authenticate"] == "Bearer"
-    assert "error" in await denied.json()
-    wrong = await client.get("/predict/x", headers={"Authorization": "Bearer nope"})
-    assert wrong.status == 401
+async def test_api_key_guards_every_route_but_health_metrics_and_docs(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(api_key="s3cret", workers=0)
+    some_id = "00000000-0000-4000-8000-000000000000"
+    protected = [
+        ("POST", "/predict"),
+        ("POST", "/predict/batch"),
+        ("GET", f"/predict/{some_id}"),
+        ("DELETE", f"/predict/{some_id}"),
+        ("GET", f"/predict/{some_id}/events"),
+        ("GET", "/models"),
+        ("GET", "/models/default"),
+        ("POST", "/models/default/predict"),
+    ]
+    # Every route of the app is in one list or the other: a new route must be named here.
+    public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]
+    registered = {
+        (r.method, r.resource.canonical)
+        for r in client.server.app.router.routes()
+        if r.resource is not None and not r.resource.canonical.startswith("/docs")
+    }
+    assert len(registered) == len(protected) + len(public), registered
+    for method, path in protected:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret"}):
+            denied = await client.request(method, path, json={"input": "hi"}, headers=headers)
+            assert denied.status == 401, (method, path, headers)
+            assert denied.headers["WWW-Authenticate"] == "Bearer"
+            assert "error" in await denied.json()
+        allowed = await client.request(
+            method, path, json={"input": "hi"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert allowed.status != 401, (method, path)
+    for method, path in public:
+        assert (await client.request(method, path)).status == 200, path
+    assert (await client.get("/docs/")).status == 200
+    assert (await client.get("/docs/swagger.json")).status == 200
     ok = await client.post(
         "/predict", json={"input": "hi"}, headers={"Authorization": "Bearer s3cret"}
     )
     assert ok.status == 200
-    assert (await client.get("/health/live")).status == 200
-    assert (await client.get("/metrics")).status == 200
+    # An unknown route is still a plain 404, not a 401.
+    assert (await client.get("/nowhere")).status == 404
 
 
 async def test_finished_entries_are_trimmed_and_unfinished_ones_kept(

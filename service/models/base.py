@@ -122,6 +122,24 @@ class Model:
                 )
         return [self.run_one(value) for value in values]
 
+    def example(self) -> Any:
+        """An input this model accepts, for the docs' "Try it out" (None if none is found):
+        the model's own ``example`` when it declares one, else one built from its schema."""
+        declared = self.declared_example()
+        candidates = [declared] if declared is not None else []
+        schema = self.input_schema
+        candidates.append(example_from_schema(schema, schema.get("$defs", {})))
+        for candidate in candidates:
+            try:
+                self.validate(candidate)
+            except InvalidInput:
+                continue
+            return candidate
+        return None
+
+    def declared_example(self) -> Any:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -132,3 +150,40 @@ class Model:
             "input_schema": self.input_schema,
             "output_schema": self.output_schema(),
         }
+
+
+def example_from_schema(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> Any:
+    """A plain value that fits a JSON schema of the shapes pydantic writes (the first
+    option of a union, the least length and the lower bound that the schema allows)."""
+    if depth > 20:
+        return None
+    if "$ref" in schema:
+        return example_from_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1], {}), defs, depth + 1)
+    for key in ("examples", "example", "default", "const", "enum"):
+        if key in schema:
+            value = schema[key]
+            return value[0] if key in ("examples", "enum") and value else value
+    for key in ("oneOf", "anyOf", "allOf"):
+        if schema.get(key):
+            return example_from_schema(schema[key][0], defs, depth + 1)
+    kind = schema.get("type")
+    if kind == "string":
+        return "text" * max(1, -(-int(schema.get("minLength", 1)) // 4))
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        value = max(0, low) if "maximum" not in schema else min(max(0, low), schema["maximum"])
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            value = schema["exclusiveMinimum"] + 1
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        item = example_from_schema(schema.get("items", {}), defs, depth + 1)
+        return [item] * max(1, int(schema.get("minItems", 1)))
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {
+            name: example_from_schema(properties.get(name, {}), defs, depth + 1)
+            for name in schema.get("required", [])
+        }
+    return "text"  # any input at all

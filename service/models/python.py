@@ -97,6 +97,9 @@ class PythonModel(Model):
     def predict(self, value: Any) -> Any:
         return self._predict(value)
 
+    def declared_example(self) -> Any:
+        return getattr(self.obj, "example", None)
+
     def predict_batch(self, values: list[Any]) -> Sequence[Any] | None:
         return None if self._predict_batch is None else self._predict_batch(values)
 
