@@ -9,11 +9,17 @@
         print(client.predict("What a lovely day"))
 
 Errors are raised as `ClientError` subclasses carrying the server's message and status.
+A client used without `with` closes its connection when it is garbage-collected.
+
+The client needs only aiohttp: copy this one file into your project, or install the
+package without its server dependencies (`pip install --no-deps <this repo>` and then
+`pip install aiohttp`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -166,6 +172,28 @@ class AsyncClient:
             await self._session.close()
             self._session = None
 
+    def __del__(self) -> None:
+        # Used without `async with` and dropped: close the session instead of leaving it to
+        # aiohttp's "Unclosed client session" warning.
+        session, self._session = self._session, None
+        if session is None or session.closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            task = loop.create_task(session.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+            return
+        # No loop runs any more: its transports went with it; mark both closed.
+        connector = session.connector
+        session.detach()
+        if connector is not None:
+            with contextlib.suppress(Exception):
+                connector._close()
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
@@ -241,6 +269,10 @@ class AsyncClient:
         return body
 
 
+#: Sessions being closed for clients that were dropped without closing them.
+_closing: set[asyncio.Task[None]] = set()
+
+
 class SyncJob:
     """A queued prediction, for the blocking Client."""
 
@@ -284,6 +316,11 @@ class Client:
         if not self._loop.is_closed():
             self._run(self._async.close())
             self._loop.close()
+
+    def __del__(self) -> None:
+        # Used without `with` and dropped: close the connection on the private loop.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def predict(self, value: Any, *, model: str | None = None) -> Any:
         return self._run(self._async.predict(value, model=model))

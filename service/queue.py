@@ -37,7 +37,9 @@ class NewJob:
 
     prediction_id: str
     model: str
-    input: Any
+    #: The input as JSON, written by the request's own handler: a value that cannot be
+    #: written fails that request alone, never a submit call shared with others.
+    input_json: bytes
     request_id: str = ""
     idempotency_key: str = ""
     body_digest: str = ""
@@ -258,11 +260,9 @@ class JobQueue:
         keys = [self._keys.stream]
         now = time.time()
         args: list[Any] = [self._ttl, self._max_queue, "1" if whole else "0", repr(now)]
-        inputs = []
         for job in jobs:
             keys.append(self._keys.record(job.prediction_id))
-            inputs.append(orjson.dumps(job.input))
-            args += (job.prediction_id, job.model, inputs[-1], job.request_id)
+            args += (job.prediction_id, job.model, job.input_json, job.request_id)
             if job.idempotency_key or job.webhook:
                 args.append(self._extras(job))
             else:
@@ -280,8 +280,8 @@ class JobQueue:
             if lane is not None:
                 lane.take(
                     [
-                        Entry(entry_id, job.prediction_id, job.model, raw, job.request_id, now)
-                        for job, raw, entry_id in zip(jobs, inputs, entry_ids, strict=True)
+                        Entry(entry_id, j.prediction_id, j.model, j.input_json, j.request_id, now)
+                        for j, entry_id in zip(jobs, entry_ids, strict=True)
                         if entry_id
                     ]
                 )

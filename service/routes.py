@@ -54,7 +54,7 @@ async def predict(request: web.Request) -> web.Response:
         job = NewJob(
             new_id(),
             model.name,
-            raw,
+            orjson.dumps(raw),
             request[state.REQUEST_ID],
             key,
             body_digest(model.name, raw, body.webhook, events) if key else "",
@@ -199,7 +199,7 @@ async def predict_batch(request: web.Request) -> web.Response:
     request_id = request[state.REQUEST_ID]
     events = ",".join(body.webhook_events)
     jobs = [
-        NewJob(new_id(), model.name, value, request_id, "", "", body.webhook, events)
+        NewJob(new_id(), model.name, orjson.dumps(value), request_id, "", "", body.webhook, events)
         for value in inputs
     ]
     ids = await app[state.QUEUE].submit_all(jobs)

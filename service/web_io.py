@@ -15,6 +15,11 @@ from .schemas import BulkRequest, PredictRequest
 
 M = TypeVar("M", bound=BaseModel)
 
+#: Deepest nesting of arrays and objects accepted in a body. orjson reads 1024 levels but
+#: writes only 255, and an input is written again inside records and answers (two or three
+#: levels down): deeper input could be read, then fail every write that carries it.
+MAX_JSON_DEPTH = 128
+
 
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -144,9 +149,49 @@ def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
 
 def _json(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+        raise BadRequest(_json_problem(exc)) from None
+    # A body with fewer brackets than the limit cannot nest deeper: most skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(data) > MAX_JSON_DEPTH:
+        raise InvalidInput(
+            f"The body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels.",
+            [{"loc": [], "msg": f"at most {MAX_JSON_DEPTH} levels of nesting", "type": "depth"}],
+        )
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (0 for a scalar); iterative, and it
+    stops counting past the limit."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, list | dict):
+            level += 1
+            if level > deepest:
+                deepest = level
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children)
+    return deepest
+
+
+def _json_problem(exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with a body the JSON parser refused, in a user's words."""
+    where = f"line {exc.lineno}, column {exc.colno}"
+    if "UTF-8" in exc.msg:
+        return "The body is not UTF-8 text: send JSON encoded as UTF-8."
+    if "surrogate" in exc.msg:
+        return (
+            f"The body is not valid JSON: a \\u escape at {where} is half of a UTF-16 "
+            "surrogate pair without its other half, which is not text."
+        )
+    if "recursion" in exc.msg or "depth" in exc.msg:
+        return f"The body is not accepted: JSON nested deeper than {MAX_JSON_DEPTH} levels."
+    return f"The body is not valid JSON: {exc.msg} at {where}."
 
 
 def _validated(model: type[M], data: Any, message: str) -> M:

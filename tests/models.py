@@ -127,3 +127,24 @@ class Counted:
             except redis.ConnectionError:
                 threading.Event().wait(0.1)
         return {"token": value["token"], "n": value["n"]}
+
+
+class DeepOutput:
+    """Batches; for the input 'deep' it answers a list nested 300 levels (more than JSON
+    writers take), for anything else the input itself."""
+
+    input_type = str
+
+    def predict(self, text: str) -> Any:
+        return self.predict_batch([text])[0]
+
+    def predict_batch(self, texts: list[str]) -> list[Any]:
+        batch_sizes.append(len(texts))
+        out: list[Any] = []
+        for text in texts:
+            value: Any = text
+            if text == "deep":
+                for _ in range(300):
+                    value = [value]
+            out.append(value)
+        return out

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from .conftest import ClientFactory
+from service import state
+
+from . import models
+from .conftest import ClientFactory, poll
 
 JSON = {"Content-Type": "application/json"}
+ASYNC = {**JSON, "Async-Mode": "true"}
 
 CASES: list[tuple[str, str, str, dict[str, str], bytes, int]] = [
     ("malformed json", "POST", "/predict", JSON, b'{"input": ', 400),
@@ -99,28 +104,80 @@ async def test_body_over_the_limit_is_413_json(make_client: ClientFactory) -> No
 async def test_405_names_the_allowed_method(make_client: ClientFactory) -> None:
     client = await make_client()
     resp = await client.get("/predict")
+    assert resp.status == 405
     assert resp.headers["Allow"] == "POST"
+    assert resp.content_type == "application/json"
+    assert "does not accept that method" in (await resp.json())["error"]
 
 
 async def test_deeply_nested_json_is_a_clear_4xx(make_client: ClientFactory, rds: Redis) -> None:
     client = await make_client(model="tests.models:echo")
-    for depth in (200, 5000):
+    for depth, status in ((129, 422), (300, 422), (1000, 422), (5000, 400)):
         body = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
         for mode in ("false", "true"):
             resp = await client.post("/predict", data=body, headers={**JSON, "Async-Mode": mode})
-            assert resp.status < 500
-            assert "error" in (await resp.json()) or resp.status in (200, 202)
-    deep = b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    resp = await client.post("/predict", data=deep, headers=JSON)
-    assert resp.status == 400  # past the JSON parser's depth limit
+            assert resp.status == status, (depth, mode, await resp.text())
+            assert "deeper than 128 levels" in (await resp.json())["error"], depth
+        bulk = b'{"inputs": [' + b"[" * depth + b"]" * depth + b"]}"
+        assert (await client.post("/predict/batch", data=bulk, headers=JSON)).status == status
+    assert await rds.xlen("predictions") == 0, "nothing too deep was queued"
+    # As deep as allowed is answered (the input comes back inside the answer).
+    body = b'{"input": ' + b"[" * 127 + b"]" * 127 + b"}"
+    assert (await client.post("/predict", data=body, headers=JSON)).status == 200
+
+
+async def test_a_too_deep_input_never_fails_other_clients_submits(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0, model="tests.models:echo")
+    deep = b'{"input": ' + b"[" * 300 + b"]" * 300 + b"}"
+    honest = [
+        client.post("/predict", json={"input": i}, headers={"Async-Mode": "true"})
+        for i in range(60)
+    ]
+    hostile = [client.post("/predict", data=deep, headers=ASYNC) for _ in range(20)]
+    answers = await asyncio.gather(*(c for pair in zip(honest, hostile * 3) for c in pair))
+    statuses = [r.status for r in answers]
+    assert statuses[0::2] == [202] * 60, statuses
+    assert set(statuses[1::2]) == {422}
+    assert await rds.xlen("predictions") == 60
+
+
+async def test_an_output_too_deep_to_write_fails_its_item_alone(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:DeepOutput", max_batch_size=8)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    texts = ["a", "deep", "b", "c"]
+    outcomes = await asyncio.gather(*(batcher.run_one(t) for t in texts))
+    assert [o.ok for o in outcomes] == [True, False, True, True]
+    assert models.batch_sizes == [4], "one batch call; the others were not run again"
 
 
 async def test_a_huge_string_within_the_limit_is_answered(make_client: ClientFactory) -> None:
-    client = await make_client()
+    client = await make_client(model="tests.models:Fragile")
     text = b"good " * 150_000  # 750 kB, under the 1 MiB body limit
     body = io.BytesIO(b'{"input": "' + text + b'"}')
-    resp = await client.post("/predict", data=body, headers={**JSON, "Async-Mode": "true"})
+    resp = await client.post("/predict", data=body, headers=ASYNC)
     assert resp.status == 202
+    prediction_id = (await resp.json())["prediction_id"]
+
+    async def final() -> Any:
+        record = await (await client.get(f"/predict/{prediction_id}")).json()
+        return record if record["status"] in ("done", "failed") else None
+
+    record = await poll(final)
+    assert record["status"] == "done", record.get("error")
+    assert record["output"]["result"] == {"length": len(text)}, "the whole input reached the model"
+    assert record["output"]["input"] == text.decode()
     body = io.BytesIO(b'{"input": "' + b"x" * 1_100_000 + b'"}')
     resp = await client.post("/predict", data=body, headers=JSON)
     assert resp.status == 413
+
+
+async def test_bytes_that_are_not_utf_8_are_named_as_such(make_client: ClientFactory) -> None:
+    client = await make_client()
+    resp = await client.post("/predict", data=b'{"input": "\xff\xfe"}', headers=JSON)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "The body is not UTF-8 text: send JSON encoded as UTF-8."
+    resp = await client.post("/predict", data=b'{"input": "\\ud800"}', headers=JSON)
+    assert resp.status == 400
+    assert "half of a UTF-16 surrogate pair" in (await resp.json())["error"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -71,3 +75,41 @@ def test_the_blocking_client(redis_url: str) -> None:
             {"echo": 1},
             {"echo": 2},
         ]
+
+
+def test_the_blocking_client_used_without_with_leaks_no_session(redis_url: str) -> None:
+    code = (
+        "import gc, sys, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "from service.client import Client\n"
+        "def use():\n"
+        "    client = Client(sys.argv[1])\n"
+        "    return client.predict('hi')\n"
+        "assert use() == {'echo': 'hi'}\n"
+        "gc.collect()\n"
+        "print('clean')\n"
+    )
+    with running_service(REDIS_URL=redis_url, MODEL="tests.models:echo") as base:
+        run = subprocess.run(
+            [sys.executable, "-X", "dev", "-c", code, base],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "clean"
+    assert "Unclosed" not in run.stderr and "ResourceWarning" not in run.stderr, run.stderr
+
+
+async def test_the_async_client_used_without_with_leaks_no_session(
+    make_client: ClientFactory,
+) -> None:
+    server = await make_client(model="tests.models:echo")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = AsyncClient(str(server.make_url("")))
+        assert await client.predict("hi") == {"echo": "hi"}
+        del client
+        gc.collect()
+    assert not [w for w in caught if "Unclosed" in str(w.message)], [str(w.message) for w in caught]

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+import yaml
 
 from service.settings import Settings, load_settings
 
@@ -106,10 +107,22 @@ def test_bad_settings_are_refused() -> None:
         load_settings(["--workers", "-1"])
 
 
-def test_every_setting_is_in_the_readme_table_and_the_env_example() -> None:
+def test_every_setting_is_in_the_readme_the_env_example_and_compose() -> None:
     readme = (ROOT / "README.md").read_text()
     example = (ROOT / ".env.example").read_text()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    passed = compose["x-settings"]
     for name in Settings.model_fields:
         env = name.upper()
         assert f"| `{env}` |" in readme, f"{env} is missing from the README's settings table"
         assert f"# {env}=" in example, f"{env} is missing from .env.example"
+        # compose passes a setting from .env to every replica, unless .env.example says
+        # that compose sets it itself (and then it does).
+        set_by_compose = f"#   (compose sets this itself)\n# {env}=" in example
+        if set_by_compose:
+            assert env not in passed or not passed[env].startswith("${"), env
+        else:
+            assert passed.get(env) == f"${{{env}:-}}", f"compose does not pass {env} on"
+    for service in ("api", "worker"):  # both take every setting (the YAML merge key)
+        environment = compose["services"][service]["environment"]
+        assert {k: environment.get(k) for k in passed} == passed, service

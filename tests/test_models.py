@@ -90,7 +90,19 @@ async def test_iris_refuses_bad_rows_with_422_and_never_queues_them(
     assert resp.status == 422
     body = await resp.json()
     assert body["detail"] and all(d["loc"][0] == "input" for d in body["detail"])
+    # Locations name the input's own parts, never the validator's internal branch names.
+    assert not [d for d in body["detail"] if {"one", "many"} & set(map(str, d["loc"]))], body
     assert await rds.xlen("predictions") == 0
+
+
+async def test_a_bad_cell_of_a_row_is_located_by_its_index(
+    make_client: ClientFactory, iris_files: dict[str, str]
+) -> None:
+    client = await make_client(model=iris_files["sklearn"], workers=0)
+    resp = await client.post("/predict", json={"input": [5.1, 3.5, "x", 0.2]})
+    assert [d["loc"] for d in (await resp.json())["detail"]] == [["input", 2]]
+    resp = await client.post("/predict", json={"input": [[5.1, 3.5, 1.4, 0.2], [1.0]]})
+    assert [d["loc"] for d in (await resp.json())["detail"]] == [["input", 1]]
 
 
 @pytest.mark.parametrize("mode", ["false", "true"])

@@ -49,6 +49,9 @@ class Model:
     kind = "python"
     #: "thread" (default) or "process": where the model's code runs.
     execution = "thread"
+    #: Names pydantic puts first in an error's location for a tagged union of input forms
+    #: (tabular kinds: one row or many); they are dropped from the errors users see.
+    form_tags: frozenset[str] = frozenset()
 
     def __init__(self, name: str, spec: str, input_type: Any, version: str) -> None:
         self.name = name
@@ -83,13 +86,22 @@ class Model:
         try:
             return self._adapter.validate_python(raw)
         except ValidationError as exc:
-            detail = [
-                {"loc": ["input", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                for err in exc.errors(include_url=False, include_context=False)
-            ]
+            detail = []
+            for err in exc.errors(include_url=False, include_context=False):
+                loc = err["loc"]
+                if loc and loc[0] in self.form_tags:
+                    loc = loc[1:]
+                detail.append({"loc": ["input", *loc], "msg": err["msg"], "type": err["type"]})
             raise InvalidInput(
                 f"The input does not fit the schema of model {self.name!r}.", detail
             ) from None
+
+    def _serialized(self, output: Any) -> Outcome:
+        try:
+            return success(output)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            log.warning("model %s: an output is not JSON: %s", self.name, exc)
+            return failure(exc)
 
     def run_one(self, value: Any) -> Outcome:
         """Blocking: predict one validated input. Runs in the executor, never on the loop."""
@@ -112,7 +124,8 @@ class Model:
                     outputs = list(outputs)
                     if len(outputs) != len(values):
                         raise ValueError(f"{len(outputs)} outputs for {len(values)} inputs")
-                    return [success(out) for out in outputs]
+                    # Each output on its own: one that cannot be written as JSON fails alone.
+                    return [self._serialized(out) for out in outputs]
             except Exception as exc:
                 log.warning(
                     "model %s: batch of %d failed, running items alone: %s",

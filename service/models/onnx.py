@@ -11,7 +11,7 @@ from pydantic import Strict
 
 from ..errors import ModelLoadError
 from .base import Model, file_digest
-from .tabular import MAX_ROWS, flatten, one_or_many, regroup
+from .tabular import FORM_TAGS, MAX_ROWS, flatten, one_or_many, regroup
 
 try:
     import numpy as np
@@ -46,6 +46,7 @@ class OnnxModel(Model):
     """
 
     kind = "onnx"
+    form_tags = FORM_TAGS
 
     def __init__(self, name: str, spec: str) -> None:
         path = Path(spec)

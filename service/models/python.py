@@ -7,8 +7,8 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter

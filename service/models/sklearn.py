@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from .base import Model, file_digest
-from .tabular import MAX_ROWS, flatten, regroup, row_type
+from .tabular import FORM_TAGS, MAX_ROWS, flatten, regroup, row_type
 
 try:
     import joblib
@@ -49,6 +49,7 @@ class SklearnModel(Model):
     """
 
     kind = "sklearn"
+    form_tags = FORM_TAGS
 
     def __init__(self, name: str, spec: str) -> None:
         path = Path(spec)

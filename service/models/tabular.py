@@ -12,6 +12,9 @@ MAX_ROWS = 1000
 
 Number = Annotated[float, Strict()]
 
+#: The tags of `one_or_many`'s two forms (dropped from the locations of input errors).
+FORM_TAGS = frozenset({"one", "many"})
+
 
 def nesting(value: Any) -> int:
     """How deep the first elements of nested lists go: 0 for a scalar, 1 for a flat list."""
