@@ -17,6 +17,8 @@ class Instant:
     """Answers its input at once, alone or as a batch."""
 
     version = "1"
+    # Its calls take microseconds whatever the input: let them run on the event loop.
+    inline = True
 
     def predict(self, value: Any) -> Any:
         return value

@@ -37,8 +37,10 @@ class Batcher:
         inline_limit: float = 0.0,
     ) -> None:
         self.model = model
-        # Only thread models: a process model's call is never run here.
-        self._inline = InlinePolicy(model.name, inline_limit if model.execution == "thread" else 0)
+        # Only thread models that declare their calls cheap: a process model's call is never
+        # run here, and neither is a model whose cost may depend on its input.
+        cheap = model.execution == "thread" and model.inline
+        self._inline = InlinePolicy(model.name, inline_limit if cheap else 0)
         self._metrics = metrics
         self._executor = executor
         self.max_size = max_size

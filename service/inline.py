@@ -1,11 +1,14 @@
 """When a model is so fast that handing it to a thread costs more than calling it.
 
 A thread hop (queue the call, wake a thread, switch the GIL, wake the event loop) costs
-tens of microseconds, more than a no-op or a small scikit-learn call takes. A model whose
-batch calls keep finishing within INLINE_MAX_MS is therefore called on the event loop
-itself; one inline call slower than that sends it back to threads, and the fast streak
-it then needs before it is trusted again doubles each time, so a model that is only
-sometimes slow stalls the loop less and less often.
+tens of microseconds, more than a no-op or a small scikit-learn call takes. A model that
+declares its calls cheap and bounded (`Model.inline`), and whose batch calls keep
+finishing within INLINE_MAX_MS, is therefore called on the event loop itself; one inline
+call slower than that sends it back to threads (and is logged as a warning: it held up
+the whole replica), and the fast streak it then needs before it is trusted again doubles
+each time. A model that did not declare itself cheap always runs in threads: a call
+whose duration depends on its input could otherwise stall every request, heartbeat and
+notification of the replica for as long as it runs.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ class InlinePolicy:
         if self.inline:
             self.inline = False
             self._needed = min(self._needed * 2, LONGEST_STREAK)
-            log.info(
-                "model %s took %.2f ms: back to threads for %d fast calls",
+            log.warning(
+                "model %s took %.2f ms on the event loop, holding up the replica: back to "
+                "threads for %d fast calls (it declares its calls cheap: is that so?)",
                 self._name,
                 call_seconds * 1000,
                 self._needed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -66,9 +67,20 @@ def whoami(value: Any) -> dict[str, int]:
 
 
 def where(value: Any) -> dict[str, str]:
-    """Answers the thread it ran in; "slow" takes 30 ms first."""
+    """Answers the thread it ran in; "slow" takes 30 ms first. Declares itself cheap."""
     if value == "slow":
         threading.Event().wait(0.03)
+    return {"thread": threading.current_thread().name}
+
+
+where.inline = True  # type: ignore[attr-defined]
+
+
+def varying(value: Any) -> dict[str, str]:
+    """Fast for any input but a number, which it takes that many seconds over (a model whose
+    cost depends on its input; it declares nothing)."""
+    if isinstance(value, int | float):
+        time.sleep(value)
     return {"thread": threading.current_thread().name}
 
 

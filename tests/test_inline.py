@@ -4,7 +4,10 @@ And the sync path's timeouts: one timer for many requests."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +35,49 @@ async def test_a_fast_model_moves_onto_the_loop_and_back_after_a_slow_call(
     assert loop_thread in await thread_of("x")
     assert loop_thread in await thread_of("slow"), "the slow call itself ran inline"
     assert loop_thread not in await thread_of("x"), "and sent the model back to threads"
+
+
+async def test_a_model_that_does_not_declare_itself_cheap_never_runs_on_the_loop(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:varying", inline_max_ms=10, workers=0)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    loop_thread = threading.current_thread().name
+    for _ in range(FIRST_STREAK * 2):  # fast, again and again
+        assert loop_thread not in (await batcher.run_one("quick")).payload.decode()
+    slow = asyncio.ensure_future(batcher.run_one(1.5))  # then one input that takes 1.5 s
+    began = time.monotonic()
+    resp = await client.get("/health/live")
+    answered = time.monotonic() - began
+    assert resp.status == 200
+    assert answered < 0.5, f"liveness took {answered:.2f} s while the model ran"
+    assert not slow.done()
+    assert (await slow).ok
+
+
+async def test_a_slow_call_of_a_cheap_declared_model_is_a_warning(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(model="tests.models:where", inline_max_ms=10)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    for _ in range(FIRST_STREAK):
+        await batcher.run_one("x")
+    with caplog.at_level(logging.WARNING, logger="service.inline"):
+        await batcher.run_one("slow")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "on the event loop" in caplog.records[0].getMessage()
+
+
+async def test_a_models_file_can_declare_a_model_cheap(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "models.toml").write_text(
+        '[models.plain]\nspec = "tests.models:varying"\n'
+        '[models.cheap]\nspec = "tests.models:varying"\ninline = true\n'
+    )
+    client = await make_client(models_file=tmp_path / "models.toml", inline_max_ms=10)
+    registry = client.server.app[state.MODELS]
+    assert (registry.get("plain").inline, registry.get("cheap").inline) == (False, True)
 
 
 async def test_inline_calling_can_be_turned_off(make_client: ClientFactory) -> None:

@@ -49,6 +49,10 @@ class Model:
     kind = "python"
     #: "thread" (default) or "process": where the model's code runs.
     execution = "thread"
+    #: The model declares its calls cheap and bounded in time (never one slow input): once
+    #: its calls prove fast (INLINE_MAX_MS) they run on the event loop itself. Off unless
+    #: declared: a call on the loop holds up every request of the replica while it runs.
+    inline = False
     #: Names pydantic puts first in an error's location for a tagged union of input forms
     #: (tabular kinds: one row or many); they are dropped from the errors users see.
     form_tags: frozenset[str] = frozenset()

@@ -28,11 +28,21 @@ def _kind_class(spec: str) -> Any:
     return importlib.import_module(f"{__package__}.python").PythonModel
 
 
-def load_model(name: str, spec: str, execution: str = "thread", *, setup: bool = True) -> Model:
-    """Loads one model; any failure is a ModelLoadError naming the model and the cause."""
+def load_model(
+    name: str,
+    spec: str,
+    execution: str = "thread",
+    *,
+    setup: bool = True,
+    inline: bool | None = None,
+) -> Model:
+    """Loads one model; any failure is a ModelLoadError naming the model and the cause.
+    ``inline`` (from a models file) overrides what the model itself declares."""
     try:
         model: Model = _kind_class(spec)(name, spec)
         model.execution = execution
+        if inline is not None:
+            model.inline = inline
         if setup:
             model.setup()
     except ModelLoadError as exc:

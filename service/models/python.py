@@ -65,7 +65,9 @@ class PythonModel(Model):
     """Calls ``obj.predict(input)`` (or ``obj(input)``), and ``obj.predict_batch`` if it has one.
 
     Optional attributes of ``obj``: ``input_type`` (a type or pydantic model the input must
-    fit), ``output_type``, ``version``, ``setup()`` and ``teardown()``.
+    fit), ``output_type``, ``version``, ``example`` (an input for the docs), ``inline``
+    (True: its calls are cheap and bounded, see `Model.inline`), ``setup()`` and
+    ``teardown()``.
     """
 
     kind = "python"
@@ -89,6 +91,7 @@ class PythonModel(Model):
             batch if callable(batch) else None
         )
         self.obj = obj
+        self.inline = bool(getattr(obj, "inline", False))
         self._output_type = getattr(obj, "output_type", None)
         super().__init__(
             name, spec, getattr(obj, "input_type", Any), str(getattr(obj, "version", "0"))

@@ -22,6 +22,8 @@ class ModelConfig:
     name: str
     spec: str
     execution: str
+    #: The models file's `inline` option (None: as the model declares).
+    inline: bool | None = None
 
 
 def _check(config: ModelConfig) -> ModelConfig:
@@ -46,7 +48,10 @@ def _from_file(path: Path, execution: str) -> tuple[dict[str, ModelConfig], str 
         spec = entry["spec"]
         if spec.lower().endswith(FILE_SUFFIXES) and not Path(spec).is_absolute():
             spec = str(path.parent / spec)  # model files are found next to the models file
-        configs[name] = ModelConfig(name, spec, entry.get("execution", execution))
+        inline = entry.get("inline")
+        if inline is not None and not isinstance(inline, bool):
+            raise ModelLoadError(f"models file {path}: model {name!r}: inline must be true/false")
+        configs[name] = ModelConfig(name, spec, entry.get("execution", execution), inline)
     default = data.get("default_model")
     return configs, default if isinstance(default, str) else None
 
@@ -92,7 +97,9 @@ class ModelRegistry:
     @classmethod
     def load(cls, configs: list[ModelConfig], default: str) -> ModelRegistry:
         models = {
-            c.name: load_model(c.name, c.spec, c.execution, setup=c.execution == "thread")
+            c.name: load_model(
+                c.name, c.spec, c.execution, setup=c.execution == "thread", inline=c.inline
+            )
             for c in configs
         }
         return cls(models, default)
