@@ -135,8 +135,8 @@ async def test_a_too_deep_input_never_fails_other_clients_submits(
         client.post("/predict", json={"input": i}, headers={"Async-Mode": "true"})
         for i in range(60)
     ]
-    hostile = [client.post("/predict", data=deep, headers=ASYNC) for _ in range(20)]
-    answers = await asyncio.gather(*(c for pair in zip(honest, hostile * 3) for c in pair))
+    hostile = [client.post("/predict", data=deep, headers=ASYNC) for _ in range(60)]
+    answers = await asyncio.gather(*(c for pair in zip(honest, hostile, strict=True) for c in pair))
     statuses = [r.status for r in answers]
     assert statuses[0::2] == [202] * 60, statuses
     assert set(statuses[1::2]) == {422}

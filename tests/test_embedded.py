@@ -233,9 +233,7 @@ def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
         server.stop()
 
 
-async def test_a_private_redis_that_dies_is_restarted(
-    make_client: Any, tmp_path: Path
-) -> None:
+async def test_a_private_redis_that_dies_is_restarted(make_client: Any, tmp_path: Path) -> None:
     from service import state
 
     client = await make_client(redis_url=None, data_dir=tmp_path / "data", workers=1)
