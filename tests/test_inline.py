@@ -113,14 +113,6 @@ async def test_deadlines_fail_only_what_is_still_pending() -> None:
         await late
     assert settled.result() == "in time"
     assert len(deadlines) == 0
-    # An earlier deadline than the last one watched still fires on time.
-    slow, quick = loop.create_future(), loop.create_future()
-    deadlines.watch(loop, slow, 30)
-    deadlines.watch(loop, quick, 0.01)
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(quick, 5)
-    assert not slow.done()
-    slow.cancel()
 
 
 async def test_deadlines_settle_as_told() -> None:
@@ -133,3 +125,52 @@ async def test_deadlines_settle_as_told() -> None:
     assert await asyncio.wait_for(later, 5) is None
     assert not first.done()
     first.cancel()
+
+
+async def test_deadlines_hold_memory_for_what_is_pending_not_what_went_before() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    slow = loop.create_future()
+    deadlines.watch(loop, slow, 60)  # one slow call at the head
+    scheduled = len(getattr(loop, "_scheduled", ()))
+    for seconds in (60, 1):  # settled ones behind it: in order, then out of order
+        for _ in range(50_000):
+            quick = loop.create_future()
+            deadlines.watch(loop, quick, seconds)
+            quick.set_result(None)
+        assert len(deadlines) <= 2 * 1024 + 2, len(deadlines)
+    # No timer per request either.
+    assert len(getattr(loop, "_scheduled", ())) <= scheduled + 1
+    assert not slow.done()
+    slow.cancel()
+
+
+async def test_an_out_of_order_deadline_fires_on_time_and_the_later_one_still_waits() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    slow, quick = loop.create_future(), loop.create_future()
+    deadlines.watch(loop, slow, 30)
+    began = loop.time()
+    deadlines.watch(loop, quick, 0.05)
+    done, _ = await asyncio.wait([quick], timeout=5)
+    assert done == {quick}, "the earlier deadline fired"
+    assert isinstance(quick.exception(), TimeoutError)
+    assert loop.time() - began < 1.0
+    assert not slow.done()
+    slow.cancel()
+
+
+async def test_sync_requests_behind_one_slow_call_leave_no_trace(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:varying", workers=0, max_batch_size=1)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    held = asyncio.ensure_future(client.post("/predict", json={"input": 8}))  # an 8 s call
+    for _ in range(10):  # 3,000 quick requests answered while it runs
+        answers = await asyncio.gather(
+            *(client.post("/predict", json={"input": "x"}) for _ in range(300))
+        )
+        assert {r.status for r in answers} == {200}
+    assert not held.done()
+    assert len(batcher._deadlines) <= 2 * 1024 + 1, "settled requests are not kept"
+    assert (await held).status == 200
