@@ -125,7 +125,8 @@ end
 # body digest, webhook URL ('' if none), webhook events ('done,failed')]. (Five arguments
 # a job, most often with no extras: packing and parsing arguments is the client's main
 # cost per queued job.)
-# Per job, in order: a known idempotency key answers 'dup:<its id>' (same body) or
+# Per job, in order: a record that already exists (a retry of this very call) answers
+# 'ok' and is left as it is; a known idempotency key answers 'dup:<its id>' (same body) or
 # 'conflict' (another body); a full queue answers 'full'; otherwise the job record
 # (status queued), its stream entry and its idempotency key are written and it answers
 # 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
@@ -159,7 +160,11 @@ for i = 2, #KEYS do
   end
   local known = false
   if idem ~= '' then known = redis.call('GET', idem) end
-  if known then
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    -- The same job again: a client retry of a call that did land (ids are random, so
+    -- only a retry names a record that exists). It is not written or queued twice.
+    out[i - 1] = 'ok'
+  elseif known then
     local sep = string.find(known, '|', 1, true)
     if string.sub(known, sep + 1) == digest then
       out[i - 1] = 'dup:' .. string.sub(known, 1, sep - 1)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
+
+from service import state
+from service.ids import new_id
+from service.queue import NewJob
 
 from . import models
 from .conftest import ClientFactory, poll
@@ -238,3 +243,21 @@ async def test_work_a_stopping_replica_could_not_finish_stays_pending_for_others
     record = await wait_final(other, prediction_id)
     assert record["status"] == "done"
     assert record["output"]["result"] == {"echo": "unfinished"}
+
+
+async def test_a_submit_retried_after_it_landed_never_resets_the_job(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # redis-py retries a command after a timeout, the submit script included: the first
+    # call may have landed (and the job even finished) before the retry arrives.
+    client = await make_client(model="tests.models:echo", webhook_allow_private=True)
+    queue = client.server.app[state.QUEUE]
+    job = NewJob(new_id(), "default", orjson.dumps("once"), "rid", "", "", "", "")
+    assert await queue.submit(job) == job.prediction_id
+    record = await wait_final(client, job.prediction_id)
+    assert record["status"] == "done"
+    for retry in (queue.submit(job), queue.submit_all([job])):
+        assert await retry in (job.prediction_id, [job.prediction_id])
+    assert await wait_final(client, job.prediction_id) == record, "left as it was"
+    assert await rds.xlen("predictions") == 0, "queued once"
+    assert models.calls[repr("once")] == 1
