@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +49,8 @@ class Metrics:
         self.dead_letters = Gauge(
             "queue_dead_letters", "Entries in the dead-letter stream.", registry=r
         )
+        self._queue_read: asyncio.Future[None] | None = None
+        self._queue_read_at = 0.0
 
     def count_prediction(self, model: str, mode: str, ok: bool) -> None:
         """One finished prediction."""
@@ -102,8 +106,18 @@ class Metrics:
             _BATCH_BUCKETS,
         )
 
+    async def queue_figures(self, redis: Redis, keys: Keys, max_age: float) -> None:
+        """Refreshes the queue figures unless they are younger than ``max_age`` seconds;
+        concurrent scrapes share one read."""
+        read = self._queue_read
+        if read is None or (read.done() and time.monotonic() - self._queue_read_at > max_age):
+            self._queue_read_at = time.monotonic()
+            read = self._queue_read = asyncio.ensure_future(self.refresh_queue(redis, keys))
+        await asyncio.shield(read)
+
     async def refresh_queue(self, redis: Redis, keys: Keys) -> None:
-        """Reads the queue figures from Redis (at scrape time; four small calls)."""
+        """Reads the queue figures from Redis: one pipelined round trip of three O(1) calls,
+        whatever the backlog."""
         pipe = redis.pipeline(transaction=False)
         pipe.xlen(keys.stream)
         pipe.xinfo_groups(keys.stream)
@@ -116,13 +130,14 @@ class Metrics:
             self.group_lag.set(length)
             self.pending.set(0)
             return
-        self.pending.set(group["pending"])
+        pending = int(group["pending"])
+        self.pending.set(pending)
         lag = group.get("lag")
-        if lag is None:  # Redis 6.2 has no lag field: count what lies past the group's cursor
-            undelivered = await redis.xrange(
-                keys.stream, min=f"({_text(group['last-delivered-id'])}", count=100_000
-            )
-            lag = len(undelivered or [])
+        if lag is None:
+            # Redis 6.2 reports no lag (and 7.x none once entries were deleted): the stream
+            # holds only undelivered and unacked entries (acked ones are deleted in the call
+            # that acks them), so what is not pending has not been delivered.
+            lag = max(0, int(length) - pending)
         self.group_lag.set(lag)
 
     def render(self) -> bytes:

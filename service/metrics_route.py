@@ -13,6 +13,10 @@ from .keys import Keys
 
 log = logging.getLogger(__name__)
 
+#: Queue figures are read from Redis at most this often; scrapes in between (and
+#: concurrent ones) share one read. /metrics is open to anyone who reaches the port.
+QUEUE_FIGURES_MAX_AGE = 1.0
+
 
 async def metrics(request: web.Request) -> web.Response:
     """
@@ -33,8 +37,9 @@ async def metrics(request: web.Request) -> web.Response:
     app = request.app
     registry = app[state.METRICS]
     if state.REDIS in app:
+        keys = Keys.from_settings(app[state.SETTINGS])
         try:
-            await registry.refresh_queue(app[state.REDIS], Keys.from_settings(app[state.SETTINGS]))
+            await registry.queue_figures(app[state.REDIS], keys, QUEUE_FIGURES_MAX_AGE)
         except (RedisError, OSError) as exc:
             log.warning("queue figures not refreshed: %s", exc)
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

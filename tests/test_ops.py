@@ -49,7 +49,8 @@ async def test_liveness_and_readiness(make_client: ClientFactory, rds: Redis) ->
 
 
 def figure(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in the Prometheus text format (0 when absent)."""
+    """The value of one sample in the Prometheus text format; fails when it is absent (a
+    missing or renamed metric must not read as 0)."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         if line.startswith("#"):
@@ -59,7 +60,26 @@ def figure(text: str, name: str, **labels: str) -> float:
         got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
         if metric == name and got == want:
             return float(value)
-    return 0.0
+    raise AssertionError(f"no sample {name}{{{want}}} in the scrape")
+
+
+async def test_queue_figures_cost_the_same_for_any_backlog_and_scrapes_share_them(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    api = await make_client(workers=0, max_bulk=5000)
+    inputs = [f"job {i}" for i in range(5000)]
+    assert (await api.post("/predict/batch", json={"inputs": inputs})).status == 202
+    await rds.xreadgroup("workers", "elsewhere", {"predictions": ">"}, count=7)
+    await rds.config_resetstat()
+    texts = await asyncio.gather(*(scrape(api) for _ in range(8)))
+    for text in texts:
+        assert figure(text, "queue_group_lag") == 4993
+        assert figure(text, "queue_pending") == 7
+        assert figure(text, "queue_stream_length") == 5000
+    stats = await rds.info("commandstats")
+    assert not any(name.startswith("cmdstat_xrange") for name in stats), "no copy of the backlog"
+    reads = sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_xinfo"))
+    assert reads == 1, "eight concurrent scrapes, one read"
 
 
 async def scrape(client: TestClient) -> str:
@@ -67,6 +87,17 @@ async def scrape(client: TestClient) -> str:
     assert resp.status == 200
     assert resp.content_type == "text/plain"
     return await resp.text()
+
+
+async def scrape_until(client: TestClient, **wanted: float) -> str:
+    """Scrapes until every named figure has the wanted value (queue figures are read from
+    Redis at most once a second)."""
+
+    async def matches() -> str | None:
+        text = await scrape(client)
+        return text if all(figure(text, k) == v for k, v in wanted.items()) else None
+
+    return await poll(matches)  # type: ignore[no-any-return]
 
 
 async def test_queue_figures_move_as_jobs_are_queued_and_done(
@@ -81,16 +112,12 @@ async def test_queue_figures_move_as_jobs_are_queued_and_done(
     assert figure(text, "queue_dead_letters") == 0
 
     await rds.xreadgroup("workers", "slow-consumer", {"predictions": ">"}, count=2)
-    text = await scrape(api)
-    assert figure(text, "queue_group_lag") == 1
-    assert figure(text, "queue_pending") == 2
+    await scrape_until(api, queue_group_lag=1, queue_pending=2, queue_stream_length=3)
 
     worker = await make_client(model="tests.models:echo", visibility_timeout_seconds=0.05)
     for prediction_id in ids:
         assert (await wait_final(api, prediction_id))["status"] == "done"
-    text = await scrape(api)
-    assert figure(text, "queue_group_lag") == 0
-    assert figure(text, "queue_pending") == 0
+    text = await scrape_until(api, queue_group_lag=0, queue_pending=0, queue_stream_length=0)
     worker_text = await scrape(worker)
     assert (
         figure(worker_text, "predictions_total", model="default", mode="async", status="done") == 3

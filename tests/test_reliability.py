@@ -15,6 +15,7 @@ from service.queue import NewJob
 
 from . import models
 from .conftest import ClientFactory, poll
+from .test_ops import scrape_until
 from .test_api import submit, wait_final
 from .test_worker import worker_for
 
@@ -40,6 +41,8 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
     dead = await rds.xrange("predictions:dead")
     assert len(dead) == 1 and dead[0][1][b"reason"] == b"gave up after 2 deliveries"
     assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    # The metric an operator alerts on sees it.
+    await scrape_until(client, queue_dead_letters=1, queue_pending=0, queue_stream_length=0)
 
 
 async def test_a_job_past_its_deadline_fails_without_running(
