@@ -1,8 +1,8 @@
 """Webhook policy and signature: which URLs a job may be posted to, and how it is signed.
 
 A URL must be http(s) with a host; WEBHOOK_ALLOWED_HOSTS (if set) lists the hosts allowed;
-and unless WEBHOOK_ALLOW_PRIVATE, the host must resolve to public addresses only (SSRF:
-no private, loopback, link-local, multicast, reserved or unspecified address). The check
+and unless WEBHOOK_ALLOW_PRIVATE, the host must resolve to globally routable addresses
+only (SSRF: see `non_public`). The check
 runs at submit (a 422 the caller sees) and again at each delivery, and the delivery's own
 connections go through `PublicResolver`, so a name that re-resolves to a private address
 between the check and the connect is refused too.
@@ -46,19 +46,25 @@ def verify(
     return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def non_public(address: str) -> bool:
-    """True for an address a webhook must not reach unless private ones are allowed."""
+    """True for an address a webhook must not reach unless private ones are allowed: any
+    address that is not globally routable (private, loopback, link-local, carrier-grade
+    NAT 100.64.0.0/10 where a cloud's metadata service may live, reserved, documentation,
+    benchmarking, ...), multicast, IPv6 site-local, and an IPv6 address that carries such
+    an IPv4 address inside it (IPv4-mapped, 6to4, NAT64)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return non_public(str(embedded))
+        if ip.is_site_local:
+            return True
+    return not ip.is_global or ip.is_multicast
 
 
 async def check_url(url: str, settings: Settings) -> None:

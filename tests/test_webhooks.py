@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from service.client import AsyncClient
 from service.queue import stream_entries
-from service.webhooks import PublicResolver, sign, verify
+from service.webhooks import PublicResolver, non_public, sign, verify
 
 from .conftest import ClientFactory, poll
 from .test_api import wait_final
@@ -201,10 +201,25 @@ async def test_a_delivery_survives_the_replica_that_finished_the_job(
         ("http://[::1]:9/hook", "non-public address"),
         ("http://[fe80::1]/hook", "non-public address"),
         ("http://[::ffff:127.0.0.1]/hook", "non-public address"),
+        ("http://100.100.100.200/latest/meta-data", "non-public address"),  # carrier-grade NAT
+        ("http://100.64.0.1/hook", "non-public address"),
+        ("http://198.18.0.1/hook", "non-public address"),  # benchmarking
+        ("http://192.0.2.10/hook", "non-public address"),  # documentation
+        ("http://[2002:7f00:1::1]/hook", "non-public address"),  # 6to4 of 127.0.0.1
+        ("http://[2002:a9fe:a9fe::1]/hook", "non-public address"),  # 6to4 of 169.254.169.254
+        ("http://[64:ff9b::a9fe:a9fe]/hook", "non-public address"),  # NAT64 of the same
+        ("http://[fec0::1]/hook", "non-public address"),  # site-local
+        ("http://[ff02::1]/hook", "non-public address"),  # multicast
+        ("http://224.0.0.1/hook", "non-public address"),
         ("http://[1:2:3:4:5:6:7:8:9]/hook", "string_pattern_mismatch"),
         ("ftp://example.com/hook", "string_pattern_mismatch"),
     ],
 )
+def test_only_globally_routable_addresses_count_as_public() -> None:
+    for address in ("8.8.8.8", "2001:4860:4860::8888", "2002:808:808::1", "::ffff:8.8.8.8"):
+        assert not non_public(address), address
+
+
 async def test_private_and_non_http_urls_are_refused(
     make_client: ClientFactory, rds: Redis, url: str, why: str
 ) -> None:
