@@ -28,7 +28,7 @@ from .keys import Keys
 from .queue import stream_entries
 from .results import ResultStore
 from .settings import Settings
-from .webhooks import PublicResolver, check_url, sign
+from .webhooks import PublicResolver, Unresolved, check_url, sign
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,10 @@ class Dispatcher:
         """True when delivered (2xx) or never deliverable; False to try again later."""
         try:
             await check_url(url, self._settings)  # again: DNS and settings may have changed
-        except InvalidInput as exc:
+        except Unresolved as exc:  # perhaps a passing DNS fault: like any failed POST
+            log.info("webhook for %s: %s; will retry", prediction_id, exc.detail[0]["msg"])
+            return False
+        except InvalidInput as exc:  # refused by policy: never deliverable
             log.warning("webhook for %s refused: %s", prediction_id, exc.detail[0]["msg"])
             return True
         timestamp = str(int(time.time()))

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import socket
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -89,17 +90,24 @@ async def check_url(url: str, settings: Settings) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise _refused(f"host {host!r} does not resolve ({exc})") from None
+        why = f"host {host!r} does not resolve ({exc})"
+        raise Unresolved("The webhook URL is not accepted.", [_problem(why)]) from None
     for info in infos:
         if non_public(str(info[4][0])):
             raise _refused(f"{host!r} resolves to a non-public address ({info[4][0]})")
 
 
+class Unresolved(InvalidInput):
+    """The webhook's host name did not resolve: refused at submit, where the caller can
+    retry; at delivery it may be a passing DNS fault, so the delivery is retried."""
+
+
+def _problem(why: str) -> dict[str, Any]:
+    return {"loc": ["webhook"], "msg": why, "type": "webhook_url"}
+
+
 def _refused(why: str) -> InvalidInput:
-    return InvalidInput(
-        "The webhook URL is not accepted.",
-        [{"loc": ["webhook"], "msg": why, "type": "webhook_url"}],
-    )
+    return InvalidInput("The webhook URL is not accepted.", [_problem(why)])
 
 
 class PublicResolver(AbstractResolver):

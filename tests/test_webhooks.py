@@ -402,3 +402,21 @@ async def test_a_bulk_submit_webhook_covers_every_job(
     )
     assert private.status == 422, "the host policy applies to bulk submits too"
     assert len(await rds.keys("prediction:*")) == 2, "nothing refused was recorded"
+
+
+async def test_a_host_that_does_not_resolve_at_delivery_is_retried_not_dropped(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # Accepted at submit (a replica that allows any host), then delivered by a replica that
+    # checks DNS, which fails: a passing DNS fault must not drop the delivery for good.
+    submitter = await make_client(**hook_settings(webhook_deliveries=0, consumer_name="a"))
+    prediction_id = await submit_with_hook(submitter, "http://no-such-host.invalid/hook")
+    assert (await wait_final(submitter, prediction_id))["status"] == "done"
+    await make_client(**hook_settings(webhook_allow_private=False, consumer_name="b"))
+
+    async def waiting_for_retry() -> bool:
+        return bool(await rds.zrange("predictions:webhooks:retry", 0, -1))
+
+    await poll(waiting_for_retry)
+    member = (await rds.zrange("predictions:webhooks:retry", 0, -1))[0]
+    assert member.startswith(f"prediction:{prediction_id}|2|".encode())
