@@ -15,8 +15,8 @@ from service.queue import NewJob
 
 from . import models
 from .conftest import ClientFactory, poll
-from .test_ops import scrape_until
 from .test_api import submit, wait_final
+from .test_ops import scrape_until
 from .test_worker import worker_for
 
 
