@@ -8,11 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from . import state
 from .batching import Batchers
 from .completions import Completions
-from .connection import connect
+from .connection import connect, unavailable
 from .delivery import Dispatcher
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
@@ -112,15 +113,19 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
     redis = await connect(app[state.REDIS_URL], block_ms=settings.read_block_ms)
     keys = Keys.from_settings(settings)
+    version = str((await redis.info("server"))["redis_version"])
     results = ResultStore(
         redis,
         keys,
         settings.result_ttl_seconds,
         settings.max_deliveries,
         settings.job_timeout_seconds,
+        finish_under_oom=int(version.split(".")[0]) >= 7,
     )
     queue = JobQueue(redis, keys, settings.result_ttl_seconds, settings.max_queue)
-    await queue.ensure_group()
+    # A Redis out of memory or read-only cannot create the group yet: start anyway (not
+    # ready), and keep trying.
+    group = asyncio.create_task(_ensure_group(queue), name="consumer-group")
     completions = Completions(app[state.REDIS_URL], keys)
     completions.start()
     app[state.REDIS] = redis
@@ -128,8 +133,32 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[state.QUEUE] = queue
     app[state.COMPLETIONS] = completions
     yield
+    group.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await group
     await completions.stop()
     await redis.aclose()
+
+
+async def _ensure_group(queue: JobQueue) -> None:
+    waited = False
+    while True:
+        try:
+            await queue.ensure_group()
+        except (RedisError, OSError) as exc:
+            reason = unavailable(exc)
+            if reason is None:
+                raise
+            if not waited:
+                log.warning(
+                    "cannot create the consumer group yet (%s); trying every second", reason
+                )
+                waited = True
+            await asyncio.sleep(1.0)
+            continue
+        if waited:
+            log.info("consumer group created")
+        return
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:

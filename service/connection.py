@@ -17,9 +17,39 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
+
+# Refusals that pass: Redis answers, but cannot take writes (or this key) right now. (The
+# marker is looked for in the error's text: redis-py makes some of them classes of their
+# own, and drops the error code from their text, but not when a script hit them.)
+_OOM = "Redis is out of memory (maxmemory) and refuses new writes"
+_PASSING_REFUSALS = (
+    ("OOM command not allowed", _OOM),
+    ("command not allowed when used memory", _OOM),
+    ("READONLY", "Redis refuses writes: it is a read-only replica (after a failover?)"),
+    ("read only replica", "Redis refuses writes: it is a read-only replica (after a failover?)"),
+    ("NOREPLICAS", "Redis refuses writes: too few replicas are in sync (min-replicas-to-write)"),
+    ("MASTERDOWN", "Redis is failing over: its primary is down"),
+    ("CLUSTERDOWN", "the Redis cluster is down or a slot is moving"),
+    ("TRYAGAIN", "the Redis cluster is moving a slot"),
+    ("LOADING", "Redis is loading its data"),
+)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why Redis cannot serve right now, when ``exc`` says so (it is unreachable, timed
+    out, out of memory, read-only, failing over, loading); None for any other error."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return "Redis is unreachable"
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        for marker, reason in _PASSING_REFUSALS:
+            if marker in text:
+                return reason
+    return None
 
 
 def _redact(url: str) -> str:

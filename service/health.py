@@ -9,9 +9,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import state
+from .connection import unavailable
+from .keys import Keys
 from .web_io import json_response
 
 _CHECK_TIMEOUT_SECONDS = 2.0
+_PROBE_TTL_MS = 10_000
 
 
 async def live(request: web.Request) -> web.Response:
@@ -42,23 +45,44 @@ async def live(request: web.Request) -> web.Response:
 
 async def _redis_checks(app: web.Application) -> dict[str, str]:
     settings = app[state.SETTINGS]
+    redis = app[state.REDIS]
+    checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
-            await app[state.REDIS].ping()
-            groups = await app[state.REDIS].xinfo_groups(settings.stream)
+            await redis.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return {"redis": f"unreachable: {type(exc).__name__}: {exc}"}
+    checks["redis"] = "ok"
+    try:
+        # A write, as submits and workers make: out of memory, a read-only replica after a
+        # failover, too few replicas in sync all show here.
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            probe = Keys.from_settings(settings).write_probe(settings.consumer_name)
+            await redis.set(probe, "1", px=_PROBE_TTL_MS)
+        checks["writes"] = "ok"
+    except (RedisError, OSError, TimeoutError) as exc:
+        checks["writes"] = f"refused: {unavailable(exc) or f'{type(exc).__name__}: {exc}'}"
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            groups = await redis.xinfo_groups(settings.stream)
     except (RedisError, OSError, TimeoutError) as exc:
         if "no such key" in str(exc).lower():
-            return {"redis": "ok", "consumer_group": f"stream {settings.stream!r} is missing"}
-        return {"redis": f"unreachable: {type(exc).__name__}: {exc}"}
+            checks["consumer_group"] = f"stream {settings.stream!r} is missing"
+        else:
+            checks["consumer_group"] = f"unknown: {type(exc).__name__}: {exc}"
+        return checks
     names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
     group = "ok" if settings.group in names else f"group {settings.group!r} is missing"
-    return {"redis": "ok", "consumer_group": group}
+    checks["consumer_group"] = group
+    return checks
 
 
 async def ready(request: web.Request) -> web.Response:
     """
     ---
-    summary: Readiness (Redis reachable, consumer group present, models loaded, not stopping)
+    summary: >-
+      Readiness (Redis reachable and taking writes, consumer group present, models loaded,
+      not stopping)
     description: 503 with the reasons when this replica should get no traffic.
     tags: [health]
     responses:

@@ -42,6 +42,10 @@ class Keys:
         """Pub/sub channel: record keys of jobs that just started running, comma-separated."""
         return self.stream + ":started"
 
+    def write_probe(self, consumer: str) -> str:
+        """A short-lived key a replica writes to see that Redis takes writes (readiness)."""
+        return f"{self.stream}:probe:{consumer}"
+
     def prediction_id(self, record_key: bytes | str) -> str:
         key = record_key.decode() if isinstance(record_key, bytes) else record_key
         return key.removeprefix(self.record_prefix)

@@ -10,10 +10,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import state
+from .connection import unavailable
 from .errors import ServiceError, Unauthorized
 from .ids import new_request_id
 from .web_io import json_response
@@ -139,11 +138,12 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         if isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": "Bearer"}
         return _error(exc.status, exc.message, exc.detail, headers=headers)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    reason = unavailable(exc)
+    if reason is not None:
         _log_outage(request, exc)
         return _error(
             503,
-            "The queue is unavailable; try again shortly.",
+            f"The queue is unavailable ({reason}); try again shortly.",
             headers={"Retry-After": _REDIS_RETRY_AFTER},
         )
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)

@@ -158,14 +158,20 @@ class ResultStore:
         ttl_seconds: int,
         max_deliveries: int = 3,
         job_timeout: float = 0.0,
+        *,
+        finish_under_oom: bool = False,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl_seconds
         self._max_deliveries = max_deliveries
         self._job_timeout = job_timeout
-        self._mark = redis.register_script(_MARK_PROCESSING)
-        self._finish = redis.register_script(_FINISH_AND_ACK)
+        # Redis 7 can let the scripts that move accepted work on run while it is out of
+        # memory: finishing a job deletes its stream entry, so the queue drains and memory
+        # frees, while new submits are refused (503). Redis 6.2 has no script flags.
+        flags = "#!lua flags=allow-oom\n" if finish_under_oom else ""
+        self._mark = redis.register_script(flags + _MARK_PROCESSING)
+        self._finish = redis.register_script(flags + _FINISH_AND_ACK)
         self._cancel = redis.register_script(_CANCEL)
         self._read = redis.register_script(_READ)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._get_many)

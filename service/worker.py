@@ -9,12 +9,11 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from .batching import Batchers
 from .completions import Completions
+from .connection import unavailable
 from .errors import InvalidInput, NotFound
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
@@ -131,8 +130,10 @@ class Worker:
                         if record is not None:
                             local.ended(record)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                if time.monotonic() + backoff > give_up:
+            except (RedisError, OSError) as exc:
+                # Unreachable, or refusing writes for now (out of memory on Redis 6.2, a
+                # read-only replica mid-failover): keep the results in hand for a while.
+                if unavailable(exc) is None or time.monotonic() + backoff > give_up:
                     raise
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -221,7 +222,8 @@ class Worker:
         return outcomes
 
     async def run(self) -> None:
-        """Loops ``step()`` until ``stop()``; a lost Redis is retried with backoff, logged once."""
+        """Loops ``step()`` until ``stop()``. While Redis is unreachable or refuses writes
+        (out of memory, read-only, failing over) it retries with backoff, logged once."""
         backoff = 0.1
         outage = False
         while not self._stopping.is_set():
@@ -230,22 +232,22 @@ class Worker:
                 if outage:
                     log.info("%s: Redis is back", self.consumer)
                 outage, backoff = False, 0.1
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except (RedisError, OSError) as exc:
+                reason = unavailable(exc)
+                if reason is not None:
+                    if not outage:
+                        log.warning(
+                            "%s: %s (%s); retrying with backoff", self.consumer, reason, exc
+                        )
+                    outage = True
+                elif "NOGROUP" in str(exc):
                     log.warning("%s: stream or group was deleted; recreating it", self.consumer)
                     with contextlib.suppress(RedisError, OSError):
                         await self._queue.ensure_group()
                     self._own_pending_done = False
+                    continue
                 else:
                     log.exception("%s: Redis refused a command", self.consumer)
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if not outage:
-                    log.warning(
-                        "%s: Redis unreachable (%s); retrying with backoff", self.consumer, exc
-                    )
-                outage = True
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception:

@@ -37,6 +37,7 @@ async def test_liveness_and_readiness(make_client: ClientFactory, rds: Redis) ->
         "models": "ok",
         "shutting_down": "no",
         "redis": "ok",
+        "writes": "ok",
         "consumer_group": "ok",
     }
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,7 +57,11 @@ async def test_a_redis_outage_is_503_then_everything_works_again(
 
         prediction_id = await poll(accepted)
         assert (await wait_final(client, prediction_id))["status"] == "done"
-        outage_lines = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+        outage_lines = [
+            r
+            for r in caplog.records
+            if "Redis is unreachable" in r.getMessage() and r.name == "service.worker"
+        ]
         assert len(outage_lines) == 1, "one line per outage, not per attempt"
     finally:
         server.stop()
@@ -139,3 +144,76 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
+    make_client: ClientFactory, rds: Any
+) -> None:
+    api = await make_client(workers=0, model="tests.models:echo")
+    queued = [await submit(api, i) for i in range(3)]
+    await rds.config_set("maxmemory", "1")  # noeviction (the default): writes are refused
+    seven = int((await rds.info("server"))["redis_version"].split(".")[0]) >= 7
+    try:
+        resp = await api.post("/predict", json={"input": 9}, headers={"Async-Mode": "true"})
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] == "1"
+        assert "out of memory" in (await resp.json())["error"]
+        ready = await api.get("/health/ready")
+        assert ready.status == 503
+        assert "out of memory" in (await ready.json())["checks"]["writes"]
+        assert (await api.post("/predict", json={"input": 1})).status == 200, "sync still works"
+        assert (await api.get(f"/predict/{queued[0]}")).status == 200, "reads still work"
+        worker = await make_client(model="tests.models:echo", consumer_name="drainer")
+        if seven:  # Redis 7 lets accepted work finish: the queue drains, memory frees
+            for prediction_id in queued:
+                assert (await wait_final(api, prediction_id))["status"] == "done"
+            assert await rds.xlen("predictions") == 0
+    finally:
+        await rds.config_set("maxmemory", "0")
+    for prediction_id in queued:  # on 6.2 they finish once memory is there again
+        assert (await wait_final(api, prediction_id))["status"] == "done"
+    assert (await worker.get("/health/ready")).status == 200
+    assert (await submit(api, "after")) is not None
+
+
+async def test_a_replica_starts_while_redis_is_out_of_memory_and_waits(
+    make_client: ClientFactory, rds: Any
+) -> None:
+    await rds.config_set("maxmemory", "1")
+    try:
+        client = await make_client(model="tests.models:echo")  # no stream, no group yet
+        ready = await client.get("/health/ready")
+        assert ready.status == 503
+        assert "missing" in (await ready.json())["checks"]["consumer_group"]
+    finally:
+        await rds.config_set("maxmemory", "0")
+
+    async def ready_now() -> bool:
+        return (await client.get("/health/ready")).status == 200
+
+    await poll(ready_now)
+    assert (await wait_final(client, await submit(client, "works")))["status"] == "done"
+
+
+async def test_a_read_only_replica_is_503_and_not_ready(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    primary = RedisServer(tmp_path / "primary", free_port())
+    replica = RedisServer(tmp_path / "replica", free_port())
+    primary.start()
+    url = replica.start()
+    try:
+        client = await make_client(redis_url=url, workers=0)
+        assert (await client.get("/health/ready")).status == 200
+        with redis.Redis.from_url(url) as plain:  # what a failover does to the old primary
+            plain.replicaof("127.0.0.1", primary.port)
+        resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] == "1"
+        assert "read-only replica" in (await resp.json())["error"]
+        ready = await client.get("/health/ready")
+        assert ready.status == 503
+        assert "read-only" in (await ready.json())["checks"]["writes"]
+    finally:
+        replica.stop()
+        primary.stop()
