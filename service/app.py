@@ -54,6 +54,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     await executor.warm_up()
     add_model_schemas(app[state.OPENAPI_SPEC], registry)
     app[state.MODELS] = registry
+    app[state.EXECUTOR] = executor
     app[state.BATCHERS] = Batchers(
         registry.models,
         executor,

@@ -74,6 +74,13 @@ class Overloaded(ServiceError):
     retry_after = 1
 
 
+class ModelUnavailable(ServiceError):
+    """The model's worker process died and is being restarted; retry shortly."""
+
+    status = 503
+    retry_after = 1
+
+
 class PredictionFailed(ServiceError):
     """The model raised while predicting."""
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from .errors import ModelUnavailable
 from .loop import BoundLoop
 from .models import Model, ModelConfig, Outcome, load_model
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -38,15 +43,25 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model")
         self._processes: ProcessPoolExecutor | None = None
         self._process_count = process_workers
+        self._process_models = list(process_models)
         self._loop = BoundLoop()
+        self._rebuilding: asyncio.Task[None] | None = None
         if process_models:
-            self._processes = ProcessPoolExecutor(
-                max_workers=process_workers,
-                # spawn: a fresh interpreter, not a fork of a process with threads and a loop.
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_child_init,
-                initargs=(list(process_models),),
-            )
+            self._processes = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._process_count,
+            # spawn: a fresh interpreter, not a fork of a process with threads and a loop.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
+            initargs=(self._process_models,),
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """False while a process pool that broke (a process was killed) is being rebuilt."""
+        return self._rebuilding is None or self._rebuilding.done()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await self._loop().run_in_executor(self._threads, fn, *args)
@@ -56,23 +71,47 @@ class Executor:
         and how long a thread model's call itself took (not the hand-over; inf for a
         process model)."""
         if model.execution == "process" and self._processes is not None:
-            loop = self._loop()
-            outcomes = await loop.run_in_executor(
-                self._processes, _child_run_batch, model.name, values
-            )
+            pool = self._processes
+            try:
+                outcomes = await self._loop().run_in_executor(
+                    pool, _child_run_batch, model.name, values
+                )
+            except BrokenProcessPool:
+                self._replace(pool)
+                raise ModelUnavailable(
+                    f"The process running model {model.name!r} died; it is being restarted."
+                ) from None
             return outcomes, float("inf")
         return await self.run(_timed_call, model, values)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A process of the pool died (killed, out of memory): the whole pool is unusable
+        from then on, so a new one takes its place and is warmed up (readiness is false
+        meanwhile). The batches it held fail; queued jobs among them run again later."""
+        if self._processes is not broken:
+            return  # replaced already, by another batch that saw it broken
+        log.error("a model process died; starting a new process pool")
+        self._processes = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._rebuilding = self._loop().create_task(self._warm_after_rebuild())
+
+    async def _warm_after_rebuild(self) -> None:
+        await self.warm_up()
+        log.warning("the new model process pool is ready")
 
     async def warm_up(self) -> None:
         """Starts every pool process now (each loads its models) rather than on first use."""
         if self._processes is not None:
             loop = asyncio.get_running_loop()
+            pool = self._processes
             await asyncio.gather(
-                *(loop.run_in_executor(self._processes, _noop) for _ in range(self._process_count))
+                *(loop.run_in_executor(pool, _noop) for _ in range(self._process_count))
             )
 
     def shutdown(self) -> None:
         # Threads stuck in a model call cannot be interrupted; do not wait for them.
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._processes is not None:
             self._processes.shutdown(wait=True, cancel_futures=True)

@@ -99,7 +99,12 @@ async def ready(request: web.Request) -> web.Response:
     """
     app = request.app
     checks: dict[str, Any] = {}
-    checks["models"] = "ok" if state.MODELS in app else "not loaded"
+    if state.MODELS not in app:
+        checks["models"] = "not loaded"
+    elif not app[state.EXECUTOR].healthy:
+        checks["models"] = "a model process died; the process pool is being restarted"
+    else:
+        checks["models"] = "ok"
     checks["shutting_down"] = "no" if not app[state.LIFECYCLE].stopping else "yes"
     if state.REDIS in app:
         checks.update(await _redis_checks(app))

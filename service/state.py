@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from .batching import Batchers
 from .completions import Completions
 from .embedded import RedisServer
+from .executor import Executor
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .models import ModelRegistry
@@ -28,6 +29,7 @@ REDIS = web.AppKey("redis", Redis)
 EMBEDDED_REDIS = web.AppKey("embedded_redis", RedisServer)
 MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)
+EXECUTOR = web.AppKey("executor", Executor)
 QUEUE = web.AppKey("queue", JobQueue)
 RESULTS = web.AppKey("results", ResultStore)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])

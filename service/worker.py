@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from .batching import Batchers
 from .completions import Completions
 from .connection import unavailable
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, ModelUnavailable, NotFound
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
@@ -248,6 +248,13 @@ class Worker:
                     continue
                 else:
                     log.exception("%s: Redis refused a command", self.consumer)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            except ModelUnavailable as exc:
+                # The batch's entries stay pending here: read them again (a delivery each)
+                # once the model can run again.
+                log.warning("%s: %s", self.consumer, exc.message)
+                self._own_pending_done = False
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from examples.train_iris import train
+from service import state
 from service.embedded import free_port
 
-from .conftest import ClientFactory
+from .conftest import ClientFactory, poll
 from .test_api import wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +216,42 @@ async def test_process_execution_runs_the_model_in_a_pool_process(
     result = await predict(client, 1, mode=mode)
     assert result["value"] == 1001  # setup() ran, in the process that predicts
     assert result["pid"] == result["setup_pid"] != os.getpid()
+
+
+@pytest.mark.timeout(90)
+async def test_a_killed_model_process_is_replaced_and_its_jobs_run_again(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(
+        model="tests.models:slow", execution="process", process_workers=1, workers=1
+    )
+    pool_pids = lambda: set(client.server.app[state.EXECUTOR]._processes._processes)  # noqa: E731
+    resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
+    prediction_id = (await resp.json())["prediction_id"]
+
+    async def running() -> bool:
+        record = await (await client.get(f"/predict/{prediction_id}")).json()
+        return record["status"] == "processing"
+
+    await poll(running)
+    (pid,) = pool_pids()
+    os.kill(pid, signal.SIGKILL)  # mid-call, as the OOM killer would
+    resp = await client.post("/predict", json={"input": "now"})
+    assert resp.status == 503, await resp.text()
+    assert resp.headers["Retry-After"] == "1"
+    assert "being restarted" in (await resp.json())["error"]
+    ready = await client.get("/health/ready")
+    assert ready.status == 503 and "restarted" in (await ready.json())["checks"]["models"]
+
+    async def ready_again() -> bool:
+        return (await client.get("/health/ready")).status == 200
+
+    await poll(ready_again, within=30)
+    assert pool_pids() and pid not in pool_pids()
+    assert (await client.post("/predict", json={"input": "later"})).status == 200
+    record = await wait_final(client, prediction_id)
+    assert record["status"] == "done"
+    assert record["attempts"] == 2, "the call the dead process had counts one delivery"
 
 
 def _start(env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
