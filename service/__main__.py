@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from .app import create_app
 from .embedded import DataDirMismatch, RedisBinaryNotFound
 from .errors import ModelLoadError
+from .executor import calls_running
 from .logs import setup_logging
 from .loop import use_event_loop
 from .settings import load_settings
@@ -60,6 +62,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         # One clear line naming what is wrong and the cause; no traceback.
         print(f"error: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
+    _exit_without_waiting_for_model_threads()
+
+
+def _exit_without_waiting_for_model_threads() -> None:
+    """Everything was stopped within SHUTDOWN_GRACE_SECONDS; a model call that is still
+    running in a thread cannot be interrupted, and the interpreter would wait for it at
+    exit (its thread pool joins its threads). Leave without waiting: its result was
+    dropped already, and its job is still pending for another replica."""
+    running = calls_running()
+    if not running:
+        return
+    logging.getLogger("service").warning(
+        "exiting with %d model call(s) still running; their jobs stay queued for others",
+        running,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from .connection import connect, unavailable
 from .delivery import Dispatcher
 from .docs import add_model_schemas, setup_docs
 from .embedded import RedisServer
+from .errors import Overloaded
 from .executor import Executor
 from .health import live, ready
 from .job_routes import cancel_prediction, get_prediction, prediction_events
@@ -189,13 +190,22 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     # batches while they run; after a crash they are reclaimed like any idle entries.
     lane = DirectLane(make_worker("lane"), len(workers)) if workers else None
     queue.lane = lane
+    lane_batches: list[asyncio.Task[None]] = []
+
+    def stop_reading() -> None:  # at SIGTERM: the drain runs beside in-flight requests
+        queue.lane = None
+        for worker in workers:
+            worker.stop()
+        if lane is not None:
+            lane_batches.extend(lane.close())
+
+    lifecycle = app[state.LIFECYCLE]
+    lifecycle.on_stop.append(stop_reading)
     if workers:
         log.info("started %d workers as %s-*", len(workers), settings.consumer_name)
     yield
-    queue.lane = None
-    for worker in workers:
-        worker.stop()
-    await _finish(tasks + (lane.close() if lane else []), settings.shutdown_grace_seconds)
+    stop_reading()
+    await _finish(tasks + lane_batches, lifecycle.left(settings.shutdown_grace_seconds))
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -208,9 +218,11 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         app[state.REDIS], Keys.from_settings(settings), app[state.RESULTS], settings
     )
     task = asyncio.create_task(dispatcher.run(), name="webhooks")
+    lifecycle = app[state.LIFECYCLE]
+    lifecycle.on_stop.append(dispatcher.stop)
     yield
     dispatcher.stop()
-    await _finish([task], settings.shutdown_grace_seconds)
+    await _finish([task], lifecycle.left(settings.shutdown_grace_seconds))
 
 
 async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
@@ -225,9 +237,28 @@ async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
             await task
 
 
-async def _mark_stopping(app: web.Application) -> None:
-    """on_shutdown: from here on readiness answers 503."""
-    app[state.LIFECYCLE].stopping = True
+#: Sync calls still running this long before the shutdown deadline are answered 503, so
+#: that their clients get an answer before the server closes the connections.
+_ANSWER_BEFORE_DEADLINE = 0.5
+
+
+async def _begin_stopping(app: web.Application) -> None:
+    """on_shutdown (SIGTERM): readiness answers 503; workers stop reading and drain, and so
+    do webhook deliveries; waiters are answered now (202 with the id, or the record as it
+    is); sync calls that would outlast the grace period are answered 503 just before it
+    ends. Everything shares one deadline, SHUTDOWN_GRACE_SECONDS from now."""
+    settings, lifecycle = app[state.SETTINGS], app[state.LIFECYCLE]
+    lifecycle.begin_stopping(settings.shutdown_grace_seconds)
+    if state.COMPLETIONS in app:
+        app[state.COMPLETIONS].release()
+    if state.BATCHERS in app:
+        batchers = app[state.BATCHERS]
+        cut = max(0.0, settings.shutdown_grace_seconds - _ANSWER_BEFORE_DEADLINE)
+        asyncio.get_running_loop().call_later(
+            cut,
+            batchers.abandon,
+            Overloaded("The replica is shutting down; try again (another replica will answer)."),
+        )
 
 
 #: Every route. A route needs the API key (when API_KEY is set) unless it is marked public
@@ -258,7 +289,7 @@ def create_app(settings: Settings) -> web.Application:
     app[state.METRICS] = Metrics()
     app[state.LIFECYCLE] = Lifecycle()
     app[state.SYNC_GATE] = SyncGate()
-    app.on_shutdown.append(_mark_stopping)
+    app.on_shutdown.append(_begin_stopping)
     app.cleanup_ctx.append(models_ctx)
     if settings.redis_url:
         app[state.REDIS_URL] = settings.redis_url

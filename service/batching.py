@@ -50,6 +50,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[Outcome]] = set()
         self._deadlines = Deadlines()
         self._loop = BoundLoop()
 
@@ -100,8 +101,21 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def abandon(self, error: Exception) -> None:
+        """Fails every caller still waiting, queued or running (the calls under way go on
+        in their threads; their results are dropped)."""
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._waiting = []
+        for future in self._running:
+            if not future.done():
+                future.set_exception(error)
+
     async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         began = time.perf_counter()
+        futures = [future for _, future in batch]
+        self._running.update(futures)
         try:
             outcomes, call_seconds = await self._executor.run_batch(
                 self.model, [value for value, _ in batch]
@@ -113,6 +127,8 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self._running.difference_update(futures)
         self._inline.observe(call_seconds)
         self._settle(batch, outcomes, time.perf_counter() - began)
 
@@ -156,3 +172,8 @@ class Batchers:
 
     def __getitem__(self, name: str) -> Batcher:
         return self._batchers[name]
+
+    def abandon(self, error: Exception) -> None:
+        """`Batcher.abandon` for every model."""
+        for batcher in self._batchers.values():
+            batcher.abandon(error)

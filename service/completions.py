@@ -40,6 +40,8 @@ class Completions:
         self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop = BoundLoop()
+        #: Set when the replica stops: waits answer at once from then on.
+        self.released = False
         # Time up: the future is answered None (the waiter then reads the record).
         self._deadlines = Deadlines(_time_up)
 
@@ -95,6 +97,12 @@ class Completions:
         need not read it back (the channel announcement still reaches everyone else)."""
         self._wake(record.prediction_id, True, record)
 
+    def release(self) -> None:
+        """The replica is stopping: every waiter is answered now with the record as it is
+        (a Prefer: wait submit gets its 202 and id), and later waits do not wait."""
+        self.released = True
+        self._wake_all()
+
     def _wake_all(self) -> None:
         for prediction_id in list(self._ends) + list(self._changes):
             self._wake(prediction_id, True)
@@ -133,6 +141,9 @@ class Completions:
         deadline = loop.time() + seconds
         future = watching
         while True:
+            if future is not None and self.released:
+                self.forget(prediction_id, future)
+                future = None
             if future is None:
                 # Watched before reading, so a change announced in between is not missed.
                 future = self.watch(prediction_id, changes)
@@ -141,7 +152,7 @@ class Completions:
                 except BaseException:
                     self.forget(prediction_id, future)
                     raise
-                if until(record) or deadline - loop.time() <= 0:
+                if until(record) or deadline - loop.time() <= 0 or self.released:
                     self.forget(prediction_id, future)
                     return record
             self._deadlines.watch(loop, future, deadline - loop.time())

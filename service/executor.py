@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -114,13 +115,35 @@ class Executor:
             self._rebuilding.cancel()
         self._threads.shutdown(wait=False, cancel_futures=True)
         if self._processes is not None:
-            self._processes.shutdown(wait=True, cancel_futures=True)
+            # The same for a process: a call still running is not waited for (its job is
+            # still pending for another replica); its process is terminated.
+            processes = list((self._processes._processes or {}).values())
+            self._processes.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+
+
+_calls_lock = threading.Lock()
+_calls_running = 0
+
+
+def calls_running() -> int:
+    """Model calls running in threads of this process right now."""
+    return _calls_running
 
 
 def _timed_call(model: Model, values: list[Any]) -> tuple[list[Outcome], float]:
-    began = time.perf_counter()
-    outcomes = model.run_batch(values)
-    return outcomes, time.perf_counter() - began
+    global _calls_running
+    with _calls_lock:
+        _calls_running += 1
+    try:
+        began = time.perf_counter()
+        outcomes = model.run_batch(values)
+        return outcomes, time.perf_counter() - began
+    finally:
+        with _calls_lock:
+            _calls_running -= 1
 
 
 def _noop() -> None:

@@ -152,8 +152,8 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
             data = orjson.dumps(record.to_view())
             await response.write(b"event: status\ndata: " + data + b"\n\n")
             sent = record.status
-        if record.status.final:
-            break
+        if record.status.final or completions.released:  # released: the replica stops, and
+            break  # the client reconnects to another one
         before = record.status
         record = await completions.wait(
             prediction_id,
@@ -162,7 +162,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
             until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
             changes=True,
         )
-        if record is not None and record.status is before:
+        if record is not None and record.status is before and not completions.released:
             await response.write(b": still " + before.value.encode() + b"\n\n")
     await response.write_eof()
     return response

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -10,6 +12,25 @@ class Lifecycle:
     stopping: bool = False
     #: Set while the replica is broken beyond what it can mend itself: liveness fails.
     fault: str | None = None
+    #: When stopping: the monotonic time by which everything must be done (SIGTERM plus
+    #: SHUTDOWN_GRACE_SECONDS). Every stage of the shutdown uses what is left of it.
+    deadline: float | None = None
+    #: Called once when stopping begins (the drains start at once, side by side).
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    def begin_stopping(self, grace: float) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.deadline = time.monotonic() + grace
+        for stop in self.on_stop:
+            stop()
+
+    def left(self, grace: float) -> float:
+        """Seconds left of the shutdown (``grace`` when no deadline was set)."""
+        if self.deadline is None:
+            return grace
+        return max(0.0, self.deadline - time.monotonic())
 
 
 @dataclass

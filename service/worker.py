@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from .batching import Batchers
 from .completions import Completions
 from .connection import unavailable
-from .errors import InvalidInput, ModelUnavailable, NotFound
+from .errors import InvalidInput, ModelUnavailable, NotFound, ServiceError
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
 from .queue import Entry, JobQueue
@@ -257,7 +257,12 @@ class Worker:
                 self._own_pending_done = False
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-            except Exception:
+            except Exception as exc:
+                if self._stopping.is_set() and isinstance(exc, ServiceError):
+                    # Stopping, and the batch could not finish within the grace period: it
+                    # stays pending for another replica.
+                    log.warning("%s: batch left pending: %s", self.consumer, exc.message)
+                    continue
                 log.exception("%s: unexpected error in worker step", self.consumer)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +221,80 @@ async def test_a_read_only_replica_is_503_and_not_ready(
     finally:
         replica.stop()
         primary.stop()
+
+
+def _http(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.timeout(90)
+async def test_shutdown_ends_within_the_grace_period_and_answers_everyone_first(
+    redis_url: str, rds: Any
+) -> None:
+    port = free_port()
+    proc = await _serve(
+        {
+            "REDIS_URL": redis_url,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "MODEL": "tests.models:varying",  # a number input takes that many seconds
+            "SHUTDOWN_GRACE_SECONDS": "3",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        async def up() -> bool:
+            try:
+                return (
+                    await asyncio.to_thread(urllib.request.urlopen, base + "/health/ready")
+                ).status == 200
+            except OSError:
+                return False
+
+        await poll(up, within=30)
+        sync = asyncio.create_task(
+            asyncio.to_thread(_http, "POST", base + "/predict", {"input": 30}, {})
+        )
+        waited = asyncio.create_task(
+            asyncio.to_thread(
+                _http,
+                "POST",
+                base + "/predict",
+                {"input": 30},
+                {"Async-Mode": "true", "Prefer": "wait=60"},
+            )
+        )
+
+        async def both_running() -> bool:
+            pending = await rds.xpending("predictions", "workers")
+            return pending["pending"] == 1  # the waited job runs (delivered to this replica)
+
+        await poll(both_running)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+        took = time.monotonic() - began
+        sync_status, sync_body = await sync
+        waited_status, waited_body = await waited
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert code == 0
+    assert took < 3 + 2.0, f"exit took {took:.1f} s with a 3 s grace period"
+    assert sync_status == 503 and "shutting down" in sync_body["error"], sync_body
+    assert waited_status == 202, waited_body  # the waiter learned its id before the close
+    prediction_id = waited_body["prediction_id"]
+    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"processing"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 1, "left for others"
