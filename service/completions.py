@@ -23,6 +23,7 @@ from .schemas import JobRecord
 log = logging.getLogger(__name__)
 
 _RECONNECT_SECONDS = 1.0
+_SWEEP_SECONDS = 1.0
 
 
 class Completions:
@@ -42,6 +43,9 @@ class Completions:
         self._loop = BoundLoop()
         #: Set when the replica stops: waits answer at once from then on.
         self.released = False
+        # Waits whose client may leave: checked once a second, and woken if it has left.
+        self._leavers: dict[asyncio.Future[JobRecord | None], Callable[[], bool]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
         # Time up: the future is answered None (the waiter then reads the record).
         self._deadlines = Deadlines(_time_up)
 
@@ -132,11 +136,13 @@ class Completions:
         *,
         changes: bool = False,
         watching: asyncio.Future[JobRecord | None] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> JobRecord | None:
         """The job's record once ``until(record)`` holds (by default: it is final), or as
         it is after ``seconds``. Wakes on the job's end, or with ``changes`` on any change
         of status. ``watching`` (from `watch`, taken before the job was submitted) skips
-        the first read: the job was just queued."""
+        the first read: the job was just queued. ``gone`` tells whether the client left:
+        then the wait ends early (within about a second) and answers None."""
         loop = self._loop()
         deadline = loop.time() + seconds
         future = watching
@@ -156,13 +162,30 @@ class Completions:
                     self.forget(prediction_id, future)
                     return record
             self._deadlines.watch(loop, future, deadline - loop.time())
+            if gone is not None:
+                self._leavers[future] = gone
+                if self._sweep_timer is None:
+                    self._sweep_timer = loop.call_later(_SWEEP_SECONDS, self._sweep)
             try:
                 handed = await future  # a record when this replica ended the job
             finally:
                 self.forget(prediction_id, future)
+                self._leavers.pop(future, None)
+            if gone is not None and gone():
+                return None
             if handed is not None and until(handed):
                 return handed
             future = None
+
+    def _sweep(self) -> None:
+        """Wakes the waits whose clients left (an abandoned long-poll must not be held,
+        with its memory, for its whole wait)."""
+        self._sweep_timer = None
+        for future, gone in list(self._leavers.items()):
+            if gone() and not future.done():
+                future.set_result(None)
+        if self._leavers:
+            self._sweep_timer = self._loop().call_later(_SWEEP_SECONDS, self._sweep)
 
 
 def _time_up(future: asyncio.Future[JobRecord | None]) -> None:

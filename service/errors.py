@@ -24,6 +24,12 @@ class BadRequest(ServiceError):
     status = 400
 
 
+class RequestTimeout(ServiceError):
+    """The request body did not arrive within BODY_TIMEOUT_SECONDS."""
+
+    status = 408
+
+
 class NotFound(ServiceError):
     """The prediction, model or route does not exist."""
 

@@ -22,10 +22,15 @@ async def wait_for_record(
     seconds: float,
     watching: asyncio.Future[JobRecord | None] | None = None,
 ) -> JobRecord | None:
-    """The record once the job is final, or as it is after ``seconds`` (no polling)."""
+    """The record once the job is final, or as it is after ``seconds`` (no polling);
+    None when the client left meanwhile."""
     results = request.app[state.RESULTS]
     return await request.app[state.COMPLETIONS].wait(
-        prediction_id, seconds, lambda: results.get(prediction_id), watching=watching
+        prediction_id,
+        seconds,
+        lambda: results.get(prediction_id),
+        watching=watching,
+        gone=lambda: _gone(request),
     )
 
 
@@ -97,6 +102,8 @@ async def get_prediction(request: web.Request) -> web.Response:
     wait = _wait_param(request)
     if wait > 0:
         record = await wait_for_record(request, prediction_id, wait)
+        if record is None and _gone(request):
+            return web.Response(status=CLIENT_CLOSED)  # for the logs and metrics only
     else:
         record = await request.app[state.RESULTS].get(prediction_id)
     if record is None:
@@ -105,6 +112,9 @@ async def get_prediction(request: web.Request) -> web.Response:
 
 
 _KEEPALIVE_SECONDS = 15.0
+#: The status logged and counted for a long-poll whose client left before the answer
+#: (nginx's convention; never sent: there is no one to send it to).
+CLIENT_CLOSED = 499
 
 
 async def prediction_events(request: web.Request) -> web.StreamResponse:
@@ -145,27 +155,48 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    try:
+        await _follow(request, response, prediction_id, record)
+    except ConnectionResetError:  # the client went away: nothing more to send, no error
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _follow(
+    request: web.Request, response: web.StreamResponse, prediction_id: str, record: JobRecord
+) -> None:
+    """Writes a status event now and at each change, until the job is final."""
+    results = request.app[state.RESULTS]
     completions = request.app[state.COMPLETIONS]
     sent: Status | None = None
-    while record is not None:
-        if record.status is not sent:
-            data = orjson.dumps(record.to_view())
+    current: JobRecord | None = record
+    while current is not None:
+        if current.status is not sent:
+            data = orjson.dumps(current.to_view())
             await response.write(b"event: status\ndata: " + data + b"\n\n")
-            sent = record.status
-        if record.status.final or completions.released:  # released: the replica stops, and
+            sent = current.status
+        if current.status.final or completions.released:  # released: the replica stops, and
             break  # the client reconnects to another one
-        before = record.status
-        record = await completions.wait(
+        before = current.status
+        current = await completions.wait(
             prediction_id,
             _KEEPALIVE_SECONDS,
             lambda: results.get(prediction_id),
             until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
             changes=True,
+            gone=lambda: _gone(request),
         )
-        if record is not None and record.status is before and not completions.released:
+        if _gone(request):
+            raise ConnectionResetError("the client closed the stream")
+        if current is not None and current.status is before and not completions.released:
             await response.write(b": still " + before.value.encode() + b"\n\n")
-    await response.write_eof()
-    return response
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:

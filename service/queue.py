@@ -129,7 +129,8 @@ end
 # 'ok' and is left as it is; a known idempotency key answers 'dup:<its id>' (same body) or
 # 'conflict' (another body); a full queue answers 'full'; otherwise the job record
 # (status queued), its stream entry and its idempotency key are written and it answers
-# 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok'.
+# 'ok'. One atomic call for many jobs; nothing is written for a job that is not 'ok', and
+# with '1' (a bulk submit) nothing at all unless every job is new and fits.
 # When every job is 'ok' the answer is just their number.
 # With three more arguments (group, lane consumer, started channel) and no entry waiting
 # undelivered, the jobs are written as processing (attempts 1) and delivered to the lane
@@ -139,6 +140,29 @@ _SUBMIT = (
     + """
 local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
 local out, all_ok = {}, true
+if whole then
+  -- All or none: if any job's idempotency key is known (a repeated bulk submit), nothing
+  -- is written and each job answers its earlier id, or 'conflict' for another body.
+  local known_any, answers = false, {}
+  for i = 2, #KEYS do
+    local a = 5 + (i - 2) * 5
+    answers[i - 1] = 'conflict'
+    if ARGV[a + 4] ~= '' then
+      local extras = cjson.decode(ARGV[a + 4])
+      if extras[1] ~= '' then
+        local known = redis.call('GET', extras[1])
+        if known then
+          known_any = true
+          local sep = string.find(known, '|', 1, true)
+          if string.sub(known, sep + 1) == extras[2] then
+            answers[i - 1] = 'dup:' .. string.sub(known, 1, sep - 1)
+          end
+        end
+      end
+    end
+  end
+  if known_any then return answers end
+end
 if whole and limit > 0 and redis.call('XLEN', KEYS[1]) + #KEYS - 1 > limit then
   for i = 2, #KEYS do out[i - 1] = 'full' end
   return out
@@ -254,12 +278,19 @@ class JobQueue:
 
     async def submit_all(self, jobs: list[NewJob]) -> list[str]:
         """Queues every job, or none when they do not all fit under MAX_QUEUE (QueueFull):
-        one script call, one round trip. Answers the prediction ids in order.
-        """
+        one script call, one round trip. Answers the prediction ids in order (the earlier
+        ids when the jobs carry idempotency keys used before for the same body)."""
         replies = await self._write(jobs, whole=True)
         if any(r == "full" for r in replies):
             raise QueueFull(f"The queue cannot take {len(jobs)} more jobs; try again shortly.")
-        return [job.prediction_id for job in jobs]
+        if any(r == "conflict" for r in replies):
+            raise IdempotencyConflict(
+                "This Idempotency-Key was used with a different request body."
+            )
+        return [
+            r.removeprefix("dup:") if r.startswith("dup:") else job.prediction_id
+            for job, r in zip(jobs, replies, strict=True)
+        ]
 
     async def _write(self, jobs: list[NewJob], whole: bool = False) -> list[str]:
         keys = [self._keys.stream]

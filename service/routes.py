@@ -25,6 +25,7 @@ from .web_io import (
     parse_bulk_body,
     parse_predict_body,
     prefer,
+    read_body,
 )
 from .webhooks import check_url
 
@@ -39,7 +40,7 @@ async def predict(request: web.Request) -> web.Response:
     queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
     check_json(request)
-    body = parse_predict_body(await request.read())
+    body = parse_predict_body(await read_body(request, settings.body_timeout_seconds))
     raw = body.input
     value = model.validate(raw)
     if body.webhook:
@@ -159,8 +160,12 @@ async def predict_batch(request: web.Request) -> web.Response:
       Every input is checked first; if any does not fit the model, the answer is 422 with
       each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
       queued in one Redis round trip and their prediction ids come back in input order.
-      A `webhook` applies to every job (one delivery per job).
+      A `webhook` applies to every job (one delivery per job). An `Idempotency-Key`
+      names the whole request: the same key and body answer the same ids and queue
+      nothing new; the same key with another body is a 409.
     tags: [predictions]
+    parameters:
+      - $ref: "#/components/parameters/IdempotencyKey"
     requestBody:
       required: true
       content:
@@ -174,6 +179,7 @@ async def predict_batch(request: web.Request) -> web.Response:
             schema: {$ref: "#/components/schemas/BulkAccepted"}
       "400": {$ref: "#/components/responses/BadRequest"}
       "401": {$ref: "#/components/responses/Unauthorized"}
+      "409": {$ref: "#/components/responses/Conflict"}
       "413": {$ref: "#/components/responses/PayloadTooLarge"}
       "415": {$ref: "#/components/responses/UnsupportedMediaType"}
       "422": {$ref: "#/components/responses/InvalidInput"}
@@ -182,8 +188,11 @@ async def predict_batch(request: web.Request) -> web.Response:
     """
     app = request.app
     model = app[state.MODELS].get()
+    key = idempotency_key(request)
     check_json(request)
-    body = parse_bulk_body(await request.read(), app[state.SETTINGS].max_bulk)
+    settings = app[state.SETTINGS]
+    raw_body = await read_body(request, settings.body_timeout_seconds)
+    body = parse_bulk_body(raw_body, settings.max_bulk)
     inputs = body.inputs
     problems = []
     for index, value in enumerate(inputs):
@@ -195,12 +204,24 @@ async def predict_batch(request: web.Request) -> web.Response:
     if problems:
         raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
     if body.webhook:
-        await check_url(body.webhook, app[state.SETTINGS])
+        await check_url(body.webhook, settings)
     request_id = request[state.REQUEST_ID]
     events = ",".join(body.webhook_events)
+    # An Idempotency-Key names the whole request: each job keeps '<key>#<index>' with the
+    # digest of the whole body, so a repeat answers the same ids and another body is a 409.
+    digest = body_digest(model.name, inputs, body.webhook, events) if key else ""
     jobs = [
-        NewJob(new_id(), model.name, orjson.dumps(value), request_id, "", "", body.webhook, events)
-        for value in inputs
+        NewJob(
+            new_id(),
+            model.name,
+            orjson.dumps(value),
+            request_id,
+            f"{key}#{index}" if key else "",
+            digest,
+            body.webhook,
+            events,
+        )
+        for index, value in enumerate(inputs)
     ]
     ids = await app[state.QUEUE].submit_all(jobs)
     return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         description="Webhook POSTs one replica sends at once (0: this replica sends none).",
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request body must arrive within this many seconds (408)."
+    )
     api_key: str | None = Field(
         None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Any, NamedTuple, TypeVar
@@ -10,7 +11,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .errors import BadRequest, InvalidInput, UnsupportedMediaType
+from .errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
 from .schemas import BulkRequest, PredictRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -88,6 +89,19 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
+
+
+async def read_body(request: web.Request, within: float) -> bytes:
+    """The request body, within ``within`` seconds (408 otherwise): a client trickling
+    its body a byte at a time must not hold a request open for ever. A body that came
+    whole with its headers, as small ones do, is read without a timer."""
+    if request.content.is_eof():
+        return await request.read()
+    try:
+        async with asyncio.timeout(within):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"The body did not arrive within {within:g} s.") from None
 
 
 def check_json(request: web.Request) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -87,6 +88,29 @@ def make_client(aiohttp_client: Any, settings: Callable[..., Settings]) -> Clien
         return await aiohttp_client(create_app(settings(**overrides)))  # type: ignore[no-any-return]
 
     return make
+
+
+Served = tuple[web.Application, str]
+
+
+@pytest.fixture
+async def make_served(settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """Apps served as `python -m service` serves them (a handler is not cancelled when its
+    client leaves; aiohttp's test server cancels it): answers (app, base URL)."""
+    runners: list[web.AppRunner] = []
+
+    async def make(**overrides: Any) -> Served:
+        app = create_app(settings(**overrides))
+        runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return app, f"http://127.0.0.1:{port}"
+
+    yield make
+    for runner in reversed(runners):
+        await runner.cleanup()
 
 
 async def poll(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from typing import Any
 
@@ -181,3 +182,32 @@ async def test_bytes_that_are_not_utf_8_are_named_as_such(make_client: ClientFac
     resp = await client.post("/predict", data=b'{"input": "\\ud800"}', headers=JSON)
     assert resp.status == 400
     assert "half of a UTF-16 surrogate pair" in (await resp.json())["error"]
+
+
+async def test_a_body_trickled_byte_by_byte_is_cut_off_with_408(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(body_timeout_seconds=1)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 200\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"inp')
+    began = asyncio.get_running_loop().time()
+
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            for byte in b'ut": "' + b"x" * 150:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    sender = asyncio.ensure_future(trickle())
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        sender.cancel()
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert asyncio.get_running_loop().time() - began < 3

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service.ids import new_request_id
-from service.logs import JsonFormatter
+from service.logs import JsonFormatter, TextFormatter
 
 from .conftest import ClientFactory, poll
 from .test_api import submit, wait_final
@@ -223,3 +223,27 @@ async def test_a_worker_only_replica_processes_jobs_without_a_port(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def test_text_log_lines_cannot_be_forged_through_a_request_path() -> None:
+    record = logging.LogRecord(
+        "service.access",
+        logging.INFO,
+        __file__,
+        1,
+        "%s %s %d",
+        ("GET", "/predict/x\n2026-01-01 00:00:00 ERROR service: forged\r\u2028", 404),
+        None,
+    )
+    line = TextFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line
+    assert line == (
+        "INFO service.access: GET /predict/x\\n2026-01-01 00:00:00 ERROR service: forged"
+        "\\r\\u2028 404"
+    )
+    # A traceback keeps its lines.
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert "\nValueError: boom" in TextFormatter().format(record)

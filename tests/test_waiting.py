@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+from typing import Any
 
+import aiohttp
+import pytest
 from redis.asyncio import Redis
+
+from service import state
 
 from . import models
 from .conftest import ClientFactory, poll
 from .test_api import submit, wait_final
+from .test_ops import figure
 from .test_worker import worker_for
 
 
@@ -212,11 +220,17 @@ async def test_cancel_a_finished_job_is_409_and_unknown_is_404(make_client: Clie
 
 
 async def test_bulk_submit_queues_all_in_order(make_client: ClientFactory, rds: Redis) -> None:
-    client = await make_client(model="tests.models:echo")
-    resp = await client.post("/predict/batch", json={"inputs": [1, 2, 3]})
+    api = await make_client(workers=0, model="tests.models:echo")
+    resp = await api.post("/predict/batch", json={"inputs": [1, 2, 3]})
     assert resp.status == 202
     ids = (await resp.json())["prediction_ids"]
     assert len(ids) == 3
+    # The stream holds them in input order (a worker reads them in that order).
+    entries = await rds.xrange("predictions")
+    assert [(f[b"id"].decode(), f[b"input"]) for _, f in entries] == list(
+        zip(ids, [b"1", b"2", b"3"], strict=True)
+    )
+    client = await make_client(model="tests.models:echo", consumer_name="worker")
     results = [(await wait_final(client, p))["output"] for p in ids]
     assert results == [{"input": n, "result": {"echo": n}} for n in (1, 2, 3)]
 
@@ -274,3 +288,71 @@ async def test_events_stream_each_status_until_final_then_close(
     assert await asyncio.wait_for(resp.content.read(), 10) == b"", "the stream ends"
     missing = await api.get("/predict/00000000-0000-4000-8000-000000000000/events")
     assert missing.status == 404
+
+
+async def test_an_idempotency_key_on_a_bulk_submit_answers_the_same_ids(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    client = await make_client(workers=0)
+    headers = {"Idempotency-Key": "batch-7"}
+    first = await client.post("/predict/batch", json={"inputs": ["a", "b"]}, headers=headers)
+    assert first.status == 202
+    ids = (await first.json())["prediction_ids"]
+    again = await client.post("/predict/batch", json={"inputs": ["a", "b"]}, headers=headers)
+    assert again.status == 202
+    assert (await again.json())["prediction_ids"] == ids
+    assert await rds.xlen("predictions") == 2, "nothing queued twice"
+    for body in ({"inputs": ["a", "c"]}, {"inputs": ["a", "b", "c"]}, {"inputs": ["a"]}):
+        other = await client.post("/predict/batch", json=body, headers=headers)
+        assert other.status == 409, body
+    assert await rds.xlen("predictions") == 2
+    bad = await client.post(
+        "/predict/batch", json={"inputs": ["a"]}, headers={"Idempotency-Key": ""}
+    )
+    assert bad.status == 400
+
+
+async def test_an_events_client_that_leaves_ends_its_stream_quietly(
+    make_served: Any, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, base = await make_served(workers=0, model="tests.models:gated")
+    route = "/predict/{prediction_id}/events"
+    async with aiohttp.ClientSession(base) as http:
+        async with http.post("/predict", json={"input": 1}, headers={"Async-Mode": "true"}) as r:
+            prediction_id = (await r.json())["prediction_id"]
+        resp = await http.get(f"/predict/{prediction_id}/events")
+        assert (await resp.content.readline()).startswith(b"event: status")
+        resp.close()  # the client goes away mid-stream
+        await make_client(model="tests.models:gated", consumer_name="worker")  # status moves on
+
+        async def ended() -> str | None:
+            async with http.get("/metrics") as got:
+                text = await got.text()
+            return text if f'route="{route}"' in text else None
+
+        text = await poll(ended)
+    assert figure(text, "http_requests_total", route=route, method="GET", status="200") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    models.release()
+
+
+async def test_an_abandoned_long_poll_is_let_go_within_seconds(make_served: Any) -> None:
+    app, base = await make_served(workers=0)
+    completions = app[state.COMPLETIONS]
+    async with aiohttp.ClientSession(base) as http:
+        async with http.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"}) as r:
+            prediction_id = (await r.json())["prediction_id"]
+        long_poll = asyncio.ensure_future(http.get(f"/predict/{prediction_id}?wait=30"))
+
+        async def waiting() -> bool:
+            return completions.waited_for(prediction_id)
+
+        await poll(waiting)
+        long_poll.cancel()  # the client gives up and closes its connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await long_poll
+
+        async def let_go() -> bool:
+            return not completions.waited_for(prediction_id)
+
+        await poll(let_go, within=5)
