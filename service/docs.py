@@ -120,30 +120,28 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
                 "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
             },
         }
-        # A body that succeeds as it stands ("Try it out"), with no webhook in it.
-        example = model.example()
-        if example is not None:
-            request["example"] = {"input": example}
         schemas[f"{prefix}request"] = request
+        # A body that succeeds as it stands ("Try it out"), with no webhook in it: given on
+        # the media type, as one whole body (a schema-level example would be merged with
+        # generated fields by some tools).
+        example = model.example()
+        media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{prefix}request"}}
+        if example is not None:
+            media["example"] = {"input": example}
         operation = copy.deepcopy(template)
         operation["summary"] = f"Predict with model {name!r} ({model.kind})"
         operation["parameters"] = [
             p for p in operation["parameters"] if p["$ref"] != "#/components/parameters/ModelName"
         ]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{prefix}request"}}
-            },
-        }
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
         operation["operationId"] = f"predict_{name}"
         spec["paths"][f"/models/{name}/predict"] = {"post": operation}
         if name == registry.default:
             spec["paths"]["/predict"]["post"]["requestBody"] = operation["requestBody"]
             bulk = schemas["BulkRequest"]["properties"]["inputs"]
             bulk["items"] = input_schema
-            spec["components"]["parameters"]["ModelName"]["schema"]["example"] = name
+            bulk.pop("example", None)  # the text model's, in the file
             if example is not None:
-                bulk["example"] = [example, example]
-                schemas["BulkRequest"]["example"] = {"inputs": [example, example]}
-                schemas["PredictRequest"]["example"] = {"input": example}
+                bulk["example"] = [example] * 2
+                bulk_body = spec["paths"]["/predict/batch"]["post"]["requestBody"]
+                bulk_body["content"]["application/json"]["example"] = {"inputs": [example] * 2}

@@ -98,13 +98,17 @@ async def test_job_goes_queued_processing_done(make_client: ClientFactory) -> No
 async def test_record_and_queue_entry_carry_a_ttl_and_are_acked(
     make_client: ClientFactory, rds: Redis
 ) -> None:
-    client = await make_client(result_ttl_seconds=120)
+    client = await make_client(result_ttl_seconds=120, workers=0)
     prediction_id = await submit(client, "fine")
     assert 0 < await rds.ttl(f"prediction:{prediction_id}") <= 120
+    assert await rds.xlen("predictions") == 1
+    await make_client(result_ttl_seconds=120, consumer_name="worker")
     await wait_final(client, prediction_id)
     assert 0 < await rds.ttl(f"prediction:{prediction_id}") <= 120
     pending = await rds.xpending("predictions", "workers")
     assert pending["pending"] == 0
+    # Acked and deleted in the same call: the stream keeps only work waiting or running.
+    assert await rds.xlen("predictions") == 0
 
 
 @pytest.mark.parametrize("raw", [str(uuid.uuid4()), "not-a-uuid", "123"])

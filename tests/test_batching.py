@@ -45,12 +45,23 @@ async def test_concurrent_sync_requests_get_their_own_results(make_client: Clien
 
 
 async def test_a_partial_batch_goes_after_the_delay(make_client: ClientFactory) -> None:
-    client = await make_client(model="tests.models:BatchEcho", max_batch_size=100)
-    responses = await asyncio.gather(
-        *(client.post("/predict", json={"input": "x"}) for _ in range(3))
+    client = await make_client(
+        model="tests.models:BatchEcho", max_batch_size=100, max_batch_delay_ms=200
     )
-    assert [r.status for r in responses] == [200, 200, 200]
-    assert sum(models.batch_sizes) <= 3  # single items do not call predict_batch
+    batcher = client.server.app[state.BATCHERS]["default"]
+    loop = asyncio.get_running_loop()
+    # A crowd of ten sets the expected batch size...
+    await asyncio.gather(*(batcher.run_one(f"crowd {i}") for i in range(10)))
+    assert models.batch_sizes == [10]
+    # ...so three callers of one turn wait for more, up to the delay, then go together.
+    began = loop.time()
+    three = [batcher.run_one(f"few {i}") for i in range(3)]
+    done, _ = await asyncio.wait(three, timeout=5)
+    elapsed = loop.time() - began
+    assert len(done) == 3, "the partial batch must go once the delay is up"
+    assert [o.result().ok for o in three] == [True, True, True]
+    assert models.batch_sizes == [10, 3], "one call for the three"
+    assert 0.15 <= elapsed < 1.0, f"went after {elapsed:.3f} s with a 0.2 s delay"
 
 
 async def test_a_worker_batch_maps_results_to_ids_and_fails_only_the_bad_job(

@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from service.embedded import free_port
 from service.ids import new_request_id
 from service.logs import JsonFormatter, TextFormatter
 
@@ -215,11 +216,16 @@ async def test_a_worker_only_replica_processes_jobs_without_a_port(
 ) -> None:
     api = await make_client(workers=0)
     prediction_id = await submit(api, "Workers without a web server work fine")
-    env = {**os.environ, "REDIS_URL": redis_url, "SERVE_HTTP": "false", "PORT": "1"}
+    port = free_port()  # what it would listen on, if it served HTTP
+    env = {**os.environ, "REDIS_URL": redis_url, "SERVE_HTTP": "false", "PORT": str(port)}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service", cwd=ROOT, env=env)
     try:
         record = await wait_final(api, prediction_id)
         assert record["status"] == "done"
+        # It did the work, and nothing listens on its port.
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert proc.returncode is None, "still running"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -71,6 +71,19 @@ def hook_settings(**more: Any) -> dict[str, Any]:
     }
 
 
+async def settled(rds: Redis) -> None:
+    """Waits until no delivery is left anywhere: acked and deleted from the stream, none
+    pending in the dispatchers' group, none waiting for a retry."""
+
+    async def nothing_left() -> bool:
+        left = await rds.xlen("predictions:webhooks")
+        pending = (await rds.xpending("predictions:webhooks", "webhooks"))["pending"]
+        retries = await rds.zcard("predictions:webhooks:retry")
+        return (left, pending, retries) == (0, 0, 0)
+
+    await poll(nothing_left)
+
+
 async def submit_with_hook(client: Any, url: str, **extra: Any) -> str:
     resp = await client.post(
         "/predict", json={"input": 7, "webhook": url, **extra}, headers={"Async-Mode": "true"}
@@ -80,7 +93,7 @@ async def submit_with_hook(client: Any, url: str, **extra: Any) -> str:
 
 
 async def test_the_final_record_is_posted_signed(
-    make_client: ClientFactory, receiver: tuple[Receiver, str]
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
     client = await make_client(**hook_settings())
@@ -90,6 +103,8 @@ async def test_the_final_record_is_posted_signed(
         return bool(rec.calls)
 
     await poll(delivered)
+    await settled(rds)  # a 2xx delivery is acked and deleted
+    assert len(rec.calls) == 1
     headers, body = rec.calls[0]
     timestamp, signature = headers["X-Webhook-Timestamp"], headers["X-Webhook-Signature"]
     assert signature == sign(SECRET, timestamp, body)
@@ -104,7 +119,7 @@ async def test_the_final_record_is_posted_signed(
 
 
 async def test_a_failed_delivery_is_retried_until_it_lands(
-    make_client: ClientFactory, receiver: tuple[Receiver, str]
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
     rec.answers = [500, 503]
@@ -115,6 +130,8 @@ async def test_a_failed_delivery_is_retried_until_it_lands(
         return len(rec.calls) >= 3
 
     await poll(landed)
+    await settled(rds)  # landed: nothing left to send or to retry
+    assert len(rec.calls) == 3, "two failures, then one delivery, and no more"
     assert len({body for _, body in rec.calls}) == 1, "the same record each time"
 
 
@@ -162,11 +179,15 @@ async def test_events_filter_which_outcomes_are_posted(
     make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     _, url = receiver
-    client = await make_client(**hook_settings())
-    prediction_id = await submit_with_hook(client, url, webhook_events=["failed"])
-    assert (await wait_final(client, prediction_id))["status"] == "done"
-    # The delivery would be queued in the same script call that wrote the final record.
-    assert await rds.xlen("predictions:webhooks") == 0
+    # No dispatcher here, so the deliveries the finish script queues stay in the stream.
+    client = await make_client(**hook_settings(webhook_deliveries=0))
+    skipped = await submit_with_hook(client, url, webhook_events=["failed"])
+    assert (await wait_final(client, skipped))["status"] == "done"
+    assert await rds.xlen("predictions:webhooks") == 0, "done is not among its events"
+    posted = await submit_with_hook(client, url, webhook_events=["done"])
+    assert (await wait_final(client, posted))["status"] == "done"
+    entries = await rds.xrange("predictions:webhooks")
+    assert [f[b"key"] for _, f in entries] == [f"prediction:{posted}".encode()]
 
 
 async def test_a_delivery_survives_the_replica_that_finished_the_job(
@@ -190,6 +211,7 @@ async def test_a_delivery_survives_the_replica_that_finished_the_job(
 
     await poll(delivered)
     assert json.loads(rec.calls[1][1])["status"] == "done"
+    await settled(rds)
 
 
 def test_only_globally_routable_addresses_count_as_public() -> None:
@@ -334,7 +356,7 @@ async def test_redirects_are_not_followed(
 
 
 async def test_the_client_submits_a_webhook(
-    make_client: ClientFactory, receiver: tuple[Receiver, str]
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
     server = await make_client(**hook_settings())
@@ -347,6 +369,7 @@ async def test_the_client_submits_a_webhook(
 
     await poll(delivered)
     assert rec.calls[0][0]["X-Prediction-ID"] == job.prediction_id
+    await settled(rds)
 
 
 async def test_delivery_connections_refuse_names_of_private_addresses() -> None:
@@ -377,7 +400,7 @@ async def test_a_delivery_left_mid_post_is_taken_over(
 
     await poll(delivered)
     assert rec.calls[0][0]["X-Prediction-ID"] == prediction_id
-    assert (await rds.xpending("predictions:webhooks", "webhooks"))["pending"] == 0
+    await settled(rds)
 
 
 async def test_a_bulk_submit_webhook_covers_every_job(
@@ -394,6 +417,7 @@ async def test_a_bulk_submit_webhook_covers_every_job(
 
     await poll(both)
     assert sorted(h["X-Prediction-ID"] for h, _ in rec.calls) == sorted(ids)
+    await settled(rds)
     refused = await client.post("/predict/batch", json={"inputs": [1], "webhook": "ftp://x/y"})
     assert refused.status == 422
     assert (await refused.json())["detail"][0]["loc"] == ["webhook"]

@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service import state
+from service.models import Outcome
 from service.queue import Entry
 from service.worker import Worker
 
@@ -92,11 +93,19 @@ async def test_a_redelivered_final_job_is_acked_without_running_again(
     reply = await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     entry = Entry(entry_id, prediction_id, fields[b"model"].decode(), fields[b"input"])
-    await worker.process([entry])
+    # An earlier delivery finished the job, and its ack was lost: the record is final,
+    # the entry is still pending.
+    await rds.hset(
+        f"prediction:{prediction_id}",
+        mapping={"status": "done", "result": '{"echo":"earlier"}', "finished_at": 1},
+    )
     first = await record(rds, prediction_id)
-    await worker.process([entry])  # as if the ack had been lost and the entry came back
-    assert await record(rds, prediction_id) == first
-    assert models.calls[repr("once")] == 1
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 1
+    await worker.process([entry])  # the entry comes back
+    assert await record(rds, prediction_id) == first, "the final record is left as it was"
+    assert models.calls[repr("once")] == 0, "not run again"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0, "but acked"
+    assert await rds.xlen("predictions") == 0
 
 
 async def test_a_two_second_model_call_does_not_delay_a_get(make_client: ClientFactory) -> None:
@@ -114,3 +123,23 @@ async def test_a_two_second_model_call_does_not_delay_a_get(make_client: ClientF
     assert not post.done(), "the GET should finish while the model is still running"
     assert elapsed < models.SLOW_SECONDS / 2
     assert (await post).status == 200
+
+
+async def test_a_late_second_finish_never_rewrites_a_final_record(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # Two replicas ran the same entry (the first was thought dead and its batch reclaimed):
+    # the first finish wins, the late one changes nothing, and the entry is acked once.
+    client = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(client, "twice")
+    reply = await rds.xreadgroup("workers", "slow", {"predictions": ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    entry = Entry(entry_id, prediction_id, "default", fields[b"input"])
+    results = client.server.app[state.RESULTS]
+    await results.mark_processing([(prediction_id, entry_id)], time.time())
+    await results.finish_and_ack([(entry, Outcome(ok=True, payload=b'"first"'))], [entry_id], 1.0)
+    first = await record(rds, prediction_id)
+    assert first[b"status"] == b"done" and first[b"result"] == b'"first"'
+    await results.finish_and_ack([(entry, Outcome(ok=False, error="late"))], [entry_id], 2.0)
+    assert await record(rds, prediction_id) == first, "done did not turn into failed"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
