@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
 from service.embedded import RedisServer, free_port  # noqa: E402
+from service.job import NewJob, entry_fields, queued_record  # noqa: E402
 
 INSTANT = "examples.instant:Instant"
 TEXT = "The service was quick and the answer was right."
@@ -204,7 +205,8 @@ async def _drive_asyncio(
 
 
 def enqueue(redis_url: str, model: str, value: Any, count: int) -> list[str]:
-    """Queues ``count`` jobs as the service does (record + entry), straight into Redis."""
+    """Queues ``count`` jobs as the service does (record + entry, the layout of
+    service.job), straight into Redis."""
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     client.xgroup_create("predictions", "workers", id="0", mkstream=True)
@@ -214,22 +216,11 @@ def enqueue(redis_url: str, model: str, value: Any, count: int) -> list[str]:
     for start in range(0, count, 5000):
         pipe = client.pipeline(transaction=False)
         for prediction_id in ids[start : start + 5000]:
+            job = NewJob(prediction_id, "default", raw)
             key = f"prediction:{prediction_id}"
-            pipe.hset(
-                key,
-                mapping={
-                    "status": "queued",
-                    "model": "default",
-                    "input": raw,
-                    "created_at": now,
-                    "attempts": 0,
-                },
-            )
+            pipe.hset(key, mapping=queued_record(job, now))
             pipe.expire(key, 3600)
-            pipe.xadd(
-                "predictions",
-                {"id": prediction_id, "model": "default", "input": raw, "rid": "", "at": now},
-            )
+            pipe.xadd("predictions", entry_fields(job, now))
         pipe.execute()
     client.close()
     return ids

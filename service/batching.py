@@ -71,7 +71,7 @@ class Batcher:
         future: asyncio.Future[Outcome] = loop.create_future()
         self._add(loop, value, future)
         if give_up_after > 0:
-            self._deadlines.watch(loop, future, give_up_after)
+            self._deadlines.expire_after(loop, future, give_up_after)
         return future
 
     def _add(

@@ -49,9 +49,10 @@ class Deadlines:
         """Entries held (pending futures, and settled ones not yet dropped)."""
         return len(self._queue) + len(self._late)
 
-    def watch(
+    def expire_after(
         self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], seconds: float
     ) -> None:
+        """Settles ``future`` with ``expire`` if it is still pending ``seconds`` from now."""
         queue = self._queue
         while queue and queue[0][1].done():  # settled in time: forget them
             queue.popleft()

@@ -23,10 +23,12 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from . import lua
 from .errors import InvalidInput
+from .job import stream_entries
 from .keys import Keys
-from .queue import stream_entries
 from .results import ResultStore
+from .schemas import prediction_view
 from .settings import Settings
 from .webhooks import PublicResolver, Unresolved, check_url, sign
 
@@ -36,20 +38,6 @@ GROUP = "webhooks"
 MAX_BACKOFF = 600.0
 STUCK_FACTOR = 3
 MAX_BLOCK = 0.5
-
-# KEYS: the retry set, the deliveries stream. ARGV: now, most to move.
-# Moves retries that are due back into the stream, each as a new entry; answers when the
-# next retry is due ('' when none is waiting).
-_RELEASE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(due) do
-  local key, attempt, since = string.match(member, '^(.*)|(%d+)|([%d.]+)$')
-  redis.call('XADD', KEYS[2], '*', 'key', key, 'attempt', attempt, 'since', since)
-  redis.call('ZREM', KEYS[1], member)
-end
-local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return next[2] or ''
-"""
 
 
 class Dispatcher:
@@ -63,7 +51,7 @@ class Dispatcher:
         self._settings = settings
         self._consumer = f"{settings.consumer_name}-webhooks"
         self._stopping = asyncio.Event()
-        self._release_due = redis.register_script(_RELEASE_DUE)
+        self._release_due = lua.register(redis, "release_due")
         self._warned_unsigned = False
         self._next_reclaim = 0.0
 
@@ -176,7 +164,8 @@ class Dispatcher:
         if record is None or not record.webhook:  # expired meanwhile: nothing to send
             await self._ack(entry_id)
             return
-        if await self._post(http, prediction_id, record.webhook, orjson.dumps(record.to_view())):
+        body = orjson.dumps(prediction_view(record))
+        if await self._post(http, prediction_id, record.webhook, body):
             await self._ack(entry_id)
             return
         wait = min(self._settings.webhook_retry_seconds * 2 ** (attempt - 1), MAX_BACKOFF)

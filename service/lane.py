@@ -1,14 +1,15 @@
 """The direct lane: jobs a replica just submitted and someone there waits for (Prefer:
-wait) are run on that replica at once, marked and delivered by the submit script itself
-(see `service.queue`), instead of waiting for a worker's read and mark."""
+wait) are run on that replica at once, started and delivered by the submit script itself
+(submit.lua), instead of waiting for a worker's read and mark."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from .queue import Entry
-from .worker import Worker
+from .job import Entry
 
 log = logging.getLogger(__name__)
 
@@ -16,24 +17,31 @@ log = logging.getLogger(__name__)
 class DirectLane:
     """Runs at once the jobs this replica just submitted and waits for (Prefer: wait).
 
-    When no entry waits undelivered, the submit script writes such jobs as processing and
-    delivers them to this lane's consumer (``worker``'s; its loop is not run) in one call,
-    so they skip a worker's blocked read and its mark call: two of the round trips on a
-    waited job's path. They are then ordinary pending entries of that consumer, so
-    heartbeats, and a reclaim by another replica after a crash, apply as to any worker's
-    batch. At most ``room`` batches run in the lane at once; beyond that (or while older
-    entries wait undelivered, which keeps the queue's order), submits queue as usual.
+    When no entry waits undelivered, submit.lua starts such jobs and delivers them to this
+    lane's ``consumer`` in the same call, so they skip a worker's blocked read and its mark
+    call: two of the round trips on a waited job's path. They are then ordinary pending
+    entries of that consumer, so heartbeats, and a reclaim by another replica after a
+    crash, apply as to any worker's batch. At most ``room`` batches run in the lane at once;
+    beyond that (or while older entries wait undelivered, which keeps the queue's order),
+    submits queue as usual.
+
+    The queue is given the lane when it is built (`JobQueue(lane=...)`), and the lane is
+    given what runs its batches (`run`, a worker's `run_started`) once the workers exist.
     """
 
-    def __init__(self, worker: Worker, room: int) -> None:
-        self._worker = worker
+    def __init__(self, consumer: str, room: int) -> None:
+        self.consumer = consumer
         self._room = room
+        self._run: Callable[[list[Entry]], Coroutine[Any, Any, None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.consumer = worker.consumer
+
+    def open(self, run: Callable[[list[Entry]], Coroutine[Any, Any, None]]) -> None:
+        """Starts taking batches, which ``run`` runs (they are started already)."""
+        self._run = run
 
     def has_room(self) -> bool:
-        return not self._closed and len(self._tasks) < self._room
+        return self._run is not None and not self._closed and len(self._tasks) < self._room
 
     def close(self) -> list[asyncio.Task[None]]:
         """Takes no more batches (one delivered later stays pending for a reclaim) and
@@ -42,8 +50,8 @@ class DirectLane:
         return list(self._tasks)
 
     def take(self, entries: list[Entry]) -> None:
-        if entries and not self._closed:
-            task = asyncio.create_task(self._worker.process(entries, [b"queued"] * len(entries)))
+        if entries and self._run is not None and not self._closed:
+            task = asyncio.create_task(self._run(entries))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 

@@ -1,26 +1,12 @@
-"""Request bodies, job records and response shapes; the one status enum."""
+"""HTTP bodies and views: what requests carry and what answers look like."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-
-class Status(StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    @property
-    def final(self) -> bool:
-        return self in (Status.DONE, Status.FAILED, Status.CANCELED)
-
+from .job import JobRecord, Status
 
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 
@@ -81,71 +67,28 @@ class BulkRequest(WebhookFields):
     inputs: list[Any]
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
-
-
-def _number(value: bytes | None) -> float | None:
-    return None if value is None else float(value)
-
-
-class JobRecord(BaseModel):
-    """One queued prediction as stored in its Redis hash (written by the queue's submit
-    script, moved on by the result store's scripts)."""
-
-    prediction_id: str
-    status: Status
-    model: str
-    input: Any
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    result: Any = None
-    error: str | None = None
-    request_id: str | None = None
-    webhook: str | None = None
-
-    @classmethod
-    def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
-        result = fields.get(b"result")
-        return cls(
-            prediction_id=prediction_id,
-            status=Status(fields[b"status"].decode()),
-            model=fields[b"model"].decode(),
-            input=orjson.loads(fields[b"input"]),
-            created_at=float(fields[b"created_at"]),
-            started_at=_number(fields.get(b"started_at")),
-            finished_at=_number(fields.get(b"finished_at")),
-            attempts=int(fields.get(b"attempts", b"0")),
-            result=None if result is None else orjson.loads(result),
-            error=_text(fields.get(b"error")),
-            request_id=_text(fields.get(b"request_id")) or None,
-            webhook=_text(fields.get(b"webhook")) or None,
-        )
-
-    def to_view(self) -> dict[str, Any]:
-        """The GET /predict/{id} answer, shaped as in API.md."""
-        if self.status is Status.DONE:
-            result = self.result
-        elif self.status in (Status.FAILED, Status.CANCELED):
-            result = None
-        else:
-            result = "processing"
-        view: dict[str, Any] = {
-            "prediction_id": self.prediction_id,
-            "status": self.status.value,
-            "output": {"input": self.input, "result": result},
-            "model": self.model,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "attempts": self.attempts,
-            "request_id": self.request_id,
-        }
-        if self.status is Status.FAILED:
-            view["error"] = self.error
-        return view
+def prediction_view(record: JobRecord) -> dict[str, Any]:
+    """The GET /predict/{id} answer for a record, shaped as docs/api.md says."""
+    if record.status is Status.DONE:
+        result = record.result
+    elif record.status in (Status.FAILED, Status.CANCELED):
+        result = None
+    else:
+        result = "processing"
+    view: dict[str, Any] = {
+        "prediction_id": record.prediction_id,
+        "status": record.status.value,
+        "output": {"input": record.input, "result": result},
+        "model": record.model,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "attempts": record.attempts,
+        "request_id": record.request_id,
+    }
+    if record.status is Status.FAILED:
+        view["error"] = record.error
+    return view
 
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."

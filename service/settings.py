@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         "service.sentiment:VaderSentiment",
-        description="The model named 'default': 'module:attr', or a .joblib/.pkl/.onnx file. "
-        "Empty: none.",
+        description="The model named 'default': 'module:attr', 'file.py:attr', or a "
+        ".joblib/.pkl/.onnx file. Empty: none.",
     )
     models: str = Field(
         "", description="More models, as 'name=spec,name=spec' (same spec forms as MODEL)."
@@ -62,9 +62,9 @@ class Settings(BaseSettings):
     inline_max_ms: float = Field(
         2.0,
         ge=0,
-        description="A thread model whose batch calls keep finishing within this many ms is "
-        "called on the event loop (cheaper than the thread hop); one slower call sends it "
-        "back. 0: always threads.",
+        description="A thread model that declares itself cheap (inline) and whose batch calls "
+        "keep finishing within this many ms is called on the event loop (cheaper than the "
+        "thread hop); one slower call sends it back. 0: always threads.",
     )
     max_batch_delay_ms: float = Field(
         2.0,
@@ -136,10 +136,15 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A request body must arrive within this many seconds (408)."
     )
     api_key: str | None = Field(
-        None, description="If set, prediction routes need 'Authorization: Bearer <API_KEY>'."
+        None,
+        description="If set, every route but health, metrics and docs needs "
+        "'Authorization: Bearer <API_KEY>'.",
     )
     shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="How long workers may finish their batch on shutdown."
+        10.0,
+        ge=0,
+        description="After SIGTERM, everything (requests, batches, deliveries) is done "
+        "within this many seconds.",
     )
     data_dir: Path = Field(Path("data"), description="Embedded redis-server: AOF folder.")
     embedded_redis_port: int = Field(

@@ -9,15 +9,16 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .batching import Batchers
-from .completions import Completions
 from .embedded import RedisServer
 from .executor import Executor
+from .lane import DirectLane
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .models import ModelRegistry
 from .queue import JobQueue
 from .results import ResultStore
 from .settings import Settings
+from .waiting import Completions
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -31,6 +32,7 @@ MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)
 EXECUTOR = web.AppKey("executor", Executor)
 QUEUE = web.AppKey("queue", JobQueue)
+LANE = web.AppKey("lane", DirectLane)
 RESULTS = web.AppKey("results", ResultStore)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 COMPLETIONS = web.AppKey("completions", Completions)

@@ -12,13 +12,14 @@ import orjson
 from redis.exceptions import RedisError
 
 from .batching import Batchers
-from .completions import Completions
 from .connection import unavailable
 from .errors import InvalidInput, ModelUnavailable, NotFound, ServiceError
+from .job import RUNNABLE, Entry
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
-from .queue import Entry, JobQueue
-from .results import RUNNABLE, ResultStore
+from .queue import JobQueue
+from .results import ResultStore
+from .waiting import Completions
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,22 @@ class Worker:
             await self.process(entries)
         return len(entries)
 
-    async def process(self, entries: list[Entry], prior: list[bytes] | None = None) -> None:
-        """Marks the batch processing, runs it, writes each final record and acks (pipelined).
-        ``prior``: the batch was marked already (the direct lane), with these statuses."""
-        if prior is None:
-            prior = await self._results.mark_processing(
-                [(e.prediction_id, e.entry_id) for e in entries], time.time()
-            )
+    async def process(self, entries: list[Entry]) -> None:
+        """Marks the batch processing (one script call), runs what may run, then writes the
+        final records and acks every entry of the batch (one more call)."""
+        prior = await self._results.mark_processing(
+            [(e.prediction_id, e.entry_id) for e in entries], time.time()
+        )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
+        # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
+        await self._run(runnable, [e.entry_id for e in entries])
+
+    async def run_started(self, entries: list[Entry]) -> None:
+        """Runs a batch that submit.lua started already (the direct lane): no mark call."""
+        await self._run(entries, [e.entry_id for e in entries])
+
+    async def _run(self, runnable: list[Entry], entry_ids: list[bytes]) -> None:
         # The heartbeat starts only if the batch is still running after one interval: a
         # task per batch (made and cancelled) costs more than most batches take.
         interval = self._visibility_ms / 3000
@@ -105,9 +113,7 @@ class Worker:
             timer.cancel()
             for beat in beats:
                 beat.cancel()
-        # Jobs already final (a redelivery) or expired are acked without running again.
-        finished = list(zip(runnable, outcomes, strict=True))
-        await self._store(finished, [e.entry_id for e in entries])
+        await self._store(list(zip(runnable, outcomes, strict=True)), entry_ids)
         self._report(runnable, outcomes)
 
     async def _store(self, finished: list[tuple[Entry, Outcome]], entry_ids: list[bytes]) -> None:

@@ -1,17 +1,9 @@
-"""A real redis-server for the session, a clean database per test, and app builders."""
+"""Fixtures: a real redis-server for the session, a clean database per test, and app
+builders. Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +18,7 @@ from service.embedded import RedisServer, free_port
 from service.settings import Settings
 
 from . import models as test_models
-
-ClientFactory = Callable[..., Awaitable[TestClient]]
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import ClientFactory
 
 
 @pytest.fixture(scope="session")
@@ -111,48 +101,3 @@ async def make_served(settings: Callable[..., Settings]) -> AsyncIterator[Callab
     yield make
     for runner in reversed(runners):
         await runner.cleanup()
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.02
-) -> Any:
-    """Calls ``check`` until it returns something truthy; fails after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s (last value: {value!r})")
-        await asyncio.sleep(interval)
-
-
-@contextmanager
-def running_service(**env: str) -> Iterator[str]:
-    """`python -m service` as users run it, in a subprocess on a free port, with ``env``
-    added to this environment; yields its base URL once it answers; on exit, SIGTERM and
-    a clean exit (code 0) within 30 s.
-    """
-    port = free_port()
-    full = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/health/live", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                assert proc.poll() is None, "the service exited at start-up"
-                assert time.monotonic() < deadline, "the service never answered"
-                time.sleep(0.05)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, f"exit code {code} after SIGTERM"

@@ -1,32 +1,17 @@
-"""The contract of ../shared/API.md, end to end against a real Redis."""
+"""The contract of docs/api.md, end to end against a real Redis (each test names the
+section it holds: "Predicting", "Reading a job", "Errors")."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from .conftest import ClientFactory, poll
+from .helpers import ClientFactory, poll, submit, wait_final
 
 JSON = {"Content-Type": "application/json"}
 ASYNC = {**JSON, "Async-Mode": "true"}
-
-
-async def submit(client: TestClient, value: Any) -> str:
-    resp = await client.post("/predict", json={"input": value}, headers={"Async-Mode": "true"})
-    assert resp.status == 202, await resp.text()
-    return (await resp.json())["prediction_id"]  # type: ignore[no-any-return]
-
-
-async def wait_final(client: TestClient, prediction_id: str) -> dict[str, Any]:
-    async def final() -> dict[str, Any] | None:
-        body = await (await client.get(f"/predict/{prediction_id}")).json()
-        return body if body["status"] in ("done", "failed") else None
-
-    return await poll(final)  # type: ignore[no-any-return]
 
 
 async def test_sync_predict_answers_input_and_sentiment(make_client: ClientFactory) -> None:

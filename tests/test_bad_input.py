@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from service import state
 
 from . import models
-from .conftest import ClientFactory, poll
+from .helpers import ClientFactory, poll
 
 JSON = {"Content-Type": "application/json"}
 ASYNC = {**JSON, "Async-Mode": "true"}

@@ -9,9 +9,7 @@ from redis.asyncio import Redis
 from service import state
 
 from . import models
-from .conftest import ClientFactory
-from .test_api import submit, wait_final
-from .test_worker import worker_for
+from .helpers import ClientFactory, submit, wait_final, worker_for
 
 
 async def test_concurrent_callers_share_one_batch_call(make_client: ClientFactory) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ClientFactory
+from .helpers import ClientFactory
 
 CHROMIUM = (
     os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

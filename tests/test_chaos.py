@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(180)
 async def test_the_fault_drill_loses_nothing_and_writes_each_result_once() -> None:
     spec = importlib.util.spec_from_file_location("chaos", ROOT / "scripts" / "chaos.py")
     assert spec is not None and spec.loader is not None

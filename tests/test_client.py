@@ -21,7 +21,7 @@ from service.client import (
     PredictionTimeoutError,
 )
 
-from .conftest import ClientFactory, running_service
+from .helpers import ClientFactory, running_service
 
 ROOT = Path(__file__).resolve().parent.parent
 

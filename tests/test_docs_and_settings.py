@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 import yaml
 
+from service.http.docs import resolved
 from service.settings import Settings, load_settings
 
-from .conftest import ROOT, ClientFactory
+from .helpers import ROOT, ClientFactory
 
 
 async def test_docs_page_loads_with_local_assets_only(make_client: ClientFactory) -> None:
@@ -26,16 +26,6 @@ async def test_docs_page_loads_with_local_assets_only(make_client: ClientFactory
     assert assets and all(not a.startswith(("http:", "https:", "//")) for a in assets)
     for asset in assets:
         assert (await client.get("/docs/" + asset.removeprefix("./"))).status == 200
-
-
-def resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    """Follows local $refs in the spec."""
-    while "$ref" in node:
-        target: Any = spec
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        node = target
-    return node
 
 
 async def test_spec_documents_every_route_header_and_error(make_client: ClientFactory) -> None:
@@ -55,7 +45,7 @@ async def test_spec_documents_every_route_header_and_error(make_client: ClientFa
         documented = set(spec["paths"][path]["post"]["responses"])
         wanted = statuses - {"405"} | {"200", "202"}
         assert wanted <= documented, (path, wanted - documented)
-    accepted = resolve(spec, post["responses"]["202"])
+    accepted = resolved(spec, post["responses"]["202"])
     assert "Location" in accepted["headers"]
     get = spec["paths"]["/predict/{prediction_id}"]["get"]
     assert {"200", "404"} <= set(get["responses"])

@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 import redis
 
+from service import state
 from service.embedded import DataDirMismatch, RedisServer, find_redis_server, free_port
+
+from .helpers import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +74,8 @@ def _wait(predicate: Any, timeout: float = 20.0) -> Any:
     raise AssertionError(f"not met within {timeout}s")
 
 
-def _serve(port: int, data_dir: Path, redis_port: int) -> subprocess.Popen[bytes]:
+def _embedded(port: int, data_dir: Path, redis_port: int, **more: str) -> dict[str, str]:
+    """The environment of `python -m service` with a private Redis (no REDIS_URL)."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(
         PORT=str(port),
@@ -79,7 +83,13 @@ def _serve(port: int, data_dir: Path, redis_port: int) -> subprocess.Popen[bytes
         DATA_DIR=str(data_dir),
         EMBEDDED_REDIS_PORT=str(redis_port),
         LOG_LEVEL="WARNING",
+        **more,
     )
+    return env
+
+
+def _serve(port: int, data_dir: Path, redis_port: int) -> subprocess.Popen[bytes]:
+    env = _embedded(port, data_dir, redis_port)
     return subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
 
 
@@ -188,25 +198,12 @@ def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
     tmp_path: Path,
 ) -> None:
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(
-        PORT=str(port),
-        HOST="127.0.0.1",
-        DATA_DIR=str(tmp_path),
-        EMBEDDED_REDIS_PORT=str(redis_port),
-        MODEL="tests.models:slow",
-        LOG_LEVEL="INFO",
-    )
+    env = _embedded(port, tmp_path, redis_port, MODEL="tests.models:slow", LOG_LEVEL="INFO")
     # Its own process group, as a shell gives a command: Ctrl-C signals the whole group.
     log_file = tmp_path / "service.log"
+    command = [sys.executable, "-m", "service"]
     with log_file.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=ROOT,
-            env=env,
-            stderr=out,
-            start_new_session=True,
-        )
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=out, start_new_session=True)
     try:
         _wait(lambda: _call(port, "GET", "/health/ready")[0] == 200)
         status, body = _call(port, "POST", "/predict", {"input": "x"}, {"Async-Mode": "true"})
@@ -234,8 +231,6 @@ def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
 
 
 async def test_a_private_redis_that_dies_is_restarted(make_client: Any, tmp_path: Path) -> None:
-    from service import state
-
     client = await make_client(redis_url=None, data_dir=tmp_path / "data", workers=1)
     server = client.server.app[state.EMBEDDED_REDIS]
     first = server.pid
@@ -245,8 +240,6 @@ async def test_a_private_redis_that_dies_is_restarted(make_client: Any, tmp_path
     async def answers() -> bool:
         resp = await client.post("/predict", json={"input": "back"}, headers={"Async-Mode": "true"})
         return resp.status == 202
-
-    from .conftest import poll
 
     await poll(answers, within=20)
     assert server.pid != first and server.alive()

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import running_service
+import pytest
+
+from .helpers import running_service
 
 
+@pytest.mark.timeout(300)
 def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) -> None:
     # No webhook is ever sent to the hosts the fuzzer makes up (this replica delivers
     # none), and private hosts are allowed, so whether a webhook URL is accepted depends on

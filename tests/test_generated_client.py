@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ClientFactory, poll
+from .helpers import ClientFactory, poll
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 

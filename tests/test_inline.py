@@ -15,7 +15,7 @@ from service import state
 from service.deadlines import Deadlines
 from service.inline import FIRST_STREAK, InlinePolicy
 
-from .conftest import ClientFactory
+from .helpers import ClientFactory
 
 
 async def test_a_fast_model_moves_onto_the_loop_and_back_after_a_slow_call(
@@ -107,8 +107,8 @@ async def test_deadlines_fail_only_what_is_still_pending() -> None:
     deadlines = Deadlines()
     late, settled = loop.create_future(), loop.create_future()
     began = loop.time()
-    deadlines.watch(loop, late, 0.05)
-    deadlines.watch(loop, settled, 0.05)
+    deadlines.expire_after(loop, late, 0.05)
+    deadlines.expire_after(loop, settled, 0.05)
     settled.set_result("in time")
     done, _ = await asyncio.wait([late], timeout=5)  # bounded, and no TimeoutError of its own
     assert done == {late} and isinstance(late.exception(), TimeoutError)
@@ -122,8 +122,8 @@ async def test_deadlines_settle_as_told() -> None:
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(lambda f: f.done() or f.set_result(None))
     first, later = loop.create_future(), loop.create_future()
-    deadlines.watch(loop, first, 30)
-    deadlines.watch(loop, later, 0.01)  # out of order: a timer of its own
+    deadlines.expire_after(loop, first, 30)
+    deadlines.expire_after(loop, later, 0.01)  # out of order: a timer of its own
     assert await asyncio.wait_for(later, 5) is None
     assert not first.done()
     first.cancel()
@@ -133,12 +133,12 @@ async def test_deadlines_hold_memory_for_what_is_pending_not_what_went_before() 
     loop = asyncio.get_running_loop()
     deadlines = Deadlines()
     slow = loop.create_future()
-    deadlines.watch(loop, slow, 60)  # one slow call at the head
+    deadlines.expire_after(loop, slow, 60)  # one slow call at the head
     scheduled = len(getattr(loop, "_scheduled", ()))
     for seconds in (60, 1):  # settled ones behind it: in order, then out of order
         for _ in range(50_000):
             quick = loop.create_future()
-            deadlines.watch(loop, quick, seconds)
+            deadlines.expire_after(loop, quick, seconds)
             quick.set_result(None)
         assert len(deadlines) <= 2 * 1024 + 2, len(deadlines)
     # No timer per request either.
@@ -151,9 +151,9 @@ async def test_an_out_of_order_deadline_fires_on_time_and_the_later_one_still_wa
     loop = asyncio.get_running_loop()
     deadlines = Deadlines()
     slow, quick = loop.create_future(), loop.create_future()
-    deadlines.watch(loop, slow, 30)
+    deadlines.expire_after(loop, slow, 30)
     began = loop.time()
-    deadlines.watch(loop, quick, 0.05)
+    deadlines.expire_after(loop, quick, 0.05)
     done, _ = await asyncio.wait([quick], timeout=5)
     assert done == {quick}, "the earlier deadline fired"
     assert isinstance(quick.exception(), TimeoutError)

@@ -17,8 +17,7 @@ from examples.train_iris import train
 from service import state
 from service.embedded import free_port
 
-from .conftest import ClientFactory, poll
-from .test_api import wait_final
+from .helpers import ClientFactory, poll, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 SETOSA = [5.1, 3.5, 1.4, 0.2]

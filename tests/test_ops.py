@@ -14,15 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service.embedded import free_port
 from service.ids import new_request_id
 from service.logs import JsonFormatter, TextFormatter
 
-from .conftest import ClientFactory, poll
-from .test_api import submit, wait_final
+from .helpers import ClientFactory, figure, poll, scrape, scrape_until, submit, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,21 +48,6 @@ async def test_liveness_and_readiness(make_client: ClientFactory, rds: Redis) ->
     assert "missing" in body["checks"]["consumer_group"]
 
 
-def figure(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in the Prometheus text format; fails when it is absent (a
-    missing or renamed metric must not read as 0)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        metric, _, label_part = sample.partition("{")
-        got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
-        if metric == name and got == want:
-            return float(value)
-    raise AssertionError(f"no sample {name}{{{want}}} in the scrape")
-
-
 async def test_queue_figures_cost_the_same_for_any_backlog_and_scrapes_share_them(
     make_client: ClientFactory, rds: Redis
 ) -> None:
@@ -82,24 +65,6 @@ async def test_queue_figures_cost_the_same_for_any_backlog_and_scrapes_share_the
     assert not any(name.startswith("cmdstat_xrange") for name in stats), "no copy of the backlog"
     reads = sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_xinfo"))
     assert reads == 1, "eight concurrent scrapes, one read"
-
-
-async def scrape(client: TestClient) -> str:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    assert resp.content_type == "text/plain"
-    return await resp.text()
-
-
-async def scrape_until(client: TestClient, **wanted: float) -> str:
-    """Scrapes until every named figure has the wanted value (queue figures are read from
-    Redis at most once a second)."""
-
-    async def matches() -> str | None:
-        text = await scrape(client)
-        return text if all(figure(text, k) == v for k, v in wanted.items()) else None
-
-    return await poll(matches)  # type: ignore[no-any-return]
 
 
 async def test_queue_figures_move_as_jobs_are_queued_and_done(

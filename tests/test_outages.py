@@ -23,8 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.connection import connect
 from service.embedded import RedisServer, free_port
 
-from .conftest import ClientFactory, poll
-from .test_api import submit, wait_final
+from .helpers import ClientFactory, poll, submit, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +149,18 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
             await proc.wait()
 
 
+async def submits_refused(client: Any, why: str) -> None:
+    """An async submit answers 503 with Retry-After saying ``why``, and readiness fails its
+    write check for the same reason."""
+    resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
+    assert resp.status == 503, await resp.text()
+    assert resp.headers["Retry-After"] == "1"
+    assert why in (await resp.json())["error"]
+    ready = await client.get("/health/ready")
+    assert ready.status == 503
+    assert why in (await ready.json())["checks"]["writes"]
+
+
 async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
     make_client: ClientFactory, rds: Any
 ) -> None:
@@ -158,13 +169,7 @@ async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
     await rds.config_set("maxmemory", "1")  # noeviction (the default): writes are refused
     seven = int((await rds.info("server"))["redis_version"].split(".")[0]) >= 7
     try:
-        resp = await api.post("/predict", json={"input": 9}, headers={"Async-Mode": "true"})
-        assert resp.status == 503, await resp.text()
-        assert resp.headers["Retry-After"] == "1"
-        assert "out of memory" in (await resp.json())["error"]
-        ready = await api.get("/health/ready")
-        assert ready.status == 503
-        assert "out of memory" in (await ready.json())["checks"]["writes"]
+        await submits_refused(api, "out of memory")
         assert (await api.post("/predict", json={"input": 1})).status == 200, "sync still works"
         assert (await api.get(f"/predict/{queued[0]}")).status == 200, "reads still work"
         worker = await make_client(model="tests.models:echo", consumer_name="drainer")
@@ -211,13 +216,7 @@ async def test_a_read_only_replica_is_503_and_not_ready(
         assert (await client.get("/health/ready")).status == 200
         with redis.Redis.from_url(url) as plain:  # what a failover does to the old primary
             plain.replicaof("127.0.0.1", primary.port)
-        resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
-        assert resp.status == 503, await resp.text()
-        assert resp.headers["Retry-After"] == "1"
-        assert "read-only replica" in (await resp.json())["error"]
-        ready = await client.get("/health/ready")
-        assert ready.status == 503
-        assert "read-only" in (await ready.json())["checks"]["writes"]
+        await submits_refused(client, "read-only replica")
     finally:
         replica.stop()
         primary.stop()

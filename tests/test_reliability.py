@@ -11,13 +11,10 @@ from redis.asyncio import Redis
 
 from service import state
 from service.ids import new_id
-from service.queue import NewJob
+from service.job import NewJob
 
 from . import models
-from .conftest import ClientFactory, poll
-from .test_api import submit, wait_final
-from .test_ops import scrape_until
-from .test_worker import worker_for
+from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for
 
 
 async def test_a_poison_job_is_dead_lettered_after_max_deliveries(

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from service.embedded import free_port
 
-from .conftest import ROOT
+from .helpers import ROOT, service_env, wait_answering
 
 
 def _offline_pip_env() -> dict[str, str]:
@@ -86,26 +85,11 @@ def test_run_serves_a_model_from_the_folder_it_was_started_in(
     )
     (tmp_path / "helper.py").write_text("def shout(text):\n    return text.upper() + '!'\n")
     port = free_port()
-    env = {
-        **os.environ,
-        "MODEL": spec,
-        "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(port, MODEL=spec, REDIS_URL=redis_url)
     proc = subprocess.Popen([str(ROOT / "scripts" / "run")], cwd=tmp_path, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get(base + "/health/live")
-                break
-            except OSError:
-                assert proc.poll() is None, "scripts/run exited at start-up"
-                assert time.monotonic() < deadline, "scripts/run never answered"
-                time.sleep(0.1)
+        wait_answering(base, proc, within=60)
         assert _post(base + "/predict", {"input": "hello"}) == (
             200,
             {"input": "hello", "result": "HELLO!"},

@@ -15,10 +15,7 @@ from redis.asyncio import Redis
 from service import state
 
 from . import models
-from .conftest import ClientFactory, poll
-from .test_api import submit, wait_final
-from .test_ops import figure
-from .test_worker import worker_for
+from .helpers import ClientFactory, figure, poll, submit, wait_final, worker_for
 
 
 async def test_prefer_wait_answers_the_finished_record(make_client: ClientFactory) -> None:

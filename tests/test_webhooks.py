@@ -14,11 +14,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from service.client import AsyncClient
-from service.queue import stream_entries
+from service.job import stream_entries
 from service.webhooks import PublicResolver, non_public, sign, verify
 
-from .conftest import ClientFactory, poll
-from .test_api import wait_final
+from .helpers import ClientFactory, poll, wait_final
 
 SECRET = "webhook-secret"
 

@@ -6,36 +6,14 @@ import asyncio
 import time
 import uuid
 
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service import state
+from service.job import Entry
 from service.models import Outcome
-from service.queue import Entry
-from service.worker import Worker
 
 from . import models
-from .conftest import ClientFactory, poll
-from .test_api import submit
-
-
-def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60.0) -> Worker:
-    app = client.server.app
-    return Worker(
-        queue=app[state.QUEUE],
-        results=app[state.RESULTS],
-        models=app[state.MODELS],
-        batchers=app[state.BATCHERS],
-        metrics=app[state.METRICS],
-        consumer=consumer,
-        batch_size=8,
-        block_ms=10,
-        visibility_timeout=visibility_timeout,
-    )
-
-
-async def record(rds: Redis, prediction_id: str) -> dict[bytes, bytes]:
-    return await rds.hgetall(f"prediction:{prediction_id}")  # type: ignore[no-any-return]
+from .helpers import ClientFactory, poll, record, submit, worker_for
 
 
 async def test_step_runs_a_batch_in_one_model_call_per_item(

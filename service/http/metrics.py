@@ -8,8 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from . import state
-from .keys import Keys
+from .. import state
+from ..keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -5,21 +5,23 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from . import state
-from .errors import (
+from .. import state
+from ..errors import (
     InvalidInput,
     Overloaded,
     PredictionFailed,
     PredictionTimeout,
 )
-from .ids import new_id
-from .job_routes import submit_and_wait
-from .queue import NewJob
-from .schemas import ACCEPTED_MESSAGE
-from .web_io import (
+from ..ids import new_id
+from ..job import NewJob
+from ..schemas import ACCEPTED_MESSAGE, prediction_view
+from ..waiting import submit_and_wait
+from ..webhooks import check_url
+from .io import (
     async_mode,
     body_digest,
     check_json,
+    client_gone,
     idempotency_key,
     json_response,
     parse_bulk_body,
@@ -27,7 +29,6 @@ from .web_io import (
     prefer,
     read_body,
 )
-from .webhooks import check_url
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -66,10 +67,17 @@ async def predict(request: web.Request) -> web.Response:
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)
         else:
-            prediction_id, record = await submit_and_wait(request, job, wait)
+            prediction_id, record = await submit_and_wait(
+                app[state.QUEUE],
+                app[state.RESULTS],
+                app[state.COMPLETIONS],
+                job,
+                wait,
+                gone=lambda: client_gone(request),
+            )
             if record is not None and record.status.final:
                 return json_response(
-                    record.to_view(), headers={"Preference-Applied": f"wait={wait:g}"}
+                    prediction_view(record), headers={"Preference-Applied": f"wait={wait:g}"}
                 )
         return json_response(
             {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
@@ -96,7 +104,21 @@ async def predict(request: web.Request) -> web.Response:
 
 
 # The two predict routes share one contract; their OpenAPI text is built from one tail.
-_PREDICT_SPEC_TAIL = """
+# What can go wrong with a submitted body, on every route that takes one.
+_BODY_ERRORS = """
+      "400": {$ref: "#/components/responses/BadRequest"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "408": {$ref: "#/components/responses/RequestTimeout"}
+      "409": {$ref: "#/components/responses/Conflict"}
+      "413": {$ref: "#/components/responses/PayloadTooLarge"}
+      "415": {$ref: "#/components/responses/UnsupportedMediaType"}
+      "422": {$ref: "#/components/responses/InvalidInput"}
+      "429": {$ref: "#/components/responses/QueueFull"}
+      "503": {$ref: "#/components/responses/Unavailable"}"""
+
+# The two predict routes share one contract; their OpenAPI text is built from one tail.
+_PREDICT_SPEC_TAIL = (
+    """
       - $ref: "#/components/parameters/AsyncMode"
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/Prefer"
@@ -106,18 +128,11 @@ _PREDICT_SPEC_TAIL = """
     responses:
       "200": {$ref: "#/components/responses/SyncPrediction"}
       "202": {$ref: "#/components/responses/Accepted"}
-      "400": {$ref: "#/components/responses/BadRequest"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/NotFound"}
-      "409": {$ref: "#/components/responses/Conflict"}
-      "413": {$ref: "#/components/responses/PayloadTooLarge"}
-      "415": {$ref: "#/components/responses/UnsupportedMediaType"}
-      "422": {$ref: "#/components/responses/InvalidInput"}
-      "429": {$ref: "#/components/responses/QueueFull"}
       "500": {$ref: "#/components/responses/ServerError"}
-      "503": {$ref: "#/components/responses/Unavailable"}
-      "504": {$ref: "#/components/responses/Timeout"}
-"""
+      "504": {$ref: "#/components/responses/Timeout"}"""
+    + _BODY_ERRORS
+)
 
 
 predict.__doc__ = (
@@ -153,39 +168,6 @@ predict_with_model.__doc__ = (
 
 
 async def predict_batch(request: web.Request) -> web.Response:
-    """
-    ---
-    summary: Queue many inputs for the default model in one request
-    description: >-
-      Every input is checked first; if any does not fit the model, the answer is 422 with
-      each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
-      queued in one Redis round trip and their prediction ids come back in input order.
-      A `webhook` applies to every job (one delivery per job). An `Idempotency-Key`
-      names the whole request: the same key and body answer the same ids and queue
-      nothing new; the same key with another body is a 409.
-    tags: [predictions]
-    parameters:
-      - $ref: "#/components/parameters/IdempotencyKey"
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {$ref: "#/components/schemas/BulkRequest"}
-    responses:
-      "202":
-        description: All queued.
-        content:
-          application/json:
-            schema: {$ref: "#/components/schemas/BulkAccepted"}
-      "400": {$ref: "#/components/responses/BadRequest"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
-      "409": {$ref: "#/components/responses/Conflict"}
-      "413": {$ref: "#/components/responses/PayloadTooLarge"}
-      "415": {$ref: "#/components/responses/UnsupportedMediaType"}
-      "422": {$ref: "#/components/responses/InvalidInput"}
-      "429": {$ref: "#/components/responses/QueueFull"}
-      "503": {$ref: "#/components/responses/Unavailable"}
-    """
     app = request.app
     model = app[state.MODELS].get()
     key = idempotency_key(request)
@@ -225,3 +207,28 @@ async def predict_batch(request: web.Request) -> web.Response:
     ]
     ids = await app[state.QUEUE].submit_all(jobs)
     return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)
+
+
+predict_batch.__doc__ = (
+    """
+    ---
+    summary: Queue many inputs for the default model in one request
+    description: >-
+      Every input is checked first; if any does not fit the model, the answer is 422 with
+      each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
+      queued in one Redis round trip and their prediction ids come back in input order.
+      A `webhook` applies to every job (one delivery per job). An `Idempotency-Key`
+      names the whole request: the same key and body answer the same ids and queue
+      nothing new; the same key with another body is a 409.
+    tags: [predictions]
+    parameters:
+      - $ref: "#/components/parameters/IdempotencyKey"
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {$ref: "#/components/schemas/BulkRequest"}
+    responses:
+      "202": {$ref: "#/components/responses/BulkAccepted"}"""
+    + _BODY_ERRORS
+)

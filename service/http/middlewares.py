@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import state
-from .connection import unavailable
-from .errors import ServiceError, Unauthorized
-from .ids import new_request_id
-from .web_io import json_response
+from .. import state
+from ..connection import unavailable
+from ..errors import ServiceError, Unauthorized
+from ..ids import new_request_id
+from .io import json_response
 
 log = logging.getLogger(__name__)
 

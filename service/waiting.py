@@ -1,5 +1,6 @@
-"""Waiting for jobs to change without polling: every replica follows one pub/sub channel on
-which the scripts that start or end jobs announce them, and wakes its local waiters.
+"""Waiting for jobs without polling: every replica follows the pub/sub channels on which
+the scripts that start or end jobs announce them, and wakes its local waiters. Also the
+two ways handlers wait: `submit_and_wait` (Prefer: wait) and `wait_for_record` (?wait=).
 
 A waiter on replica A is woken by a job that replica B finished. A waiter always re-reads
 the record after it is woken (or its time is up), so a lost announcement (Redis restarting,
@@ -16,9 +17,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .deadlines import Deadlines
+from .job import JobRecord, NewJob
 from .keys import Keys
 from .loop import BoundLoop
-from .schemas import JobRecord
+from .queue import JobQueue
+from .results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +114,17 @@ class Completions:
         for prediction_id in list(self._ends) + list(self._changes):
             self._wake(prediction_id, True)
 
-    def watch(self, prediction_id: str, changes: bool = False) -> asyncio.Future[JobRecord | None]:
+    def register(
+        self, prediction_id: str, changes: bool = False
+    ) -> asyncio.Future[JobRecord | None]:
         """A future resolved when the job ends (or, with ``changes``, changes status).
-        Watch before the job can end, then pass it to `wait`, or `forget` it."""
+        Register before the job can end, then pass it to `wait`, or `unregister` it."""
         future: asyncio.Future[JobRecord | None] = self._loop().create_future()
         waiters = self._changes if changes else self._ends
         waiters.setdefault(prediction_id, set()).add(future)
         return future
 
-    def forget(self, prediction_id: str, future: asyncio.Future[JobRecord | None]) -> None:
+    def unregister(self, prediction_id: str, future: asyncio.Future[JobRecord | None]) -> None:
         for waiters in (self._ends, self._changes):
             waiting = waiters.get(prediction_id)
             if waiting is not None and future in waiting:
@@ -140,7 +145,7 @@ class Completions:
     ) -> JobRecord | None:
         """The job's record once ``until(record)`` holds (by default: it is final), or as
         it is after ``seconds``. Wakes on the job's end, or with ``changes`` on any change
-        of status. ``watching`` (from `watch`, taken before the job was submitted) skips
+        of status. ``watching`` (from `register`, taken before the job was submitted) skips
         the first read: the job was just queued. ``gone`` tells whether the client left:
         then the wait ends early (within about a second) and answers None."""
         loop = self._loop()
@@ -148,20 +153,20 @@ class Completions:
         future = watching
         while True:
             if future is not None and self.released:
-                self.forget(prediction_id, future)
+                self.unregister(prediction_id, future)
                 future = None
             if future is None:
-                # Watched before reading, so a change announced in between is not missed.
-                future = self.watch(prediction_id, changes)
+                # Registered before reading: a change announced in between is not missed.
+                future = self.register(prediction_id, changes)
                 try:
                     record = await read()
                 except BaseException:
-                    self.forget(prediction_id, future)
+                    self.unregister(prediction_id, future)
                     raise
                 if until(record) or deadline - loop.time() <= 0 or self.released:
-                    self.forget(prediction_id, future)
+                    self.unregister(prediction_id, future)
                     return record
-            self._deadlines.watch(loop, future, deadline - loop.time())
+            self._deadlines.expire_after(loop, future, deadline - loop.time())
             if gone is not None:
                 self._leavers[future] = gone
                 if self._sweep_timer is None:
@@ -169,7 +174,7 @@ class Completions:
             try:
                 handed = await future  # a record when this replica ended the job
             finally:
-                self.forget(prediction_id, future)
+                self.unregister(prediction_id, future)
                 self._leavers.pop(future, None)
             if gone is not None and gone():
                 return None
@@ -191,3 +196,53 @@ class Completions:
 def _time_up(future: asyncio.Future[JobRecord | None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def wait_for_record(
+    results: ResultStore,
+    completions: Completions,
+    prediction_id: str,
+    seconds: float,
+    *,
+    gone: Callable[[], bool] | None = None,
+    registered: asyncio.Future[JobRecord | None] | None = None,
+) -> JobRecord | None:
+    """The record once the job is final, or as it is after ``seconds``; None when the
+    client left meanwhile (``gone``) or the job is unknown."""
+    return await completions.wait(
+        prediction_id,
+        seconds,
+        lambda: results.get(prediction_id),
+        watching=registered,
+        gone=gone,
+    )
+
+
+async def submit_and_wait(
+    queue: JobQueue,
+    results: ResultStore,
+    completions: Completions,
+    job: NewJob,
+    seconds: float,
+    *,
+    gone: Callable[[], bool] | None = None,
+) -> tuple[str, JobRecord | None]:
+    """Queues ``job``, then waits up to ``seconds`` for it to end: its id and its record.
+
+    The job is registered before it is queued, so its end cannot be announced unseen and
+    the wait needs no first read.
+    """
+    watching = completions.register(job.prediction_id)
+    try:
+        prediction_id = await queue.submit(job)
+    except BaseException:
+        completions.unregister(job.prediction_id, watching)
+        raise
+    registered: asyncio.Future[JobRecord | None] | None = watching
+    if prediction_id != job.prediction_id:  # an earlier job's id, by Idempotency-Key
+        completions.unregister(job.prediction_id, watching)
+        registered = None
+    record = await wait_for_record(
+        results, completions, prediction_id, seconds, gone=gone, registered=registered
+    )
+    return prediction_id, record

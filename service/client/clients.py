@@ -1,20 +1,4 @@
-"""A Python client for the service: `AsyncClient` (aiohttp) and `Client`, its blocking twin.
-
-    async with AsyncClient("http://localhost:8080") as client:
-        print(await client.predict("What a lovely day"))
-        job = await client.submit("Queued text")
-        print(await job.result(timeout=30))
-
-    with Client("http://localhost:8080") as client:
-        print(client.predict("What a lovely day"))
-
-Errors are raised as `ClientError` subclasses carrying the server's message and status.
-A client used without `with` closes its connection when it is garbage-collected.
-
-The client needs only aiohttp: copy this one file into your project, or install the
-package without its server dependencies (`pip install --no-deps <this repo>` and then
-`pip install aiohttp`).
-"""
+"""`AsyncClient` (aiohttp) and `Client`, its blocking twin."""
 
 from __future__ import annotations
 
@@ -28,69 +12,17 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from .errors import (
+    JobCanceledError,
+    PredictionFailedError,
+    PredictionTimeoutError,
+    error_for,
+)
+
 T = TypeVar("T")
 
 #: Longest single long-poll a Job.result() makes (the server caps it too).
 _POLL_SECONDS = 30.0
-
-
-class ClientError(Exception):
-    """The server answered an error; ``status`` and ``message`` are its own."""
-
-    def __init__(self, status: int, message: str, detail: Any = None) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-        self.detail = detail
-
-
-class BadRequestError(ClientError):
-    """400: a malformed request."""
-
-
-class UnauthorizedError(ClientError):
-    """401: the API key is missing or wrong."""
-
-
-class NotFoundError(ClientError):
-    """404: unknown model, prediction or route."""
-
-
-class ConflictError(ClientError):
-    """409: an Idempotency-Key reused with another body, or a job too far along to cancel."""
-
-
-class InvalidInputError(ClientError):
-    """422: the input does not fit the model; ``detail`` lists the field errors."""
-
-
-class OverloadedError(ClientError):
-    """429/503: queue full, too busy, or Redis unavailable; retry later."""
-
-
-class PredictionFailedError(ClientError):
-    """500, or a queued job that ended failed: the model raised."""
-
-
-class PredictionTimeoutError(ClientError):
-    """504, or a job that was not final within Job.result()'s timeout."""
-
-
-class JobCanceledError(ClientError):
-    """The job was canceled before it ran."""
-
-
-_BY_STATUS: dict[int, type[ClientError]] = {
-    400: BadRequestError,
-    401: UnauthorizedError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: InvalidInputError,
-    429: OverloadedError,
-    500: PredictionFailedError,
-    503: OverloadedError,
-    504: PredictionTimeoutError,
-}
 
 
 def _webhook_fields(webhook: str | None, events: list[str] | None) -> dict[str, Any]:
@@ -100,12 +32,6 @@ def _webhook_fields(webhook: str | None, events: list[str] | None) -> dict[str, 
     if events is not None:
         fields["webhook_events"] = events
     return fields
-
-
-def _error(status: int, body: Any) -> ClientError:
-    message = body.get("error", "") if isinstance(body, dict) else str(body)
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return _BY_STATUS.get(status, ClientError)(status, message, detail)
 
 
 @dataclass
@@ -215,7 +141,7 @@ class AsyncClient:
             except ValueError:
                 payload = {"error": await resp.text()}
             if resp.status >= 400:
-                raise _error(resp.status, payload)
+                raise error_for(resp.status, payload)
             return payload
 
     @staticmethod

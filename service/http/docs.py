@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
 
-from . import __version__
-from .models import ModelRegistry
-from .schemas import WEBHOOK_URL
+from .. import __version__
+from ..models import ModelRegistry
+from ..schemas import WEBHOOK_URL
 
 _COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
 
@@ -54,7 +54,7 @@ def setup_docs(
         # Callbacks inline, not as $refs: client generators (openapi-python-client) do not
         # follow a $ref there.
         for name, callback in operation.get("callbacks", {}).items():
-            operation["callbacks"][name] = _resolved(spec, callback)
+            operation["callbacks"][name] = resolved(spec, callback)
     if not auth:
         spec["components"].pop("securitySchemes", None)
     return spec
@@ -65,7 +65,8 @@ def _spec_path(path: str) -> str:
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
-def _resolved(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+def resolved(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``node`` with its local $refs followed."""
     while "$ref" in node:
         target: Any = spec
         for part in node["$ref"].removeprefix("#/").split("/"):

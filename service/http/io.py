@@ -11,8 +11,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
-from .schemas import BulkRequest, PredictRequest
+from ..errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
+from ..schemas import BulkRequest, PredictRequest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,6 +28,12 @@ def json_response(
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def prefer(request: web.Request, max_wait: float) -> tuple[bool, float]:

@@ -8,10 +8,10 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import state
-from .connection import unavailable
-from .keys import Keys
-from .web_io import json_response
+from .. import state
+from ..connection import unavailable
+from ..keys import Keys
+from .io import json_response
 
 _CHECK_TIMEOUT_SECONDS = 2.0
 _PROBE_TTL_MS = 10_000

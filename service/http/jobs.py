@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 import orjson
 from aiohttp import web
 
-from . import state
-from .errors import BadRequest, NotFound
-from .queue import NewJob
-from .schemas import NOT_FOUND_MESSAGE, JobRecord, Status
-from .web_io import json_response
-
-
-async def wait_for_record(
-    request: web.Request,
-    prediction_id: str,
-    seconds: float,
-    watching: asyncio.Future[JobRecord | None] | None = None,
-) -> JobRecord | None:
-    """The record once the job is final, or as it is after ``seconds`` (no polling);
-    None when the client left meanwhile."""
-    results = request.app[state.RESULTS]
-    return await request.app[state.COMPLETIONS].wait(
-        prediction_id,
-        seconds,
-        lambda: results.get(prediction_id),
-        watching=watching,
-        gone=lambda: _gone(request),
-    )
-
-
-async def submit_and_wait(
-    request: web.Request, job: NewJob, seconds: float
-) -> tuple[str, JobRecord | None]:
-    """Queues ``job``, then waits up to ``seconds`` for it to end: its id and its record.
-
-    The job is watched before it is queued, so its end cannot be announced unseen and the
-    wait needs no first read.
-    """
-    completions = request.app[state.COMPLETIONS]
-    watching = completions.watch(job.prediction_id)
-    try:
-        prediction_id = await request.app[state.QUEUE].submit(job)
-    except BaseException:
-        completions.forget(job.prediction_id, watching)
-        raise
-    if prediction_id != job.prediction_id:  # an earlier job's id, by Idempotency-Key
-        completions.forget(job.prediction_id, watching)
-        return prediction_id, await wait_for_record(request, prediction_id, seconds)
-    return prediction_id, await wait_for_record(request, prediction_id, seconds, watching)
+from .. import state
+from ..errors import BadRequest, NotFound
+from ..job import JobRecord, Status
+from ..schemas import NOT_FOUND_MESSAGE, prediction_view
+from ..waiting import wait_for_record
+from .io import client_gone, json_response
 
 
 def _wait_param(request: web.Request) -> float:
@@ -101,14 +62,21 @@ async def get_prediction(request: web.Request) -> web.Response:
     prediction_id = _parse_id(request.match_info["prediction_id"])
     wait = _wait_param(request)
     if wait > 0:
-        record = await wait_for_record(request, prediction_id, wait)
-        if record is None and _gone(request):
+        app = request.app
+        record = await wait_for_record(
+            app[state.RESULTS],
+            app[state.COMPLETIONS],
+            prediction_id,
+            wait,
+            gone=lambda: client_gone(request),
+        )
+        if record is None and client_gone(request):
             return web.Response(status=CLIENT_CLOSED)  # for the logs and metrics only
     else:
         record = await request.app[state.RESULTS].get(prediction_id)
     if record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
-    return json_response(record.to_view())
+    return json_response(prediction_view(record))
 
 
 _KEEPALIVE_SECONDS = 15.0
@@ -173,7 +141,7 @@ async def _follow(
     current: JobRecord | None = record
     while current is not None:
         if current.status is not sent:
-            data = orjson.dumps(current.to_view())
+            data = orjson.dumps(prediction_view(current))
             await response.write(b"event: status\ndata: " + data + b"\n\n")
             sent = current.status
         if current.status.final or completions.released:  # released: the replica stops, and
@@ -185,18 +153,12 @@ async def _follow(
             lambda: results.get(prediction_id),
             until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
             changes=True,
-            gone=lambda: _gone(request),
+            gone=lambda: client_gone(request),
         )
-        if _gone(request):
+        if client_gone(request):
             raise ConnectionResetError("the client closed the stream")
         if current is not None and current.status is before and not completions.released:
             await response.write(b": still " + before.value.encode() + b"\n\n")
-
-
-def _gone(request: web.Request) -> bool:
-    """Whether the client closed its connection."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
@@ -238,4 +200,4 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             },
             status=409,
         )
-    return json_response(record.to_view())
+    return json_response(prediction_view(record))

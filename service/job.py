@@ -1,0 +1,221 @@
+"""The job: what a queued prediction is, and how it lies in Redis.
+
+The Redis layout, written down once (names from `service.keys`, defaults shown; the
+scripts are in `service/lua/`, each saying what it reads and writes; docs/redis.md has
+the same as a table):
+
+- `predictions`, a stream: one entry per job waiting or running, with `id`, `model`,
+  `input` (JSON), `rid` (request id), `at` (created). submit.lua adds entries; finish.lua
+  acks and deletes them. Its consumer group `workers` holds who has which entry
+  (XREADGROUP by workers and by submit.lua's lane, XAUTOCLAIM, XCLAIM as heartbeat).
+- `prediction:<id>`, a hash with a TTL: the record (fields below). submit.lua creates
+  it; mark.lua starts or ends it (start_job.lua); finish.lua ends it; cancel.lua cancels.
+- `predictions:idem:<key>`, a string with a TTL: `<prediction id>|<body digest>`.
+  submit.lua.
+- `predictions:dead`, a stream of given-up jobs: `key`, `entry`, `reason`, `at`. mark.lua.
+- `predictions:webhooks`, a stream of deliveries due: `key` (and `attempt`, `since` on a
+  retry), read through the group `webhooks`. finish.lua and release_due.lua add them.
+- `predictions:webhooks:retry`, a sorted set of failed deliveries
+  (`key|attempt|since`) by retry time. delivery.py adds; release_due.lua moves back.
+- `predictions:done` and `predictions:started`, pub/sub channels of record keys,
+  comma-separated. done: mark, finish, cancel; started: mark, submit (the lane).
+- `predictions:probe:<consumer>`, a string living 10 s: readiness' write probe.
+
+Record fields: `status` (see `Status`), `model`, `input` (JSON as submitted), `created_at`,
+`started_at`, `finished_at` (Unix seconds), `attempts` (deliveries started), `result`
+(JSON; `null` unless done), `error` (failed only), `request_id`, and with a webhook
+`webhook` and `webhook_events` (`done,failed`). A final record (done, failed, canceled) is
+never written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from .models import Outcome
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.DONE, Status.FAILED, Status.CANCELED)
+
+
+#: Statuses before a mark after which a job (re)runs: queued, or processing when it is
+#: delivered again.
+RUNNABLE = (b"queued", b"processing")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to queue: its record starts as ``queued`` with these fields (and the time it
+    was written as its ``created_at``)."""
+
+    prediction_id: str
+    model: str
+    #: The input as JSON, written by the request's own handler: a value that cannot be
+    #: written fails that request alone, never a submit call shared with others.
+    input_json: bytes
+    request_id: str = ""
+    idempotency_key: str = ""
+    body_digest: str = ""
+    webhook: str = ""
+    webhook_events: str = ""
+    #: Someone on this replica waits for it (Prefer: wait): it may take the direct lane.
+    waited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: the job it carries and the stream id to acknowledge."""
+
+    entry_id: bytes
+    prediction_id: str
+    model: str
+    input_json: bytes
+    request_id: str = ""
+    created_at: float = 0.0
+
+
+def entry_fields(job: NewJob, created_at: str) -> dict[str, Any]:
+    """A job's stream entry, as submit.lua writes it."""
+    return {
+        "id": job.prediction_id,
+        "model": job.model,
+        "input": job.input_json,
+        "rid": job.request_id,
+        "at": created_at,
+    }
+
+
+def queued_record(job: NewJob, created_at: str) -> dict[str, Any]:
+    """A queued job's record, as submit.lua writes it (without a webhook)."""
+    return {
+        "status": "queued",
+        "model": job.model,
+        "input": job.input_json,
+        "created_at": created_at,
+        "attempts": 0,
+        "request_id": job.request_id,
+    }
+
+
+def stream_entries(reply: Any) -> list[Any]:
+    """The entries of the one stream in an XREADGROUP reply (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))
+    return reply[0][1]
+
+
+def parse_entries(raw: list[Any]) -> list[Entry]:
+    """Entries from a stream reply; an entry deleted while pending (no fields) is left out."""
+    out = []
+    for entry_id, fields in raw:
+        if not fields:
+            continue
+        rid, at = fields.get(b"rid"), fields.get(b"at")
+        out.append(
+            Entry(
+                entry_id,
+                fields[b"id"].decode(),
+                fields[b"model"].decode(),
+                fields[b"input"],
+                rid.decode() if rid else "",
+                float(at) if at else 0.0,
+            )
+        )
+    return out
+
+
+def deleted_ids(raw: list[Any]) -> list[bytes]:
+    """The ids of entries deleted while pending (XREADGROUP and XAUTOCLAIM show them empty)."""
+    return [entry_id for entry_id, fields in raw if not fields]
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _number(value: bytes | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class JobRecord(BaseModel):
+    """One job's record, as it is in its hash."""
+
+    prediction_id: str
+    status: Status
+    model: str
+    input: Any
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    result: Any = None
+    error: str | None = None
+    request_id: str | None = None
+    webhook: str | None = None
+
+    @classmethod
+    def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
+        result = fields.get(b"result")
+        return cls(
+            prediction_id=prediction_id,
+            status=Status(fields[b"status"].decode()),
+            model=fields[b"model"].decode(),
+            input=orjson.loads(fields[b"input"]),
+            created_at=float(fields[b"created_at"]),
+            started_at=_number(fields.get(b"started_at")),
+            finished_at=_number(fields.get(b"finished_at")),
+            attempts=int(fields.get(b"attempts", b"0")),
+            result=None if result is None else orjson.loads(result),
+            error=_text(fields.get(b"error")),
+            request_id=_text(fields.get(b"request_id")) or None,
+            webhook=_text(fields.get(b"webhook")) or None,
+        )
+
+    @classmethod
+    def from_flat(cls, prediction_id: str, flat: list[bytes]) -> JobRecord | None:
+        """From the flat field, value, field, value... list a script answers (None if empty)."""
+        if not flat:
+            return None
+        return cls.from_redis(prediction_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    @classmethod
+    def just_ended(
+        cls, entry: Entry, outcome: Outcome, now: float, flat: list[Any]
+    ) -> JobRecord | None:
+        """The record finish.lua answered for one job: read back whole, or (marked '=')
+        written by that call, so all but four fields are what the worker sent it (half the
+        cost of parsing the whole hash, on every Prefer: wait answer)."""
+        if not flat or flat[0] != b"=":
+            return cls.from_flat(entry.prediction_id, flat)
+        _, started_at, attempts, created_at, webhook = flat
+        return cls(
+            prediction_id=entry.prediction_id,
+            status=Status.DONE if outcome.ok else Status.FAILED,
+            model=entry.model,
+            input=orjson.loads(entry.input_json),
+            created_at=float(created_at),
+            started_at=None if started_at is None else float(started_at),
+            finished_at=now,
+            attempts=int(attempts or 0),
+            result=orjson.loads(outcome.payload) if outcome.ok else None,
+            error=None if outcome.ok else outcome.error,
+            request_id=entry.request_id or None,
+            webhook=webhook.decode() if webhook else None,
+        )

@@ -1,0 +1,61 @@
+-- finish: write a batch's final records and ack its entries, in one atomic step.
+-- flags: allow-oom
+--
+-- KEYS: the stream, the webhook deliveries stream, then one record key per finished job.
+-- ARGV: group, finished time, record TTL (s), completions channel, one flag per job ('1':
+--   answer its record; '' for no records at all), then one outcome per job ('R' + the
+--   result as JSON when done, 'E' + the error when failed), then the entry ids to ack.
+-- Per job: a record that is queued or processing gets its final status, result or error
+-- and finished time, and a webhook delivery when its events name that status; a record
+-- that is final already keeps its value; a record that is gone is not recreated.
+-- The jobs it ends are announced on the completions channel; then the entries are acked
+-- and deleted (the stream keeps only work that waits or runs).
+-- Returns: with flags, per flagged job ({} for the others): '=' and the fields the caller
+--   does not hold (started_at, attempts, created_at, webhook) when this call wrote its
+--   final record, else the record as it is (fields and values; {} when gone); without
+--   flags, the number of jobs.
+-- Never: rewrites a final record; acks an entry it was not given.
+local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local jobs, want = #KEYS - 2, ARGV[5]
+local ended, out = {}, {}
+for i = 1, jobs do
+  local key = KEYS[i + 2]
+  local status = redis.call('HGET', key, 'status')
+  local written, f = status == 'queued' or status == 'processing', nil
+  if written then
+    local outcome = ARGV[5 + i]
+    local final = 'failed'
+    if string.sub(outcome, 1, 1) == 'R' then
+      final = 'done'
+      redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
+                 'finished_at', now)
+    else
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+                 'error', string.sub(outcome, 2), 'finished_at', now)
+    end
+    redis.call('EXPIRE', key, ttl)
+    ended[#ended + 1] = key
+    f = redis.call('HMGET', key, 'webhook', 'webhook_events', 'started_at', 'attempts',
+                   'created_at')
+    if f[1] and string.find(',' .. (f[2] or '') .. ',', ',' .. final .. ',', 1, true) then
+      redis.call('XADD', KEYS[2], '*', 'key', key)
+    end
+  end
+  if want ~= '' then
+    out[i] = {}
+    if string.sub(want, i, i) == '1' then
+      if written then
+        out[i] = {'=', f[3], f[4], f[5], f[1]}
+      else
+        out[i] = redis.call('HGETALL', key)
+      end
+    end
+  end
+end
+if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
+if #ARGV > 5 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 6 + jobs))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 6 + jobs))
+end
+if want == '' then return jobs end
+return out

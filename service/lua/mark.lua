@@ -1,0 +1,52 @@
+-- mark: a worker's batch is about to run; move each job on (one call per batch).
+-- flags: allow-oom
+--
+-- KEYS: the dead-letter stream, then one record key per job of the batch.
+-- ARGV: now, record TTL (s), max deliveries, job timeout (s, 0: none), completions
+--   channel, started channel, then per job its stream entry id.
+-- Per job, by its status:
+--   queued/processing, past its deadline (from submission): failed "timed out" ('expired');
+--   queued/processing, started max-deliveries times already: failed "gave up after N
+--     deliveries", with a dead-letter entry giving the reason ('dead');
+--   queued/processing otherwise: started (start_job); answers its status before;
+--   done/failed/canceled (a re-delivery, or canceled while queued), or gone: untouched.
+-- Jobs it ends are announced on the completions channel, jobs it starts on the started
+-- channel.
+-- Returns: per job its status before ('' when the record is gone), or 'expired'/'dead'.
+-- Never: touches a final record.
+--! include start_job.lua
+local now, ttl = tonumber(ARGV[1]), ARGV[2]
+local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, ended, started = {}, {}, {}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at')
+  local status = f[1]
+  if status == 'queued' or status == 'processing' then
+    local attempts = tonumber(f[2]) or 0
+    if timeout > 0 and now - (tonumber(f[3]) or now) > timeout then
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+                 'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
+                 'finished_at', ARGV[1])
+      redis.call('EXPIRE', key, ttl)
+      status = 'expired'
+      ended[#ended + 1] = key
+    elseif attempts >= max_deliveries then
+      local reason = 'gave up after ' .. attempts .. ' deliveries'
+      redis.call('HSET', key, 'status', 'failed', 'result', 'null', 'error', reason,
+                 'finished_at', ARGV[1])
+      redis.call('EXPIRE', key, ttl)
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
+                 'entry', ARGV[5 + i], 'reason', reason, 'at', ARGV[1])
+      status = 'dead'
+      ended[#ended + 1] = key
+    else
+      start_job(key, ARGV[1])
+      started[#started + 1] = key
+    end
+  end
+  out[i - 1] = status or ''
+end
+if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ',')) end
+if #started > 0 then redis.call('PUBLISH', ARGV[6], table.concat(started, ',')) end
+return out

@@ -1,0 +1,116 @@
+-- submit: queue jobs (one coalesced call for many concurrent submits, or one bulk submit).
+--
+-- KEYS: the stream; then one record key per job (N jobs); then the idempotency keys of the
+--   jobs that carry one, in job order.
+-- ARGV: record TTL (s), queue limit (0: none), '1' for all-or-none (a bulk submit), the
+--   created time of every job; then five per job: prediction id, model, input (JSON),
+--   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
+--   body digest, webhook URL or '', webhook events 'done,failed']); optionally three more
+--   for the direct lane: group, lane consumer, started channel.
+-- Per job, in order:
+--   its record exists already (a client retry of this very call): 'ok', left as it is;
+--   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
+--   the stream holds `limit` entries: 'full';
+--   else: record (queued), stream entry and idempotency key written: 'ok'.
+-- Nothing is written for a job that is not 'ok'; all-or-none writes nothing unless every
+-- job is new and fits. With the lane arguments and nothing waiting undelivered, the jobs
+-- are started (start_job) and delivered to the lane consumer in the same call.
+-- Returns: the number of jobs when all are 'ok', else the list of answers; with the lane,
+--   {that, entry ids ('' for a job not written)}.
+-- Never: rewrites an existing record, or touches a key it was not given.
+--! include no_backlog.lua
+--! include start_job.lua
+local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
+local jobs = #ARGV >= 4 and math.floor((#ARGV - 4) / 5) or 0
+local function arg(i, k) return ARGV[4 + (i - 1) * 5 + k] end
+local function extras(i)
+  local raw = arg(i, 5)
+  if raw == '' then return 0, '', '', '' end
+  local x = cjson.decode(raw)
+  return x[1], x[2], x[3], x[4]
+end
+local out, all_ok = {}, true
+
+if whole then
+  -- All or none: if any job's idempotency key is known (a repeated bulk submit), nothing
+  -- is written and each job answers its earlier id, or 'conflict' for another body.
+  local known_any, answers = false, {}
+  for i = 1, jobs do
+    answers[i] = 'conflict'
+    local idem, digest = extras(i)
+    if idem > 0 then
+      local known = redis.call('GET', KEYS[idem])
+      if known then
+        known_any = true
+        local sep = string.find(known, '|', 1, true)
+        if string.sub(known, sep + 1) == digest then
+          answers[i] = 'dup:' .. string.sub(known, 1, sep - 1)
+        end
+      end
+    end
+  end
+  if known_any then return answers end
+  if limit > 0 and redis.call('XLEN', KEYS[1]) + jobs > limit then
+    for i = 1, jobs do out[i] = 'full' end
+    return out
+  end
+end
+
+local lane = #ARGV > 4 + 5 * jobs
+local group, consumer, started_channel
+if lane then
+  local b = 5 + 5 * jobs
+  group, consumer, started_channel = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  lane = no_backlog(KEYS[1], group)
+end
+local entry_ids, started = {}, {}
+for i = 1, jobs do
+  local key = KEYS[i + 1]
+  local idem, digest, webhook, events = extras(i)
+  local known = false
+  if idem > 0 then known = redis.call('GET', KEYS[idem]) end
+  if redis.call('EXISTS', key) == 1 then
+    -- The same job again: a client retry of a call that did land (ids are random, so
+    -- only a retry names a record that exists). It is not written or queued twice.
+    out[i] = 'ok'
+  elseif known then
+    local sep = string.find(known, '|', 1, true)
+    if string.sub(known, sep + 1) == digest then
+      out[i] = 'dup:' .. string.sub(known, 1, sep - 1)
+    else
+      out[i] = 'conflict'
+    end
+    all_ok = false
+  elseif limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
+    out[i] = 'full'
+    all_ok = false
+  else
+    local id, model, input, rid = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
+    redis.call('HSET', key, 'status', 'queued', 'model', model, 'input', input,
+               'created_at', now, 'attempts', 0, 'request_id', rid)
+    if webhook ~= '' then
+      redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
+    end
+    redis.call('EXPIRE', key, ttl)
+    if lane then
+      start_job(key, now)
+      started[#started + 1] = key
+    end
+    entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
+                              'input', input, 'rid', rid, 'at', now)
+    if idem > 0 then redis.call('SET', KEYS[idem], id .. '|' .. digest, 'EX', ttl) end
+    out[i] = 'ok'
+  end
+  entry_ids[i] = entry_ids[i] or ''
+end
+if lane and #started > 0 then
+  -- Nothing was waiting undelivered, so the entries just added are exactly what the group
+  -- hands out next: to the lane's consumer, started above.
+  redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #started,
+             'STREAMS', KEYS[1], '>')
+  redis.call('PUBLISH', started_channel, table.concat(started, ','))
+  if all_ok then return {jobs, entry_ids} end
+  return {out, entry_ids}
+end
+if all_ok then return jobs end
+return out

@@ -1,0 +1,149 @@
+"""Helpers the tests share: waiting with a deadline, submitting and waiting for jobs,
+reading metrics, a worker to step by hand, and the service run as users run it. The API
+contract the tests hold the service to is docs/api.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from service.embedded import free_port
+from service.resources import make_worker
+from service.worker import Worker
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+ROOT = Path(__file__).resolve().parent.parent
+JSON = {"Content-Type": "application/json"}
+ASYNC = {**JSON, "Async-Mode": "true"}
+
+
+async def poll(
+    check: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Calls ``check`` until it returns something truthy; fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last value: {value!r})")
+        await asyncio.sleep(interval)
+
+
+def service_env(port: int, **more: str) -> dict[str, str]:
+    """This environment, for a service on 127.0.0.1:``port`` logging warnings, and ``more``."""
+    return {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", **more}
+
+
+def wait_answering(base: str, proc: subprocess.Popen[Any], within: float = 30.0) -> None:
+    """Waits until the service started as ``proc`` answers at ``base``; fails if it exits
+    first or takes longer than ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health/live", timeout=2).close()
+            return
+        except (urllib.error.URLError, OSError):
+            assert proc.poll() is None, "the service exited at start-up"
+            assert time.monotonic() < deadline, "the service never answered"
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_service(**env: str) -> Iterator[str]:
+    """`python -m service` as users run it, in a subprocess on a free port, with ``env``
+    added to this environment; yields its base URL once it answers; on exit, SIGTERM and
+    a clean exit (code 0) within 30 s.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=service_env(port, **env)
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_answering(base, proc)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, f"exit code {code} after SIGTERM"
+
+
+async def submit(client: TestClient, value: Any) -> str:
+    resp = await client.post("/predict", json={"input": value}, headers={"Async-Mode": "true"})
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["prediction_id"]  # type: ignore[no-any-return]
+
+
+async def wait_final(client: TestClient, prediction_id: str) -> dict[str, Any]:
+    async def final() -> dict[str, Any] | None:
+        body = await (await client.get(f"/predict/{prediction_id}")).json()
+        return body if body["status"] in ("done", "failed") else None
+
+    return await poll(final)  # type: ignore[no-any-return]
+
+
+def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60.0) -> Worker:
+    """A worker of the client's app to step by hand (small batches, short blocking reads)."""
+    return make_worker(
+        client.server.app,
+        consumer,
+        batch_size=8,
+        block_ms=10,
+        visibility_timeout=visibility_timeout,
+    )
+
+
+async def record(rds: Redis, prediction_id: str) -> dict[bytes, bytes]:
+    return await rds.hgetall(f"prediction:{prediction_id}")  # type: ignore[no-any-return]
+
+
+def figure(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in the Prometheus text format; fails when it is absent (a
+    missing or renamed metric must not read as 0)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_part = sample.partition("{")
+        got = ",".join(sorted(label_part.rstrip("}").split(","))) if label_part else ""
+        if metric == name and got == want:
+            return float(value)
+    raise AssertionError(f"no sample {name}{{{want}}} in the scrape")
+
+
+async def scrape(client: TestClient) -> str:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    return await resp.text()
+
+
+async def scrape_until(client: TestClient, **wanted: float) -> str:
+    """Scrapes until every named figure has the wanted value (queue figures are read from
+    Redis at most once a second)."""
+
+    async def matches() -> str | None:
+        text = await scrape(client)
+        return text if all(figure(text, k) == v for k, v in wanted.items()) else None
+
+    return await poll(matches)  # type: ignore[no-any-return]

@@ -1,0 +1,392 @@
+"""Each Redis script called directly on a real Redis, branch by branch (tables of cases),
+with what it must never do: rewrite a final record, ack an entry it was not given, or
+touch a key it was not given. Python mutation tools cannot reach these scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from service import lua
+
+STREAM, GROUP = "predictions", "workers"
+DEAD, HOOKS, RETRY = "predictions:dead", "predictions:webhooks", "predictions:webhooks:retry"
+DONE, STARTED = "predictions:done", "predictions:started"
+DECOYS = {"decoy:string": "x", "prediction:decoy": "y"}
+
+
+def rec(i: int | str) -> str:
+    return f"prediction:{i}"
+
+
+@pytest.fixture
+async def r(rds: Redis) -> AsyncIterator[Redis]:
+    for key, value in DECOYS.items():  # keys no script is given: they must stay as they are
+        await rds.set(key, value)
+    await rds.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    yield rds
+
+
+async def version(r: Redis) -> tuple[int, ...]:
+    return tuple(int(p) for p in (await r.info("server"))["redis_version"].split(".")[:2])
+
+
+async def snapshot(r: Redis) -> dict[bytes, Any]:
+    """Every key with its serialized value."""
+    return {key: await r.dump(key) async for key in r.scan_iter()}
+
+
+async def call(r: Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    """Runs script ``name``; fails if it changed or created any key not in ``keys``."""
+    before = await snapshot(r)
+    script = lua.register(r, name, await version(r))
+    reply = await script(keys=keys, args=args)
+    after = await snapshot(r)
+    declared = {k.encode() for k in keys}
+    for key in set(before) | set(after):
+        if key not in declared:
+            assert before.get(key) == after.get(key), f"{name} touched undeclared key {key!r}"
+    return reply
+
+
+async def record(r: Redis, i: int | str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await r.hgetall(rec(i))).items()}
+
+
+async def add_job(r: Redis, i: int | str, status: str = "queued", **fields: Any) -> bytes:
+    """A job as submit.lua leaves it (with the given status and fields), and its entry."""
+    await r.hset(
+        rec(i),
+        mapping={
+            "status": status,
+            "model": "m",
+            "input": '"x"',
+            "created_at": 100,
+            "attempts": 0,
+            **fields,
+        },
+    )
+    return await r.xadd(STREAM, {"id": str(i), "model": "m", "input": '"x"', "rid": "", "at": 100})
+
+
+def submit_args(
+    jobs: list[tuple[str, str]], *, limit: int = 0, whole: bool = False, lane: bool = False
+) -> list[Any]:
+    """ARGV of submit.lua for jobs given as (id, extras)."""
+    args: list[Any] = [60, limit, "1" if whole else "0", "100.5"]
+    for job_id, extras in jobs:
+        args += [job_id, "m", f'"{job_id}"', "rid", extras]
+    if lane:
+        args += [GROUP, "me-lane", STARTED]
+    return args
+
+
+# -- submit ----------------------------------------------------------------------------------
+
+
+async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Redis) -> None:
+    extras = json.dumps([4, "digest", "http://h/x", "done"])
+    reply = await call(
+        r,
+        "submit",
+        [STREAM, rec("a"), rec("b"), "predictions:idem:k"],
+        submit_args([("a", ""), ("b", extras)]),
+    )
+    assert reply == 2
+    assert await record(r, "a") == {
+        "status": "queued",
+        "model": "m",
+        "input": '"a"',
+        "created_at": "100.5",
+        "attempts": "0",
+        "request_id": "rid",
+    }
+    assert (await record(r, "b"))["webhook"] == "http://h/x"
+    assert (await record(r, "b"))["webhook_events"] == "done"
+    assert 0 < await r.ttl(rec("a")) <= 60
+    assert await r.get("predictions:idem:k") == b"b|digest"
+    entries = await r.xrange(STREAM)
+    assert [e[1][b"id"] for e in entries] == [b"a", b"b"]
+    assert entries[0][1] == {
+        b"id": b"a",
+        b"model": b"m",
+        b"input": b'"a"',
+        b"rid": b"rid",
+        b"at": b"100.5",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setup", "extras", "limit", "expected"),
+    [
+        ("record exists", "", 0, 1),  # a retry of a call that landed: 'ok', all of them
+        ("key known, same body", "same", 0, b"dup:first"),
+        ("key known, other body", "other", 0, b"conflict"),
+        ("queue full", "", 1, b"full"),
+    ],
+)
+async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
+    r: Redis, setup: str, extras: str, limit: int, expected: Any
+) -> None:
+    await r.set("predictions:idem:k", "first|same")
+    await add_job(r, "other-job")
+    if setup == "record exists":
+        await r.hset(rec("a"), mapping={"status": "done", "result": "1"})
+    keys = [STREAM, rec("a")]
+    if extras:
+        keys.append("predictions:idem:k")
+        extras = json.dumps([3, extras, "", ""])
+    before = await snapshot(r)
+    reply = await call(r, "submit", keys, submit_args([("a", extras)], limit=limit))
+    assert reply == (expected if isinstance(expected, int) else [expected])
+    assert await snapshot(r) == before, "nothing written"
+
+
+async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
+    await add_job(r, "waiting")
+    keys = [STREAM, rec("a"), rec("b")]
+    before = await snapshot(r)
+    assert await call(
+        r, "submit", keys, submit_args([("a", ""), ("b", "")], limit=2, whole=True)
+    ) == [b"full", b"full"]
+    assert await snapshot(r) == before
+    # A repeated bulk submit: one key known means none is written, and the others answer
+    # 'conflict' unless they match too.
+    await r.set("predictions:idem:k#0", "first|d")
+    keys += ["predictions:idem:k#0", "predictions:idem:k#1"]
+    jobs = [("a", json.dumps([4, "d", "", ""])), ("b", json.dumps([5, "d", "", ""]))]
+    before = await snapshot(r)
+    assert await call(r, "submit", keys, submit_args(jobs, whole=True)) == [
+        b"dup:first",
+        b"conflict",
+    ]
+    assert await snapshot(r) == before
+
+
+async def test_the_lane_starts_and_delivers_when_nothing_waits_undelivered(r: Redis) -> None:
+    reply = await call(r, "submit", [STREAM, rec("a")], submit_args([("a", "")], lane=True))
+    count, entry_ids = reply
+    assert count == 1 and len(entry_ids) == 1
+    record_a = await record(r, "a")
+    assert (record_a["status"], record_a["attempts"], record_a["started_at"]) == (
+        "processing",
+        "1",
+        "100.5",
+    )
+    pending = await r.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry_ids[0], b"me-lane")]
+
+
+async def test_the_lane_keeps_queue_order_behind_a_backlog(r: Redis) -> None:
+    await add_job(r, "older")  # undelivered
+    reply = await call(r, "submit", [STREAM, rec("a")], submit_args([("a", "")], lane=True))
+    assert reply == 1, "queued as usual"
+    assert (await record(r, "a"))["status"] == "queued"
+    assert (await r.xpending(STREAM, GROUP))["pending"] == 0
+
+
+# -- mark ------------------------------------------------------------------------------------
+
+
+def mark_args(entry_ids: list[bytes], *, now: float = 200, timeout: float = 0) -> list[Any]:
+    return [now, 60, 3, timeout, DONE, STARTED, *entry_ids]
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "job_timeout", "answer", "after"),
+    [
+        (
+            "queued",
+            {},
+            0,
+            b"queued",
+            {"status": "processing", "attempts": "1", "started_at": "200"},
+        ),
+        (
+            "processing",
+            {"attempts": 1},
+            0,
+            b"processing",
+            {"status": "processing", "attempts": "2"},
+        ),
+        (
+            "queued",
+            {},
+            50,
+            b"expired",
+            {
+                "status": "failed",
+                "finished_at": "200",
+                "error": "timed out: not finished within 50 s of submission",
+            },
+        ),
+        (
+            "processing",
+            {"attempts": 3},
+            0,
+            b"dead",
+            {"status": "failed", "error": "gave up after 3 deliveries"},
+        ),
+    ],
+)
+async def test_mark_moves_a_job_on(
+    r: Redis,
+    status: str,
+    fields: dict[str, Any],
+    job_timeout: float,
+    answer: bytes,
+    after: dict[str, str],
+) -> None:
+    entry = await add_job(r, 1, status, **fields)
+    reply = await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=job_timeout))
+    assert reply == [answer]
+    got = await record(r, 1)
+    assert {k: got.get(k) for k in after} == after
+    dead = await r.xrange(DEAD)
+    if answer == b"dead":
+        assert dead[0][1][b"key"] == rec(1).encode() and dead[0][1][b"entry"] == entry
+    else:
+        assert dead == []
+
+
+@pytest.mark.parametrize("final", ["done", "failed", "canceled"])
+async def test_mark_never_touches_a_final_record(r: Redis, final: str) -> None:
+    entry = await add_job(r, 1, final, result="7", attempts=3)
+    before = await record(r, 1)
+    assert await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=1)) == [final.encode()]
+    assert await record(r, 1) == before
+
+
+async def test_mark_of_a_record_that_is_gone_answers_empty_and_recreates_nothing(r: Redis) -> None:
+    assert await call(r, "mark", [DEAD, rec("gone")], mark_args([b"1-1"])) == [b""]
+    assert not await r.exists(rec("gone"))
+
+
+# -- finish ----------------------------------------------------------------------------------
+
+
+def finish_args(outcomes: list[str], entry_ids: list[bytes], want: str = "") -> list[Any]:
+    return [GROUP, "300", 60, DONE, want, *outcomes, *entry_ids]
+
+
+async def read_as(r: Redis, consumer: str) -> list[bytes]:
+    reply = await r.xreadgroup(GROUP, consumer, {STREAM: ">"})
+    return [entry_id for entry_id, _ in reply[0][1]] if reply else []
+
+
+async def test_finish_writes_each_final_record_once_and_acks_only_what_it_is_given(
+    r: Redis,
+) -> None:
+    done_entry = await add_job(r, 1, "processing", attempts=1)
+    failed_entry = await add_job(r, 2, "processing", attempts=1)
+    other_entry = await add_job(r, 3, "processing")
+    assert await read_as(r, "w") == [done_entry, failed_entry, other_entry]
+    reply = await call(
+        r,
+        "finish",
+        [STREAM, HOOKS, rec(1), rec(2)],
+        finish_args(['R{"a":1}', "Eit broke"], [done_entry, failed_entry]),
+    )
+    assert reply == 2
+    assert (await record(r, 1))["status"] == "done" and (await record(r, 1))["result"] == '{"a":1}'
+    assert (await record(r, 2))["error"] == "it broke" and (await record(r, 2))["result"] == "null"
+    pending = await r.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [other_entry], "only its own entries acked"
+    assert [e[0] for e in await r.xrange(STREAM)] == [other_entry], "and deleted"
+    # A late second finish of the same job changes nothing and acks nothing else.
+    before = await record(r, 1)
+    await call(r, "finish", [STREAM, HOOKS, rec(1)], finish_args(["Elate"], [done_entry]))
+    assert await record(r, 1) == before
+    assert [p["message_id"] for p in await r.xpending_range(STREAM, GROUP, "-", "+", 10)] == [
+        other_entry
+    ]
+
+
+@pytest.mark.parametrize(
+    ("events", "outcome", "delivered"),
+    [
+        ("done,failed", "R1", True),
+        ("done", "R1", True),
+        ("failed", "R1", False),
+        ("done", "Ex", False),
+        ("failed", "Ex", True),
+    ],
+)
+async def test_finish_queues_a_webhook_only_for_its_events(
+    r: Redis, events: str, outcome: str, delivered: bool
+) -> None:
+    entry = await add_job(r, 1, "processing", webhook="http://h/", webhook_events=events)
+    await call(r, "finish", [STREAM, HOOKS, rec(1)], finish_args([outcome], [entry]))
+    hooks = await r.xrange(HOOKS)
+    assert [h[1][b"key"] for h in hooks] == ([rec(1).encode()] if delivered else [])
+
+
+async def test_finish_answers_the_records_asked_for(r: Redis) -> None:
+    entry = await add_job(r, 1, "processing", attempts=1, started_at=150)
+    await r.hset(rec(2), mapping={"status": "done", "result": "9", "model": "m"})
+    reply = await call(
+        r,
+        "finish",
+        [STREAM, HOOKS, rec(1), rec(2), rec(3)],
+        finish_args(["R1", "R2", "R3"], [entry], want="111"),
+    )
+    assert reply[0] == [b"=", b"150", b"1", b"100", None]  # written by this call
+    assert dict(zip(reply[1][::2], reply[1][1::2], strict=True)) == {
+        b"status": b"done",
+        b"result": b"9",
+        b"model": b"m",
+    }
+    assert reply[2] == [], "gone, and not recreated"
+    assert not await r.exists(rec(3))
+
+
+# -- cancel, read ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "after"),
+    [
+        ("queued", b"queued", "canceled"),
+        ("processing", b"processing", "processing"),
+        ("done", b"done", "done"),
+        ("canceled", b"canceled", "canceled"),
+    ],
+)
+async def test_cancel_cancels_only_a_queued_job(
+    r: Redis, status: str, answer: bytes, after: str
+) -> None:
+    await add_job(r, 1, status)
+    before, flat = await call(r, "cancel", [rec(1)], ["300", DONE])
+    assert before == answer
+    assert dict(zip(flat[::2], flat[1::2], strict=True))[b"status"] == after.encode()
+    assert (await record(r, 1))["status"] == after
+
+
+async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
+    assert await call(r, "cancel", [rec("gone")], ["300", DONE]) == [b"", []]
+    assert not await r.exists(rec("gone"))
+    await add_job(r, 1)
+    reply = await call(r, "read", [rec(1), rec("gone")], [])
+    assert (
+        dict(zip(reply[0][::2], reply[0][1::2], strict=True))[b"status"] == b"queued"
+        and reply[1] == []
+    )
+
+
+# -- webhook retries -------------------------------------------------------------------------
+
+
+async def test_release_due_moves_only_due_retries_back_and_tells_the_next(r: Redis) -> None:
+    await r.zadd(RETRY, {f"{rec(1)}|2|100.0": 150, f"{rec(2)}|3|90.0": 500})
+    reply = await call(r, "release_due", [RETRY, HOOKS], [200, 10])
+    assert float(reply) == 500
+    hooks = await r.xrange(HOOKS)
+    assert [h[1] for h in hooks] == [
+        {b"key": rec(1).encode(), b"attempt": b"2", b"since": b"100.0"}
+    ]
+    assert await r.zrange(RETRY, 0, -1) == [f"{rec(2)}|3|90.0".encode()]
+    assert await call(r, "release_due", [RETRY, HOOKS], [600, 10]) == b""
