@@ -86,7 +86,9 @@ def server(redis_url: str | None, **env: Any) -> Iterator[tuple[int, subprocess.
     }
     if redis_url:
         full["REDIS_URL"] = redis_url
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full)
+    # BENCH_SERVER_ROOT: serve another checkout of the service (scripts/ab compares two).
+    where = os.environ.get("BENCH_SERVER_ROOT", str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=where, env=full)
     try:
         wait_http(f"http://127.0.0.1:{port}/models")
         yield port, proc
