@@ -1,13 +1,15 @@
 """A repeatable fault drill with real processes on loopback.
 
-    scripts/chaos [--jobs 3000] [--replicas 3]
+    scripts/chaos [--jobs 3000] [--replicas 3] [--cluster]
 
-One redis-server and N replicas of `python -m service` run a counting test model
-(tests.models:Counted records in Redis how often each job ran). The drill submits the jobs
-asynchronously across the replicas, kill -9s one replica mid-run, stops and restarts Redis
-once, waits for every accepted job to end, and prints: accepted, done, failed, lost
-(accepted, never final), duplicate final writes (a final record that changed after it was
-first seen), model calls per id, and pending entries left.
+N replicas of `python -m service` run a counting test model (tests.models:Counted
+records, in a Redis of its own, how often each job ran). The drill submits the jobs
+asynchronously across the replicas, kill -9s one replica mid-run, disrupts Redis once
+(one node: a stop and restart; with --cluster, a Redis Cluster of three primaries built
+for the drill: a failover of the primary that holds partition 0), waits for every
+accepted job to end, and prints: accepted, done, failed, lost (accepted, never final),
+duplicate final writes (a final record that changed after it was first seen), model
+calls per id, and pending entries left.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
 from service.embedded import RedisServer, free_port  # noqa: E402
+from service.keys import Partitions, meta_key  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -41,13 +45,13 @@ def say(message: str) -> None:
 
 
 def start_replica(
-    redis_url: str, index: int, visibility: float
+    redis_url: str, index: int, visibility: float, counts_url: str
 ) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis_url,
-        "CHAOS_REDIS_URL": redis_url,
+        "CHAOS_REDIS_URL": counts_url,
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "MODEL": "tests.models:Counted",
@@ -106,10 +110,13 @@ async def submit_all(
     await asyncio.gather(*(sender(k) for k in range(16)))
 
 
-def final_records(client: redis.Redis, ids: list[str]) -> dict[str, tuple[bytes, ...]]:
+def final_records(
+    client: redis.Redis, partitions: Partitions, ids: list[str]
+) -> dict[str, tuple[bytes, ...]]:
     pipe = client.pipeline(transaction=False)
     for prediction_id in ids:
-        pipe.hmget(f"prediction:{prediction_id}", "status", "result", "error", "finished_at")
+        key = partitions.record(prediction_id)
+        pipe.hmget(key, "status", "result", "error", "finished_at")
     out = {}
     for prediction_id, fields in zip(ids, pipe.execute(), strict=True):
         if fields[0] in (b"done", b"failed"):
@@ -117,23 +124,96 @@ def final_records(client: redis.Redis, ids: list[str]) -> dict[str, tuple[bytes,
     return out
 
 
-async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) -> dict[str, Any]:
+class SingleRedis:
+    """One redis-server; its disruption is a stop and a restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.server = RedisServer(folder / "redis", free_port())
+        self.url = self.server.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, retry_on_error=[redis.ConnectionError])
+
+    async def disrupt(self) -> None:
+        say("restarting Redis")
+        await asyncio.to_thread(self.server.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(self.server.start)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class ClusterRedis:
+    """A Redis Cluster; its disruption is a failover of the primary of partition 0."""
+
+    def __init__(self, folder: Path) -> None:
+        from tests.topologies import start_cluster
+
+        self.cluster = start_cluster(folder / "cluster")
+        self.url = self.cluster.url
+
+    def client(self) -> redis.Redis:
+        return self.cluster.client()  # type: ignore[return-value]
+
+    async def disrupt(self) -> None:
+        from tests.topologies import until
+
+        with self.cluster.client() as client:
+            stream = partitions_in(client).all[0].stream
+            primary = client.get_node_from_key(stream)
+        with redis.Redis(host=primary.host, port=primary.port) as node:
+            myid = node.execute_command("CLUSTER", "MYID").decode()
+            line = node.execute_command("CLUSTER", "REPLICAS", myid)[0].decode()
+        host, port = line.split()[1].split("@")[0].rsplit(":", 1)
+        say(f"failing over {primary.name} to its replica {host}:{port}")
+        replica = redis.Redis(host=host, port=int(port))
+        replica.execute_command("CLUSTER", "FAILOVER")
+        await asyncio.to_thread(
+            until,
+            lambda: replica.info("replication")["role"] == "master",
+            30,
+            "the replica took over",
+        )
+        replica.close()
+        await asyncio.to_thread(until, self.cluster.healthy, 30, "the cluster is ok again")
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+def partitions_in(client: redis.Redis) -> Partitions:
+    """The queue's partitions, as the service stored them (or the single one)."""
+    stored = client.get(meta_key(Settings()))
+    if not stored:
+        return Partitions.single(Settings())
+    return Partitions(Settings(), json.loads(stored)["tags"], sharded=True)
+
+
+async def drill(
+    jobs: int, replicas: int, visibility: float, deadline_s: float, cluster: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data:
-        server = RedisServer(Path(data), free_port())
-        url = server.start()
-        client = redis.Redis.from_url(url, retry_on_error=[redis.ConnectionError])
+        target: SingleRedis | ClusterRedis = (
+            ClusterRedis(Path(data)) if cluster else SingleRedis(Path(data))
+        )
+        counts = RedisServer(Path(data) / "counts", free_port())
+        counts_url = counts.start()
+        client = target.client()
+        counter = redis.Redis.from_url(counts_url)
         procs: list[subprocess.Popen[bytes]] = []
         ports: list[int] = []
         accepted: dict[str, str] = {}
         try:
             for i in range(replicas):
-                port, proc = start_replica(url, i, visibility)
+                port, proc = start_replica(target.url, i, visibility, counts_url)
                 ports.append(port)
                 procs.append(proc)
             async with aiohttp.ClientSession() as session:
                 for port in ports:
                     await wait_ready(port)
-                say(f"{replicas} replicas up; submitting {jobs} jobs")
+                partitions = partitions_in(client)
+                say(f"{replicas} replicas up, {len(partitions)} partitions; {jobs} jobs")
                 third, two_thirds = asyncio.Event(), asyncio.Event()
                 milestones = {jobs // 3: third, 2 * jobs // 3: two_thirds}
                 sending = asyncio.create_task(
@@ -145,10 +225,8 @@ async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) 
                 procs[0].wait()
                 live_ports = ports[1:]
                 await two_thirds.wait()
-                say(f"restarting Redis with {len(accepted)} accepted")
-                await asyncio.to_thread(server.stop)
-                await asyncio.sleep(1)
-                await asyncio.to_thread(server.start)
+                say(f"disrupting Redis with {len(accepted)} accepted")
+                await target.disrupt()
                 await sending
                 say(f"all submitted: {len(accepted)} accepted; waiting for them to end")
                 ids = list(accepted)
@@ -156,16 +234,16 @@ async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) 
                 end = time.monotonic() + deadline_s
                 while len(first_seen) < len(ids) and time.monotonic() < end:
                     missing = [i for i in ids if i not in first_seen]
-                    for prediction_id, fields in final_records(client, missing).items():
+                    for prediction_id, fields in final_records(client, partitions, missing).items():
                         first_seen.setdefault(prediction_id, fields)
                     await asyncio.sleep(0.2)
                 # Let any late redelivery happen before the recount.
                 await asyncio.sleep(2 * visibility)
                 for port in live_ports:
                     await wait_ready(port)
-            final = final_records(client, ids)
-            calls = client.hgetall("chaos:calls")
-            pending = client.xpending("predictions", "workers")["pending"]
+            final = final_records(client, partitions, ids)
+            calls = counter.hgetall("chaos:calls")
+            pending = sum(client.xpending(k.stream, k.group)["pending"] for k in partitions.all)
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -175,7 +253,10 @@ async def drill(jobs: int, replicas: int, visibility: float, deadline_s: float) 
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            server.stop()
+            client.close()
+            counter.close()
+            target.stop()
+            counts.stop()
     statuses = Counter(fields[0].decode() for fields in final.values())
     per_id = Counter(int(calls.get(accepted[i].encode(), 0)) for i in ids)
     return {
@@ -201,8 +282,11 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--visibility", type=float, default=3.0, help="VISIBILITY_TIMEOUT")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds to wait")
+    parser.add_argument("--cluster", action="store_true", help="on a Redis Cluster (Redis 7)")
     args = parser.parse_args()
-    result = asyncio.run(drill(args.jobs, args.replicas, args.visibility, args.deadline))
+    result = asyncio.run(
+        drill(args.jobs, args.replicas, args.visibility, args.deadline, args.cluster)
+    )
     print(json.dumps(result, indent=2))
     ok = (
         result["lost"] == 0

@@ -18,6 +18,7 @@ from .errors import ModelLoadError
 from .executor import calls_running
 from .logs import setup_logging
 from .loop import use_event_loop
+from .partitioning import PartitionMismatch
 from .settings import load_settings
 
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             shutdown_timeout=settings.shutdown_grace_seconds,
             print=lambda msg: logging.getLogger("service").info(msg.strip()),
         )
-    except (ModelLoadError, DataDirMismatch, RedisBinaryNotFound) as exc:
+    except (ModelLoadError, DataDirMismatch, RedisBinaryNotFound, PartitionMismatch) as exc:
         # One clear line naming what is wrong and the cause; no traceback.
         print(f"error: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,13 +1,15 @@
-"""Connecting to Redis: a client from a URL, pinged with a bounded retry."""
+"""Connecting to Redis (one node, Sentinel or Cluster, as REDIS_URL says): a client pinged
+with a bounded retry, and the names of Redis refusals that pass."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -15,12 +17,26 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .redis_url import RedisTarget
+
 log = logging.getLogger(__name__)
+
+#: What a Redis call may raise when Redis (or the network to it) fails: a cluster client
+#: raises some errors that are not RedisError (a slot no node serves, mid-failover).
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 # Refusals that pass: Redis answers, but cannot take writes (or this key) right now. (The
 # marker is looked for in the error's text: redis-py makes some of them classes of their
@@ -44,19 +60,14 @@ def unavailable(exc: BaseException) -> str | None:
     out, out of memory, read-only, failing over, loading); None for any other error."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
         return "Redis is unreachable"
+    if isinstance(exc, SlotNotCoveredError | ClusterDownError | MovedError):
+        return "the Redis cluster is failing over or moving a slot"
     if isinstance(exc, ResponseError):
         text = str(exc)
         for marker, reason in _PASSING_REFUSALS:
             if marker in text:
                 return reason
     return None
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 class _CPacking(AbstractConnection):
@@ -96,38 +107,89 @@ _C_PACKING: dict[type, type] = {
 }
 
 
+def client_for(
+    target: RedisTarget, *, socket_timeout: float | None, health_check_interval: int = 30
+) -> Redis:
+    """A client of ``target`` (not yet connected). A cluster client is typed as Redis: it
+    has every command the service uses, routed by key."""
+    retries: dict[str, Any] = {
+        # A pooled connection that Redis closed (it restarted) is retried on a fresh one.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    common: dict[str, Any] = {
+        "socket_keepalive": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": health_check_interval,
+    }
+    if target.mode == "single":
+        client: Redis = Redis.from_url(target.url, **common, **retries)
+        pool = client.connection_pool
+        pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
+        return client
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.mode == "sentinel":
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={
+                "socket_timeout": 2,
+                "socket_connect_timeout": 2,
+                "password": target.options.get("sentinel_password"),
+            },
+        )
+        # The primary Sentinel names now; after a failover the pool asks again, and a
+        # connection to a demoted primary (READONLY) is dropped for one to the new one.
+        primary: Redis = sentinel.master_for(
+            target.master, db=target.db, ssl=target.tls, **auth, **common, **retries
+        )
+        return primary
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        ssl=target.tls,
+        # Each shard is read from its primary (the default): a replica may lag behind.
+        require_full_coverage=False,
+        **auth,
+        **common,
+    )
+    return cast(Redis, cluster)
+
+
 async def connect(
-    url: str,
+    target: RedisTarget,
     attempts: int = 20,
     delay: float = 0.25,
     block_ms: int = 1000,
     socket_timeout: float = 5.0,
 ) -> Redis:
-    """A client for ``url`` once Redis answers PING; gives up after ``attempts`` tries.
+    """A client for ``target`` once Redis answers PING; gives up after ``attempts`` tries.
 
     Socket timeouts make a Redis that hangs (rather than closes) an error, so routes answer
     503 and workers back off instead of waiting forever; reads may block for ``block_ms``.
     """
-    client: Redis = Redis.from_url(
-        url,
-        health_check_interval=30,
-        socket_keepalive=True,
-        socket_connect_timeout=2,
-        socket_timeout=max(socket_timeout, 2 * block_ms / 1000),
-        # A pooled connection that Redis closed (it restarted) is retried on a fresh one.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    pool = client.connection_pool
-    pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
+    client = client_for(target, socket_timeout=max(socket_timeout, 2 * block_ms / 1000))
     for attempt in range(1, attempts + 1):
         try:
             await client.ping()
-            log.info("connected to Redis at %s", _redact(url))
+            log.info("connected to Redis at %s (%s)", target.redacted, target.mode)
             return client
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:
+            if unavailable(exc) is None and not isinstance(exc, RedisClusterException):
+                await client.aclose()
+                raise
             if attempt == attempts:
                 await client.aclose()
-                raise RuntimeError(f"Redis at {_redact(url)} did not answer: {exc}") from exc
+                raise RuntimeError(f"Redis at {target.redacted} did not answer: {exc}") from exc
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
+
+
+async def server_version(redis: Redis) -> tuple[int, ...]:
+    """The (major, minor) version of the Redis server (of every node, for a cluster: the
+    lowest)."""
+    info: Any = await redis.info("server")
+    if isinstance(info, dict) and "redis_version" not in info:  # a cluster: one per node
+        versions = [node_info["redis_version"] for node_info in info.values()]
+    else:
+        versions = [info["redis_version"]]
+    return min(tuple(int(part) for part in str(v).split(".")[:2]) for v in versions)

@@ -1,14 +1,14 @@
 """Webhook delivery: a dispatcher task per replica posts final records, retrying with backoff.
 
-A delivery is a stream entry (`<stream>:webhooks`) written by the same script that writes
-a job's final record, so none is lost between the two. Dispatchers read the stream through
-their own consumer group. A delivery answered 2xx is acked and deleted. A failed one is
-moved, in one transaction, to a sorted set scored by when to try again (the wait doubles
-from WEBHOOK_RETRY_SECONDS up to `MAX_BACKOFF` seconds), and each dispatcher moves due
-entries back into the stream; after WEBHOOK_MAX_AGE_SECONDS it is given up. An entry
-whose dispatcher stopped mid-POST is claimed by another one after `STUCK_FACTOR` HTTP
-timeouts. Delivery is therefore at least once: receivers should deduplicate on
-X-Prediction-ID.
+A delivery is a stream entry (`<stream>:webhooks`, one per partition) written by the same
+script that writes a job's final record, so none is lost between the two. Dispatchers read
+each partition's stream through their own consumer group. A delivery answered 2xx is acked
+and deleted. A failed one is moved, in one script call, to a sorted set scored by when to
+try again (the wait doubles from WEBHOOK_RETRY_SECONDS up to `MAX_BACKOFF` seconds), and
+each dispatcher moves due entries back into the stream; after WEBHOOK_MAX_AGE_SECONDS it
+is given up. An entry whose dispatcher stopped mid-POST is claimed by another one after
+`STUCK_FACTOR` HTTP timeouts. Delivery is therefore at least once: receivers should
+deduplicate on X-Prediction-ID.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from typing import Any
 import aiohttp
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from . import lua
+from .connection import REDIS_FAILURES
 from .errors import InvalidInput
 from .job import stream_entries
-from .keys import Keys
+from .keys import Keys, Partitions
 from .results import ResultStore
 from .schemas import prediction_view
 from .settings import Settings
@@ -44,16 +45,19 @@ class Dispatcher:
     """Posts due deliveries, at most WEBHOOK_DELIVERIES at a time; a slot that frees up is
     filled at once (a slow receiver holds its own slot, not the next deliveries)."""
 
-    def __init__(self, redis: Redis, keys: Keys, results: ResultStore, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, partitions: Partitions, results: ResultStore, settings: Settings
+    ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._partitions = partitions
         self._results = results
         self._settings = settings
         self._consumer = f"{settings.consumer_name}-webhooks"
         self._stopping = asyncio.Event()
         self._release_due = lua.register(redis, "release_due")
+        self._settle = lua.register(redis, "settle_delivery")
         self._warned_unsigned = False
-        self._next_reclaim = 0.0
+        self._next_reclaim: dict[int, float] = {}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -68,25 +72,10 @@ class Dispatcher:
         ) as http:
             sending: set[asyncio.Task[None]] = set()
             try:
-                while not self._stopping.is_set():
-                    free = self._settings.webhook_deliveries - len(sending)
-                    if free <= 0:
-                        await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
-                        continue
-                    try:
-                        entries = await self._next_entries(free, busy=bool(sending))
-                    except (RedisError, OSError) as exc:
-                        log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
-                        await asyncio.sleep(1)
-                        continue
-                    except Exception:  # a bug must not end deliveries for good
-                        log.exception("webhook dispatcher failed; trying again in 1 s")
-                        await asyncio.sleep(1)
-                        continue
-                    for entry_id, fields in entries:
-                        task = asyncio.create_task(self._send(http, entry_id, fields))
-                        sending.add(task)
-                        task.add_done_callback(sending.discard)
+                # One loop per partition, sharing the slots of WEBHOOK_DELIVERIES.
+                await asyncio.gather(
+                    *(self._dispatch(keys, http, sending) for keys in self._partitions.all)
+                )
                 # Stopping: the deliveries under way may finish (within the app's grace).
                 await asyncio.gather(*sending, return_exceptions=True)
             finally:
@@ -94,26 +83,48 @@ class Dispatcher:
                     task.cancel()
                 await asyncio.gather(*sending, return_exceptions=True)
 
+    async def _dispatch(
+        self, keys: Keys, http: aiohttp.ClientSession, sending: set[asyncio.Task[None]]
+    ) -> None:
+        while not self._stopping.is_set():
+            free = self._settings.webhook_deliveries - len(sending)
+            if free <= 0:
+                await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                entries = await self._next_entries(keys, free, busy=bool(sending))
+            except REDIS_FAILURES as exc:
+                log.warning("webhook dispatcher: %s; trying again in 1 s", exc)
+                await asyncio.sleep(1)
+                continue
+            except Exception:  # a bug must not end deliveries for good
+                log.exception("webhook dispatcher failed; trying again in 1 s")
+                await asyncio.sleep(1)
+                continue
+            for entry_id, fields in entries:
+                task = asyncio.create_task(self._send(http, keys, entry_id, fields))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
+
     async def _send(
-        self, http: aiohttp.ClientSession, entry_id: bytes, fields: dict[bytes, bytes]
+        self, http: aiohttp.ClientSession, keys: Keys, entry_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
         """One delivery in its own task; an error leaves the entry pending, and another
         dispatcher (or this one) claims it once it has been idle for the stuck time."""
         try:
-            await self._deliver(http, entry_id, fields)
-        except (RedisError, OSError) as exc:
+            await self._deliver(http, keys, entry_id, fields)
+        except REDIS_FAILURES as exc:
             log.warning("webhook delivery %s: %s; left pending", entry_id.decode(), exc)
         except Exception:
             log.exception("webhook delivery %s failed; left pending", entry_id.decode())
 
     async def _next_entries(
-        self, count: int, busy: bool = False
+        self, keys: Keys, count: int, busy: bool = False
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Up to ``count`` deliveries: stuck ones first, else new ones (waiting up to
         MAX_BLOCK, or until the next retry is due). While deliveries are ``busy`` it waits
         no longer than the first retry's wait: a retry one of them schedules meanwhile is
         never due before this wait ends, so it is released on time."""
-        keys = self._keys
         now = time.time()
         next_due = await self._release_due(
             keys=[keys.webhook_retries, keys.webhooks],
@@ -125,66 +136,62 @@ class Dispatcher:
             block = min(block, self._settings.webhook_retry_seconds)
         stuck = self._settings.webhook_timeout_seconds * STUCK_FACTOR
         try:
-            if now >= self._next_reclaim:  # deliveries of a dispatcher that stopped mid-POST
+            if now >= self._next_reclaim.get(keys.index, 0.0):  # a dispatcher died mid-POST
                 claimed = await self._redis.xautoclaim(
                     keys.webhooks, GROUP, self._consumer, int(stuck * 1000), count=count
                 )
                 entries = [(i, f) for i, f in claimed[1] if f]
                 if entries:
                     return entries
-                self._next_reclaim = now + stuck / 2
+                self._next_reclaim[keys.index] = now + stuck / 2
             reply = await self._redis.xreadgroup(
                 GROUP, self._consumer, {keys.webhooks: ">"}, count, block=int(block * 1000)
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self._create_group()
+            await self._create_group(keys)
             return []
         return [(i, f) for i, f in stream_entries(reply) if f]
 
-    async def _create_group(self) -> None:
+    async def _create_group(self, keys: Keys) -> None:
         try:
-            await self._redis.xgroup_create(self._keys.webhooks, GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(keys.webhooks, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def _deliver(
-        self, http: aiohttp.ClientSession, entry_id: bytes, fields: dict[bytes, bytes]
+        self, http: aiohttp.ClientSession, keys: Keys, entry_id: bytes, fields: dict[bytes, bytes]
     ) -> None:
         key = fields.get(b"key")
         if key is None:  # not a delivery this service wrote
-            await self._ack(entry_id)
+            await self._ack(keys, entry_id)
             return
-        prediction_id = self._keys.prediction_id(key)
+        prediction_id = keys.prediction_id(key)
         attempt = int(fields.get(b"attempt", b"1"))
         since = float(fields.get(b"since") or int(entry_id.split(b"-")[0]) / 1000)
         record = await self._results.get(prediction_id)
         if record is None or not record.webhook:  # expired meanwhile: nothing to send
-            await self._ack(entry_id)
+            await self._ack(keys, entry_id)
             return
         body = orjson.dumps(prediction_view(record))
         if await self._post(http, prediction_id, record.webhook, body):
-            await self._ack(entry_id)
+            await self._ack(keys, entry_id)
             return
         wait = min(self._settings.webhook_retry_seconds * 2 ** (attempt - 1), MAX_BACKOFF)
         if time.time() + wait - since > self._settings.webhook_max_age_seconds:
             log.warning("webhook for %s given up after %d attempts", prediction_id, attempt)
-            await self._ack(entry_id)
+            await self._ack(keys, entry_id)
             return
         member = b"%s|%d|%.3f" % (key, attempt + 1, since)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self._keys.webhook_retries, {member: time.time() + wait})
-            pipe.xack(self._keys.webhooks, GROUP, entry_id)
-            pipe.xdel(self._keys.webhooks, entry_id)
-            await pipe.execute()
+        await self._settle(
+            keys=[keys.webhook_retries, keys.webhooks],
+            args=[GROUP, entry_id, member, repr(time.time() + wait)],
+        )
 
-    async def _ack(self, entry_id: bytes) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self._keys.webhooks, GROUP, entry_id)
-            pipe.xdel(self._keys.webhooks, entry_id)
-            await pipe.execute()
+    async def _ack(self, keys: Keys, entry_id: bytes) -> None:
+        await self._settle(keys=[keys.webhook_retries, keys.webhooks], args=[GROUP, entry_id])
 
     async def _post(
         self, http: aiohttp.ClientSession, prediction_id: str, url: str, body: bytes

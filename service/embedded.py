@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,18 @@ class RedisServer:
     then stops this server. It still dies with the service if that is killed.
     """
 
-    def __init__(self, data_dir: Path, port: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        binary: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        """``extra``: more redis-server arguments (the test suite's cluster nodes)."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
+        self.extra = list(extra)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -163,6 +172,7 @@ class RedisServer:
             "no",
             "--logfile",
             "redis.log",
+            *self.extra,
         ]
         self._proc = subprocess.Popen(
             args,
@@ -191,6 +201,13 @@ class RedisServer:
             self.data_dir,
         )
         return self.url
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word (a crash, for the fault tests)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Redis flushes the AOF on it), then SIGKILL if it does not exit in time."""

@@ -1,50 +1,70 @@
-"""Every Redis key and stream name the service uses, in one place."""
+"""Every Redis key and channel name the service uses, in one place, and the partitions.
+
+The queue is one or more partitions. A partition is one stream with its consumer group,
+and every key a script touches for the jobs of that partition: their records, their
+idempotency keys, its dead letters and webhook deliveries, its channels. All of them
+share one hash tag, so on a Redis Cluster each script call stays in one slot. A job's
+partition is a pure function of its prediction id (`Partitions.of`), so any replica
+finds its record without a look-up.
+
+On one node with one partition (the default there) the names are the plain ones of
+earlier versions (`predictions`, `prediction:<id>`), so an existing queue is kept.
+"""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
+from .ids import new_id
 from .settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    stream: str
+    """The names of one partition's keys."""
+
+    #: "predictions", or "{predictions:<tag>}" for a partition with a hash tag.
+    base: str
     group: str
     record_prefix: str
+    #: The command the scripts announce with: PUBLISH, or SPUBLISH on a cluster.
+    publish: str = "PUBLISH"
+    index: int = 0
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Keys:
-        return cls(settings.stream, settings.group, settings.key_prefix)
+    @property
+    def stream(self) -> str:
+        """The stream of queued jobs."""
+        return self.base
 
     @property
     def dead_letters(self) -> str:
         """Stream of jobs given up on, with the reason."""
-        return self.stream + ":dead"
+        return self.base + ":dead"
 
     @property
     def webhooks(self) -> str:
         """Stream of webhook deliveries due (record keys)."""
-        return self.stream + ":webhooks"
+        return self.base + ":webhooks"
 
     @property
     def webhook_retries(self) -> str:
         """Sorted set of failed deliveries, scored by when to try them again."""
-        return self.stream + ":webhooks:retry"
+        return self.base + ":webhooks:retry"
 
     @property
     def completions(self) -> str:
-        """Pub/sub channel: record keys of jobs that just ended, comma-separated."""
-        return self.stream + ":done"
+        """Channel: record keys of jobs that just ended, comma-separated."""
+        return self.base + ":done"
 
     @property
     def started(self) -> str:
-        """Pub/sub channel: record keys of jobs that just started running, comma-separated."""
-        return self.stream + ":started"
+        """Channel: record keys of jobs that just started running, comma-separated."""
+        return self.base + ":started"
 
     def write_probe(self, consumer: str) -> str:
         """A short-lived key a replica writes to see that Redis takes writes (readiness)."""
-        return f"{self.stream}:probe:{consumer}"
+        return f"{self.base}:probe:{consumer}"
 
     def prediction_id(self, record_key: bytes | str) -> str:
         key = record_key.decode() if isinstance(record_key, bytes) else record_key
@@ -52,8 +72,74 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         """The prediction id (and body digest) an Idempotency-Key was first used for."""
-        return f"{self.stream}:idem:{key}"
+        return f"{self.base}:idem:{key}"
 
     def record(self, prediction_id: str) -> str:
         """Hash holding one job record; it expires after the result TTL."""
         return self.record_prefix + prediction_id
+
+
+def meta_key(settings: Settings) -> str:
+    """JSON of what the stored queue was made with: partition count and hash tags."""
+    return f"{settings.stream}:meta"
+
+
+def partition_of(name: str, count: int) -> int:
+    """The partition of a prediction id or an Idempotency-Key: stable, and even."""
+    return zlib.crc32(name.encode()) % count
+
+
+class Partitions:
+    """Every partition of the queue, in order."""
+
+    def __init__(self, settings: Settings, tags: list[str] | None, sharded: bool = False):
+        """``tags``: one hash tag per partition; None for the one untagged partition."""
+        publish = "SPUBLISH" if sharded else "PUBLISH"
+        if tags is None:
+            self.all = [Keys(settings.stream, settings.group, settings.key_prefix, publish)]
+        else:
+            self.all = [
+                Keys(
+                    base,
+                    settings.group,
+                    f"{settings.key_prefix}{base}:",
+                    publish,
+                    index,
+                )
+                for index, base in enumerate("{" + f"{settings.stream}:{t}" + "}" for t in tags)
+            ]
+        self.tags = tags
+        self.sharded = sharded
+
+    @classmethod
+    def single(cls, settings: Settings) -> Partitions:
+        return cls(settings, None)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def __getitem__(self, index: int) -> Keys:
+        return self.all[index]
+
+    def of(self, prediction_id: str) -> Keys:
+        """The partition of a job."""
+        count = len(self.all)
+        return self.all[0 if count == 1 else partition_of(prediction_id, count)]
+
+    def record(self, prediction_id: str) -> str:
+        return self.of(prediction_id).record(prediction_id)
+
+    def new_id(self, idempotency_key: str = "", partition: int | None = None) -> str:
+        """A new prediction id: in ``partition``, or in the one of ``idempotency_key`` (so
+        the key and the record it names share a slot), or anywhere."""
+        count = len(self.all)
+        if count == 1:
+            return new_id()
+        if partition is None:
+            if not idempotency_key:
+                return new_id()
+            partition = partition_of(idempotency_key, count)
+        while True:  # about `count` tries: ids stay uniformly random
+            candidate = new_id()
+            if partition_of(candidate, count) == partition:
+                return candidate

@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .job import Entry
+from .keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ class DirectLane:
     def __init__(self, consumer: str, room: int) -> None:
         self.consumer = consumer
         self._room = room
-        self._run: Callable[[list[Entry]], Coroutine[Any, Any, None]] | None = None
+        self._run: Callable[[Keys, list[Entry]], Coroutine[Any, Any, None]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def open(self, run: Callable[[list[Entry]], Coroutine[Any, Any, None]]) -> None:
+    def open(self, run: Callable[[Keys, list[Entry]], Coroutine[Any, Any, None]]) -> None:
         """Starts taking batches, which ``run`` runs (they are started already)."""
         self._run = run
 
@@ -49,9 +50,9 @@ class DirectLane:
         self._closed = True
         return list(self._tasks)
 
-    def take(self, entries: list[Entry]) -> None:
+    def take(self, partition: Keys, entries: list[Entry]) -> None:
         if entries and self._run is not None and not self._closed:
-            task = asyncio.create_task(self._run(entries))
+            task = asyncio.create_task(self._run(partition, entries))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -35,7 +35,8 @@ class Metrics:
         self._batch_times: dict[str, list[Any]] = {}
         self._batch_sizes: dict[str, list[Any]] = {}
         r.register(self)
-        self.stream_length = Gauge("queue_stream_length", "Entries in the job stream.", registry=r)
+        # Queue figures: totals (what to scale and alert on), and per partition.
+        self.stream_length = Gauge("queue_stream_length", "Entries in the job streams.", registry=r)
         self.group_lag = Gauge(
             "queue_group_lag",
             "Entries not yet delivered to any consumer: what an autoscaler should scale on.",
@@ -47,7 +48,20 @@ class Metrics:
             registry=r,
         )
         self.dead_letters = Gauge(
-            "queue_dead_letters", "Entries in the dead-letter stream.", registry=r
+            "queue_dead_letters", "Entries in the dead-letter streams.", registry=r
+        )
+        label = ["partition"]
+        self.partition_length = Gauge(
+            "queue_partition_stream_length", "Entries in one partition's stream.", label, registry=r
+        )
+        self.partition_lag = Gauge(
+            "queue_partition_group_lag", "Undelivered entries of one partition.", label, registry=r
+        )
+        self.partition_pending = Gauge(
+            "queue_partition_pending", "Unacknowledged entries of one partition.", label, registry=r
+        )
+        self.partition_dead = Gauge(
+            "queue_partition_dead_letters", "Dead letters of one partition.", label, registry=r
         )
         self._queue_read: asyncio.Future[None] | None = None
         self._queue_read_at = 0.0
@@ -106,42 +120,63 @@ class Metrics:
             _BATCH_BUCKETS,
         )
 
-    async def queue_figures(self, redis: Redis, keys: Keys, max_age: float) -> None:
+    async def queue_figures(self, redis: Redis, partitions: Sequence[Keys], max_age: float) -> None:
         """Refreshes the queue figures unless they are younger than ``max_age`` seconds;
         concurrent scrapes share one read."""
         read = self._queue_read
         if read is None or (read.done() and time.monotonic() - self._queue_read_at > max_age):
             self._queue_read_at = time.monotonic()
-            read = self._queue_read = asyncio.ensure_future(self.refresh_queue(redis, keys))
+            read = self._queue_read = asyncio.ensure_future(self.refresh_queue(redis, partitions))
         await asyncio.shield(read)
 
-    async def refresh_queue(self, redis: Redis, keys: Keys) -> None:
-        """Reads the queue figures from Redis: one pipelined round trip of three O(1) calls,
-        whatever the backlog."""
-        pipe = redis.pipeline(transaction=False)
-        pipe.xlen(keys.stream)
-        pipe.xinfo_groups(keys.stream)
-        pipe.xlen(keys.dead_letters)
-        length, groups, dead = await pipe.execute()
-        group = next((g for g in groups if _text(g["name"]) == keys.group), None)
-        self.stream_length.set(length)
-        self.dead_letters.set(dead)
-        if group is None:
-            self.group_lag.set(length)
-            self.pending.set(0)
-            return
-        pending = int(group["pending"])
-        self.pending.set(pending)
-        lag = group.get("lag")
-        if lag is None:
-            # Redis 6.2 reports no lag (and 7.x none once entries were deleted): the stream
-            # holds only undelivered and unacked entries (acked ones are deleted in the call
-            # that acks them), so what is not pending has not been delivered.
-            lag = max(0, int(length) - pending)
-        self.group_lag.set(lag)
+    async def refresh_queue(self, redis: Redis, partitions: Sequence[Keys]) -> None:
+        """Reads the queue figures of every partition from Redis: per partition one
+        pipelined round trip of three O(1) calls, whatever the backlog, all at once."""
+        figures = await asyncio.gather(*(_partition_figures(redis, keys) for keys in partitions))
+        totals = [0, 0, 0, 0]
+        for keys, values in zip(partitions, figures, strict=True):
+            name = str(keys.index)
+            for gauge, value in zip(
+                (
+                    self.partition_length,
+                    self.partition_lag,
+                    self.partition_pending,
+                    self.partition_dead,
+                ),
+                values,
+                strict=True,
+            ):
+                gauge.labels(name).set(value)
+            totals = [a + b for a, b in zip(totals, values, strict=True)]
+        for gauge, value in zip(
+            (self.stream_length, self.group_lag, self.pending, self.dead_letters),
+            totals,
+            strict=True,
+        ):
+            gauge.set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+async def _partition_figures(redis: Redis, keys: Keys) -> tuple[int, int, int, int]:
+    """(stream length, lag, pending, dead letters) of one partition."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xlen(keys.stream)
+    pipe.xinfo_groups(keys.stream)
+    pipe.xlen(keys.dead_letters)
+    length, groups, dead = await pipe.execute()
+    group = next((g for g in groups if _text(g["name"]) == keys.group), None)
+    if group is None:
+        return int(length), int(length), 0, int(dead)
+    pending = int(group["pending"])
+    lag = group.get("lag")
+    if lag is None:
+        # Redis 6.2 reports no lag (and 7.x none once entries were deleted): the stream
+        # holds only undelivered and unacked entries (acked ones are deleted in the call
+        # that acks them), so what is not pending has not been delivered.
+        lag = max(0, int(length) - pending)
+    return int(length), int(lag), pending, int(dead)
 
 
 def _text(value: Any) -> str:

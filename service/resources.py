@@ -10,21 +10,22 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from . import state
 from .batching import Batchers
-from .connection import connect, unavailable
+from .connection import REDIS_FAILURES, connect, server_version, unavailable
 from .delivery import Dispatcher
+from .durable import Durable
 from .embedded import RedisServer
 from .executor import Executor
 from .http.docs import add_model_schemas
-from .keys import Keys
 from .lane import DirectLane
 from .lifecycle import Lifecycle
 from .memory import release_freed_memory
 from .models import ModelRegistry, model_configs
+from .partitioning import open_partitions
 from .queue import JobQueue
+from .redis_url import parse as parse_redis_url
 from .results import ResultStore
 from .waiting import Completions
 from .worker import Worker
@@ -104,13 +105,17 @@ async def _keep_alive(server: RedisServer, lifecycle: Lifecycle) -> None:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[state.SETTINGS]
-    redis = await connect(app[state.REDIS_URL], block_ms=settings.read_block_ms)
-    keys = Keys.from_settings(settings)
-    text = str((await redis.info("server"))["redis_version"])
-    version = tuple(int(part) for part in text.split(".")[:2])
+    target = parse_redis_url(app[state.REDIS_URL])
+    redis = await connect(target, block_ms=settings.read_block_ms)
+    version = await server_version(redis)
+    try:
+        partitions = await open_partitions(redis, settings, cluster=target.mode == "cluster")
+    except BaseException:
+        await redis.aclose()
+        raise
     results = ResultStore(
         redis,
-        keys,
+        partitions,
         settings.result_ttl_seconds,
         settings.max_deliveries,
         settings.job_timeout_seconds,
@@ -120,20 +125,23 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     # batches while they run; after a crash they are reclaimed like any idle entries.
     # It takes batches once the workers run (workers_ctx opens it).
     lane = DirectLane(f"{settings.consumer_name}-lane", settings.workers)
+    durable = Durable(redis, target) if settings.durable_submit else None
     queue = JobQueue(
         redis,
-        keys,
+        partitions,
         settings.result_ttl_seconds,
         settings.max_queue,
         lane=lane if settings.workers else None,
         version=version,
+        durable=durable,
     )
     # A Redis out of memory or read-only cannot create the group yet: start anyway (not
     # ready), and keep trying.
     group = asyncio.create_task(_ensure_group(queue), name="consumer-group")
-    completions = Completions(app[state.REDIS_URL], keys)
+    completions = Completions(target, partitions)
     completions.start()
     app[state.REDIS] = redis
+    app[state.PARTITIONS] = partitions
     app[state.RESULTS] = results
     app[state.QUEUE] = queue
     app[state.LANE] = lane
@@ -143,6 +151,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await group
     await completions.stop()
+    if durable is not None:
+        await durable.aclose()
     await redis.aclose()
 
 
@@ -151,7 +161,7 @@ async def _ensure_group(queue: JobQueue) -> None:
     while True:
         try:
             await queue.ensure_group()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             reason = unavailable(exc)
             if reason is None:
                 raise
@@ -171,6 +181,7 @@ def make_worker(
     app: web.Application,
     consumer: str,
     *,
+    partition: int = 0,
     batch_size: int | None = None,
     block_ms: int | None = None,
     visibility_timeout: float | None = None,
@@ -178,6 +189,7 @@ def make_worker(
     """A worker of this app's queue (the settings' values unless given)."""
     settings = app[state.SETTINGS]
     return Worker(
+        partition=app[state.PARTITIONS][partition],
         queue=app[state.QUEUE],
         results=app[state.RESULTS],
         models=app[state.MODELS],
@@ -196,7 +208,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Starts WORKERS consumer tasks; on exit: stop reading, a grace period, then cancel."""
     settings = app[state.SETTINGS]
 
-    workers = [make_worker(app, f"{settings.consumer_name}-{i}") for i in range(settings.workers)]
+    # Every partition is read, even with fewer WORKERS than partitions: worker i reads
+    # partition i mod their number.
+    count = len(app[state.PARTITIONS])
+    total = max(settings.workers, count) if settings.workers else 0
+    workers = [
+        make_worker(app, f"{settings.consumer_name}-{i}", partition=i % count) for i in range(total)
+    ]
     tasks = [asyncio.create_task(w.run(), name=w.consumer) for w in workers]
     app[state.WORKER_TASKS] = tasks
     lane = app[state.LANE]
@@ -224,9 +242,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_deliveries == 0:
         yield
         return
-    dispatcher = Dispatcher(
-        app[state.REDIS], Keys.from_settings(settings), app[state.RESULTS], settings
-    )
+    dispatcher = Dispatcher(app[state.REDIS], app[state.PARTITIONS], app[state.RESULTS], settings)
     task = asyncio.create_task(dispatcher.run(), name="webhooks")
     lifecycle = app[state.LIFECYCLE]
     lifecycle.on_stop.append(dispatcher.stop)

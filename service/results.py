@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,15 +11,18 @@ from redis.asyncio import Redis
 from . import lua
 from .coalesce import Coalescer
 from .job import Entry, JobRecord
-from .keys import Keys
+from .keys import Keys, Partitions
 from .models import Outcome
 
 
 class ResultStore:
+    """The records of every partition: a batch's calls go to its partition (``keys``);
+    reads and cancels find a job's partition from its id."""
+
     def __init__(
         self,
         redis: Redis,
-        keys: Keys,
+        partitions: Partitions,
         ttl_seconds: int,
         max_deliveries: int = 3,
         job_timeout: float = 0.0,
@@ -26,7 +30,7 @@ class ResultStore:
         version: tuple[int, ...] = (7,),
     ) -> None:
         self._redis = redis
-        self._keys = keys
+        self._partitions = partitions
         self._ttl = ttl_seconds
         self._max_deliveries = max_deliveries
         self._job_timeout = job_timeout
@@ -39,25 +43,30 @@ class ResultStore:
         self._read = lua.register(redis, "read", version)
         self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._get_many)
 
-    async def mark_processing(self, jobs: Sequence[tuple[str, bytes]], now: float) -> list[bytes]:
-        """Moves each (prediction id, entry id) on in one round trip: processing, or failed
-        for a deadline passed or too many deliveries. Answers each job's previous status,
-        b"expired" or b"dead" (b"" when its record is gone). See RUNNABLE.
+    async def mark_processing(
+        self, partition: Keys, jobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[bytes]:
+        """Moves each (prediction id, entry id) of one partition's batch on in one round
+        trip: processing, or failed for a deadline passed or too many deliveries. Answers
+        each job's previous status, b"expired" or b"dead" (b"" when its record is gone).
+        See RUNNABLE.
         """
-        keys = [self._keys.dead_letters] + [self._keys.record(p) for p, _ in jobs]
+        keys = [partition.dead_letters] + [partition.record(p) for p, _ in jobs]
         args: list[Any] = [
             repr(now),
             self._ttl,
             self._max_deliveries,
             self._job_timeout,
-            self._keys.completions,
-            self._keys.started,
+            partition.completions,
+            partition.started,
+            partition.publish,
         ]
         args.extend(entry_id for _, entry_id in jobs)
         return await self._mark(keys=keys, args=args)
 
     async def finish_and_ack(
         self,
+        partition: Keys,
         finished: Sequence[tuple[Entry, Outcome]],
         entry_ids: Sequence[bytes],
         now: float,
@@ -66,16 +75,17 @@ class ResultStore:
         """Writes the final records of ``finished`` once and acks ``entry_ids``: one call.
         Answers the records of the jobs ``wanted`` flags (None for the others); one that
         this call ended is built from what the worker holds, not read back."""
-        keys = [self._keys.stream, self._keys.webhooks]
+        keys = [partition.stream, partition.webhooks]
         args: list[Any] = [
-            self._keys.group,
+            partition.group,
             repr(now),
             self._ttl,
-            self._keys.completions,
+            partition.completions,
+            partition.publish,
             "".join("1" if w else "0" for w in wanted) if any(wanted) else "",
         ]
         for entry, outcome in finished:
-            keys.append(self._keys.record(entry.prediction_id))
+            keys.append(partition.record(entry.prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
         args.extend(entry_ids)
         replies = await self._finish(keys=keys, args=args)
@@ -89,8 +99,10 @@ class ResultStore:
     async def cancel(self, prediction_id: str, now: float) -> tuple[str, JobRecord | None]:
         """Cancels the job if it is still queued; answers the status it had ('' if none)
         and the record as it is now, in one round trip."""
+        partition = self._partitions.of(prediction_id)
         before, flat = await self._cancel(
-            keys=[self._keys.record(prediction_id)], args=[repr(now), self._keys.completions]
+            keys=[partition.record(prediction_id)],
+            args=[repr(now), partition.completions, partition.publish],
         )
         return before.decode(), JobRecord.from_flat(prediction_id, flat)
 
@@ -99,7 +111,25 @@ class ResultStore:
         return await self._reads.add(prediction_id)
 
     async def _get_many(self, prediction_ids: list[str]) -> list[JobRecord | None]:
-        replies = await self._read(keys=[self._keys.record(p) for p in prediction_ids])
+        """Reads that came together: one script call per partition they fall in."""
+        partitions = self._partitions
+        if len(partitions) == 1:
+            keys = [partitions[0].record(p) for p in prediction_ids]
+            replies = await self._read(keys=keys)
+        else:
+            groups: dict[int, list[int]] = {}
+            for position, prediction_id in enumerate(prediction_ids):
+                groups.setdefault(partitions.of(prediction_id).index, []).append(position)
+            answers = await asyncio.gather(
+                *(
+                    self._read(keys=[partitions.record(prediction_ids[i]) for i in at])
+                    for at in groups.values()
+                )
+            )
+            replies = [None] * len(prediction_ids)
+            for at, flats in zip(groups.values(), answers, strict=True):
+                for position, flat in zip(at, flats, strict=True):
+                    replies[position] = flat
         return [
             JobRecord.from_flat(p, flat) for p, flat in zip(prediction_ids, replies, strict=True)
         ]

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redis_url import parse as parse_redis_url
 
 
 def _default_consumer() -> str:
@@ -27,8 +29,17 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
     redis_url: str | None = Field(
         None,
-        description="Redis to use, e.g. redis://host:6379/0. Unset: start a private redis-server.",
+        description="Redis to use: redis://host:6379/0, redis+sentinel://host:26379/mymaster, "
+        "redis+cluster://host:7000,host:7001. Unset: start a private redis-server.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_redis_url(value)  # BadRedisUrl (a ValueError) names what is wrong
+        return value
+
     model: str = Field(
         "service.sentiment:VaderSentiment",
         description="The model named 'default': 'module:attr', 'file.py:attr', or a "
@@ -74,6 +85,17 @@ class Settings(BaseSettings):
     )
     result_ttl_seconds: int = Field(3600, ge=1, description="How long job records are kept.")
     stream: str = Field("predictions", description="Redis Stream that holds queued jobs.")
+    queue_partitions: int = Field(
+        0,
+        ge=0,
+        description="Streams the queue is split into, each with its own hash tag (a shard of "
+        "a Redis Cluster each). 0: 1 on one node, one per primary on a cluster.",
+    )
+    durable_submit: bool = Field(
+        False,
+        description="A 202 waits until the job reached a replica of Redis (WAIT), so a "
+        "failover cannot lose it; 503 if none confirms within a second.",
+    )
     group: str = Field("workers", description="Consumer group that the workers read through.")
     key_prefix: str = Field("prediction:", description="Prefix of job record keys.")
     consumer_name: str = Field(

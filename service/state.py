@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from .batching import Batchers
 from .embedded import RedisServer
 from .executor import Executor
+from .keys import Partitions
 from .lane import DirectLane
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
@@ -27,6 +28,7 @@ SYNC_GATE = web.AppKey("sync_gate", SyncGate)
 REQUEST_ID = web.RequestKey("request_id", str)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
+PARTITIONS = web.AppKey("partitions", Partitions)
 EMBEDDED_REDIS = web.AppKey("embedded_redis", RedisServer)
 MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)

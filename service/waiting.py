@@ -13,36 +13,31 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
+from .channels import Channels
 from .deadlines import Deadlines
 from .job import JobRecord, NewJob
-from .keys import Keys
+from .keys import Keys, Partitions
 from .loop import BoundLoop
 from .queue import JobQueue
+from .redis_url import RedisTarget
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
 
-_RECONNECT_SECONDS = 1.0
 _SWEEP_SECONDS = 1.0
 
 
 class Completions:
-    """Follows the two channels: ``done`` (jobs that ended) and ``started`` (jobs that
-    began running). A waiter asks for one or for both."""
+    """Local waiters, woken by what every partition's two channels announce: ``done``
+    (jobs that ended) and ``started`` (jobs that began running). A waiter asks for one or
+    for both."""
 
-    def __init__(self, url: str, keys: Keys) -> None:
-        # Its own connection: a subscribed connection can do nothing else, and it must not
-        # time out while the channel is quiet.
-        self._redis: Redis = Redis.from_url(url, socket_timeout=None, health_check_interval=30)
-        self._keys = keys
-        self._done_channel = keys.completions.encode()
+    def __init__(self, target: RedisTarget, partitions: Partitions) -> None:
+        self._channels = Channels(target, partitions, self._announced, self._wake_all)
         # Waiters for the end of a job, and waiters for any change of its status.
         self._ends: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._loop = BoundLoop()
         #: Set when the replica stops: waits answer at once from then on.
         self.released = False
@@ -53,39 +48,16 @@ class Completions:
         self._deadlines = Deadlines(_time_up)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="completions")
+        self._channels.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._redis.aclose()
+        await self._channels.stop()
 
-    async def _listen(self) -> None:
-        outage = False
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._keys.completions, self._keys.started)
-                if outage:
-                    log.info("completions channel followed again")
-                    self._wake_all()  # announcements may have been missed meanwhile
-                outage = False
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        ended = message["channel"] == self._done_channel
-                        if not (self._changes or (ended and self._ends)):
-                            continue  # no one here waits for these: not worth parsing
-                        for key in message["data"].split(b","):
-                            self._wake(self._keys.prediction_id(key), ended)
-            except (RedisError, OSError) as exc:
-                if not outage:
-                    log.warning("completions channel lost (%s); reconnecting", exc)
-                outage = True
-                self._wake_all()
-                await asyncio.sleep(_RECONNECT_SECONDS)
-            finally:
-                await pubsub.aclose()
+    def _announced(self, keys: Keys, ended: bool, data: bytes) -> None:
+        if not (self._changes or (ended and self._ends)):
+            return  # no one here waits for these: not worth parsing
+        for key in data.split(b","):
+            self._wake(keys.prediction_id(key), ended)
 
     def _wake(self, prediction_id: str, ended: bool, record: JobRecord | None = None) -> None:
         for waiters in (self._changes, self._ends) if ended else (self._changes,):

@@ -12,9 +12,10 @@ import orjson
 from redis.exceptions import RedisError
 
 from .batching import Batchers
-from .connection import unavailable
+from .connection import REDIS_FAILURES, unavailable
 from .errors import InvalidInput, ModelUnavailable, NotFound, ServiceError
 from .job import RUNNABLE, Entry
+from .keys import Keys
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
 from .queue import JobQueue
@@ -27,11 +28,13 @@ _MAX_BACKOFF_SECONDS = 5.0
 
 
 class Worker:
-    """One consumer of the group. ``step()`` is a single pass; ``run()`` loops it until stopped."""
+    """One consumer of one partition's group. ``step()`` is a single pass; ``run()`` loops
+    it until stopped."""
 
     def __init__(
         self,
         *,
+        partition: Keys,
         queue: JobQueue,
         results: ResultStore,
         models: ModelRegistry,
@@ -44,6 +47,7 @@ class Worker:
         job_timeout: float = 0.0,
         completions: Completions | None = None,
     ) -> None:
+        self.partition = partition
         self._queue = queue
         self._results = results
         self._models = models
@@ -62,9 +66,10 @@ class Worker:
 
     async def step(self) -> int:
         """Reads one batch (own pending first, then new, then idle ones of others) and runs it."""
+        keys = self.partition
         if not self._own_pending_done:
             entries = await self._queue.read(
-                self.consumer, self._batch_size, None, own_pending=True
+                keys, self.consumer, self._batch_size, None, own_pending=True
             )
             if not entries:
                 self._own_pending_done = True
@@ -75,10 +80,12 @@ class Worker:
             if now >= self._next_reclaim:
                 self._next_reclaim = now + self._reclaim_every
                 entries = await self._queue.reclaim(
-                    self.consumer, self._visibility_ms, self._batch_size
+                    keys, self.consumer, self._visibility_ms, self._batch_size
                 )
             if not entries:
-                entries = await self._queue.read(self.consumer, self._batch_size, self._block_ms)
+                entries = await self._queue.read(
+                    keys, self.consumer, self._batch_size, self._block_ms
+                )
         if entries:
             await self.process(entries)
         return len(entries)
@@ -87,25 +94,27 @@ class Worker:
         """Marks the batch processing (one script call), runs what may run, then writes the
         final records and acks every entry of the batch (one more call)."""
         prior = await self._results.mark_processing(
-            [(e.prediction_id, e.entry_id) for e in entries], time.time()
+            self.partition, [(e.prediction_id, e.entry_id) for e in entries], time.time()
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
         # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
-        await self._run(runnable, [e.entry_id for e in entries])
+        await self._run(self.partition, runnable, [e.entry_id for e in entries])
 
-    async def run_started(self, entries: list[Entry]) -> None:
-        """Runs a batch that submit.lua started already (the direct lane): no mark call."""
-        await self._run(entries, [e.entry_id for e in entries])
+    async def run_started(self, partition: Keys, entries: list[Entry]) -> None:
+        """Runs a batch of ``partition`` that submit.lua started already (the direct lane):
+        no mark call."""
+        await self._run(partition, entries, [e.entry_id for e in entries])
 
-    async def _run(self, runnable: list[Entry], entry_ids: list[bytes]) -> None:
+    async def _run(self, partition: Keys, runnable: list[Entry], entry_ids: list[bytes]) -> None:
         # The heartbeat starts only if the batch is still running after one interval: a
         # task per batch (made and cancelled) costs more than most batches take.
         interval = self._visibility_ms / 3000
         ids = [e.entry_id for e in runnable]
         beats: list[asyncio.Task[None]] = []
         timer = asyncio.get_running_loop().call_later(
-            interval, lambda: beats.append(asyncio.create_task(self._heartbeat(ids, interval)))
+            interval,
+            lambda: beats.append(asyncio.create_task(self._heartbeat(partition, ids, interval))),
         )
         try:
             outcomes = await self._predict(runnable)
@@ -113,10 +122,12 @@ class Worker:
             timer.cancel()
             for beat in beats:
                 beat.cancel()
-        await self._store(list(zip(runnable, outcomes, strict=True)), entry_ids)
+        await self._store(partition, list(zip(runnable, outcomes, strict=True)), entry_ids)
         self._report(runnable, outcomes)
 
-    async def _store(self, finished: list[tuple[Entry, Outcome]], entry_ids: list[bytes]) -> None:
+    async def _store(
+        self, partition: Keys, finished: list[tuple[Entry, Outcome]], entry_ids: list[bytes]
+    ) -> None:
         """Writes the outcomes and acks. If Redis is away, keeps retrying for a while: the
         results are in hand, and running the jobs again later would cost a model call each.
         Past half the visibility timeout it gives up; the entries stay pending and are
@@ -129,14 +140,14 @@ class Worker:
                 local = self._completions
                 wanted = [local.waited_for(e.prediction_id) for e, _ in finished] if local else []
                 records = await self._results.finish_and_ack(
-                    finished, entry_ids, time.time(), wanted
+                    partition, finished, entry_ids, time.time(), wanted
                 )
                 if local is not None and any(wanted):
                     for record in records:
                         if record is not None:
                             local.ended(record)
                 return
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 # Unreachable, or refusing writes for now (out of memory on Redis 6.2, a
                 # read-only replica mid-failover): keep the results in hand for a while.
                 if unavailable(exc) is None or time.monotonic() + backoff > give_up:
@@ -144,13 +155,13 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    async def _heartbeat(self, entry_ids: list[bytes], interval: float) -> None:
+    async def _heartbeat(self, partition: Keys, entry_ids: list[bytes], interval: float) -> None:
         """While a batch runs, keeps claiming its entries so no one else reclaims them."""
         if not entry_ids:
             return
         while True:
             try:
-                await self._queue.heartbeat(self.consumer, entry_ids)
+                await self._queue.heartbeat(partition, self.consumer, entry_ids)
             except RedisError as exc:
                 log.warning("%s: heartbeat failed: %s", self.consumer, exc)
             await asyncio.sleep(interval)
@@ -238,7 +249,7 @@ class Worker:
                 if outage:
                     log.info("%s: Redis is back", self.consumer)
                 outage, backoff = False, 0.1
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 reason = unavailable(exc)
                 if reason is not None:
                     if not outage:

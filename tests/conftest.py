@@ -3,6 +3,7 @@ builders. Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,14 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service.app import create_app
+from service.connection import client_for
 from service.embedded import RedisServer, free_port
+from service.redis_url import parse as parse_redis_url
 from service.settings import Settings
 
 from . import models as test_models
 from .helpers import ClientFactory
+from .topologies import Cluster, SentinelSet, start_cluster, start_sentinels, until
 
 
 @pytest.fixture(scope="session")
@@ -30,18 +34,62 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Redis Cluster (three primaries, a replica each) for the whole session."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels for the whole session (a test that makes
+    it fail over leaves it with the other server as primary)."""
+    found = start_sentinels(tmp_path_factory.mktemp("sentinel"))
+    yield found
+    found.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `modes("single", "cluster", ...)` runs once on each of those Redis
+    (REDIS_MODES=single,... keeps only some: CI's second run, on Redis 6.2, is single)."""
+    marker = metafunc.definition.get_closest_marker("modes")
+    if marker is not None:
+        allowed = os.environ.get("REDIS_MODES", "single,cluster,sentinel").split(",")
+        modes = [mode for mode in marker.args if mode in allowed]
+        metafunc.parametrize("redis_mode", modes, indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session server's URL, its database emptied for this test."""
-    with redis.Redis.from_url(redis_server.url) as client:
+def redis_mode(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "single")
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_mode: str) -> str:
+    """The URL of a Redis of this test's mode (one node by default), emptied for it."""
+    if redis_mode == "cluster":
+        cluster: Cluster = request.getfixturevalue("redis_cluster")
+        until(cluster.healthy, what="the cluster is ok")
+        cluster.flush()
+        return cluster.url
+    if redis_mode == "sentinel":
+        sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")
+        with redis.Redis(port=sentinels.primary_port()) as primary:
+            primary.flushall()
+        return sentinels.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    with redis.Redis.from_url(server.url) as client:
         client.flushall()
-    return redis_server.url
+    return server.url
 
 
 @pytest.fixture
 async def rds(redis_url: str) -> AsyncIterator[Redis]:
-    """A plain client for looking at what the service wrote."""
-    client = Redis.from_url(redis_url)
+    """A plain client for looking at what the service wrote (a cluster client on a
+    cluster, the current primary's on Sentinel)."""
+    client = client_for(parse_redis_url(redis_url), socket_timeout=5)
     yield client
     await client.aclose()
 

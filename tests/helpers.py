@@ -20,7 +20,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from service import state
 from service.embedded import free_port
+from service.keys import Partitions
 from service.resources import make_worker
 from service.worker import Worker
 
@@ -101,11 +103,16 @@ async def wait_final(client: TestClient, prediction_id: str) -> dict[str, Any]:
     return await poll(final)  # type: ignore[no-any-return]
 
 
-def worker_for(client: TestClient, consumer: str, visibility_timeout: float = 60.0) -> Worker:
-    """A worker of the client's app to step by hand (small batches, short blocking reads)."""
+def worker_for(
+    client: TestClient, consumer: str, visibility_timeout: float = 60.0, job: str = ""
+) -> Worker:
+    """A worker of the client's app to step by hand (small batches, short blocking reads),
+    reading the partition of ``job`` (a prediction id; the first partition by default)."""
+    app = client.server.app
     return make_worker(
-        client.server.app,
+        app,
         consumer,
+        partition=app[state.PARTITIONS].of(job).index if job else 0,
         batch_size=8,
         block_ms=10,
         visibility_timeout=visibility_timeout,
@@ -147,3 +154,26 @@ async def scrape_until(client: TestClient, **wanted: float) -> str:
         return text if all(figure(text, k) == v for k, v in wanted.items()) else None
 
     return await poll(matches)  # type: ignore[no-any-return]
+
+
+def partitions_of(client: TestClient) -> Partitions:
+    """The partitions the client's app uses (one untagged one on a plain Redis)."""
+    return client.server.app[state.PARTITIONS]
+
+
+async def queued(rds: Redis, client: TestClient) -> int:
+    """Entries in every partition's stream (waiting or running)."""
+    return sum([await rds.xlen(k.stream) for k in partitions_of(client).all])
+
+
+async def pending(rds: Redis, client: TestClient) -> int:
+    """Entries delivered and not yet acked, over every partition."""
+    total = 0
+    for keys in partitions_of(client).all:
+        if await rds.exists(keys.stream):
+            total += (await rds.xpending(keys.stream, keys.group))["pending"]
+    return total
+
+
+def record_key(client: TestClient, prediction_id: str) -> str:
+    return partitions_of(client).record(prediction_id)

@@ -160,3 +160,9 @@ class DeepOutput:
                     value = [value]
             out.append(value)
         return out
+
+
+def sleepy(value: Any) -> Any:
+    """Takes 10 ms a call, waiting (the GIL is free meanwhile), as I/O or a native model."""
+    threading.Event().wait(0.01)
+    return value

@@ -8,12 +8,13 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from .helpers import ClientFactory, poll, submit, wait_final
+from .helpers import ClientFactory, pending, poll, queued, record_key, submit, wait_final
 
 JSON = {"Content-Type": "application/json"}
 ASYNC = {**JSON, "Async-Mode": "true"}
 
 
+@pytest.mark.modes("single", "cluster", "sentinel")
 async def test_sync_predict_answers_input_and_sentiment(make_client: ClientFactory) -> None:
     client = await make_client()
     resp = await client.post("/predict", json={"input": "I love this product!"})
@@ -34,6 +35,7 @@ async def test_async_mode_false_is_sync_in_any_case(
     assert (await resp.json())["result"]["label"] == "negative"
 
 
+@pytest.mark.modes("single", "cluster", "sentinel")
 async def test_async_submit_is_readable_at_once_as_processing(
     make_client: ClientFactory, rds: Redis
 ) -> None:
@@ -55,9 +57,10 @@ async def test_async_submit_is_readable_at_once_as_processing(
     assert record["status"] == "queued"
     assert record["output"] == {"input": "queued text", "result": "processing"}
     assert record["model"] == "default"
-    assert await rds.xlen("predictions") == 1
+    assert await queued(rds, client) == 1
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_job_goes_queued_processing_done(make_client: ClientFactory) -> None:
     from . import models
 
@@ -80,20 +83,20 @@ async def test_job_goes_queued_processing_done(make_client: ClientFactory) -> No
     assert record["created_at"] <= record["started_at"] <= record["finished_at"]
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_record_and_queue_entry_carry_a_ttl_and_are_acked(
     make_client: ClientFactory, rds: Redis
 ) -> None:
     client = await make_client(result_ttl_seconds=120, workers=0)
     prediction_id = await submit(client, "fine")
-    assert 0 < await rds.ttl(f"prediction:{prediction_id}") <= 120
-    assert await rds.xlen("predictions") == 1
+    assert 0 < await rds.ttl(record_key(client, prediction_id)) <= 120
+    assert await queued(rds, client) == 1
     await make_client(result_ttl_seconds=120, consumer_name="worker")
     await wait_final(client, prediction_id)
-    assert 0 < await rds.ttl(f"prediction:{prediction_id}") <= 120
-    pending = await rds.xpending("predictions", "workers")
-    assert pending["pending"] == 0
+    assert 0 < await rds.ttl(record_key(client, prediction_id)) <= 120
+    assert await pending(rds, client) == 0
     # Acked and deleted in the same call: the stream keeps only work waiting or running.
-    assert await rds.xlen("predictions") == 0
+    assert await queued(rds, client) == 0
 
 
 @pytest.mark.parametrize("raw", [str(uuid.uuid4()), "not-a-uuid", "123"])
@@ -113,6 +116,7 @@ async def test_model_failure_sync_is_500_json(make_client: ClientFactory) -> Non
     assert "the model exploded" in body["error"]
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_model_failure_async_fails_the_job_and_the_worker_goes_on(
     make_client: ClientFactory,
 ) -> None:
@@ -128,6 +132,7 @@ async def test_model_failure_async_fails_the_job_and_the_worker_goes_on(
     assert done["output"]["result"] == {"length": 4}
 
 
+@pytest.mark.modes("single", "cluster", "sentinel")
 async def test_two_replicas_share_one_queue(make_client: ClientFactory) -> None:
     """Submit to an API-only replica; the other replica's worker runs it; both can read it."""
     api_only = await make_client(workers=0, consumer_name="api")

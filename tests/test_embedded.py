@@ -83,8 +83,8 @@ def _embedded(port: int, data_dir: Path, redis_port: int, **more: str) -> dict[s
         DATA_DIR=str(data_dir),
         EMBEDDED_REDIS_PORT=str(redis_port),
         LOG_LEVEL="WARNING",
-        **more,
     )
+    env.update(more)
     return env
 
 

@@ -81,7 +81,7 @@ def submit_args(
     for job_id, extras in jobs:
         args += [job_id, "m", f'"{job_id}"', "rid", extras]
     if lane:
-        args += [GROUP, "me-lane", STARTED]
+        args += [GROUP, "me-lane", STARTED, "PUBLISH"]
     return args
 
 
@@ -193,7 +193,7 @@ async def test_the_lane_keeps_queue_order_behind_a_backlog(r: Redis) -> None:
 
 
 def mark_args(entry_ids: list[bytes], *, now: float = 200, timeout: float = 0) -> list[Any]:
-    return [now, 60, 3, timeout, DONE, STARTED, *entry_ids]
+    return [now, 60, 3, timeout, DONE, STARTED, "PUBLISH", *entry_ids]
 
 
 @pytest.mark.parametrize(
@@ -270,7 +270,7 @@ async def test_mark_of_a_record_that_is_gone_answers_empty_and_recreates_nothing
 
 
 def finish_args(outcomes: list[str], entry_ids: list[bytes], want: str = "") -> list[Any]:
-    return [GROUP, "300", 60, DONE, want, *outcomes, *entry_ids]
+    return [GROUP, "300", 60, DONE, "PUBLISH", want, *outcomes, *entry_ids]
 
 
 async def read_as(r: Redis, consumer: str) -> list[bytes]:
@@ -360,14 +360,14 @@ async def test_cancel_cancels_only_a_queued_job(
     r: Redis, status: str, answer: bytes, after: str
 ) -> None:
     await add_job(r, 1, status)
-    before, flat = await call(r, "cancel", [rec(1)], ["300", DONE])
+    before, flat = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH"])
     assert before == answer
     assert dict(zip(flat[::2], flat[1::2], strict=True))[b"status"] == after.encode()
     assert (await record(r, 1))["status"] == after
 
 
 async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
-    assert await call(r, "cancel", [rec("gone")], ["300", DONE]) == [b"", []]
+    assert await call(r, "cancel", [rec("gone")], ["300", DONE, "PUBLISH"]) == [b"", []]
     assert not await r.exists(rec("gone"))
     await add_job(r, 1)
     reply = await call(r, "read", [rec(1), rec("gone")], [])

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connection import connect
 from service.embedded import RedisServer, free_port
+from service.redis_url import parse as parse_redis_url
 
 from .helpers import ClientFactory, poll, submit, wait_final
 
@@ -81,7 +82,7 @@ async def test_a_hung_redis_is_a_timeout_and_the_client_recovers(tmp_path: Path)
     # in a timeout (then 503s and worker backoff), for a small command and for one too big
     # for the socket buffers, and the same client works again once Redis does.
     server = RedisServer(tmp_path / "redis", free_port())
-    client = await connect(server.start(), socket_timeout=0.5)
+    client = await connect(parse_redis_url(server.start()), socket_timeout=0.5)
     pid = server.pid
     assert pid is not None
     try:

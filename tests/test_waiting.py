@@ -15,9 +15,20 @@ from redis.asyncio import Redis
 from service import state
 
 from . import models
-from .helpers import ClientFactory, figure, poll, submit, wait_final, worker_for
+from .helpers import (
+    ClientFactory,
+    figure,
+    partitions_of,
+    pending,
+    poll,
+    queued,
+    submit,
+    wait_final,
+    worker_for,
+)
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_prefer_wait_answers_the_finished_record(make_client: ClientFactory) -> None:
     client = await make_client(model="tests.models:echo")
     resp = await client.post(
@@ -30,6 +41,7 @@ async def test_prefer_wait_answers_the_finished_record(make_client: ClientFactor
     assert record["output"] == {"input": 3, "result": {"echo": 3}}
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_the_waited_record_is_the_stored_one_done_or_failed(
     make_client: ClientFactory,
 ) -> None:
@@ -54,11 +66,9 @@ async def test_the_waited_record_is_the_stored_one_done_or_failed(
         assert waited == stored
 
 
-async def test_prefer_wait_answers_at_once_when_the_submit_does_not_queue_the_job(
-    make_client: ClientFactory,
-) -> None:
-    # The wait starts with the submit; a full queue or a reused Idempotency-Key must still
-    # answer as without Prefer: wait, and not after the wait.
+async def test_prefer_wait_answers_a_full_queue_at_once(make_client: ClientFactory) -> None:
+    # The wait starts with the submit; a full queue must still answer as without Prefer:
+    # wait, and not after the wait.
     full = await make_client(workers=0, max_queue=1)
     waiting = {"Async-Mode": "true", "Prefer": "wait=30"}
     await submit(full, "a")  # no worker: it stays queued
@@ -67,6 +77,13 @@ async def test_prefer_wait_answers_at_once_when_the_submit_does_not_queue_the_jo
     assert resp.status == 429 and "queue" in (await resp.json())["error"]
     assert asyncio.get_running_loop().time() - started < 10
 
+
+@pytest.mark.modes("single", "cluster")
+async def test_prefer_wait_answers_a_reused_idempotency_key_at_once(
+    make_client: ClientFactory,
+) -> None:
+    waiting = {"Async-Mode": "true", "Prefer": "wait=30"}
+    started = asyncio.get_running_loop().time()
     client = await make_client(model="tests.models:echo")
     keyed = {**waiting, "Idempotency-Key": "order-19"}
     first = await client.post("/predict", json={"input": 5}, headers=keyed)
@@ -79,6 +96,7 @@ async def test_prefer_wait_answers_at_once_when_the_submit_does_not_queue_the_jo
     assert asyncio.get_running_loop().time() - started < 10
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_a_waited_job_runs_here_at_once_even_while_the_workers_are_busy(
     make_client: ClientFactory, rds: Redis
 ) -> None:
@@ -98,7 +116,7 @@ async def test_a_waited_job_runs_here_at_once_even_while_the_workers_are_busy(
     record = await resp.json()
     assert record["status"] == "done" and record["attempts"] == 1
     assert record["started_at"] == record["created_at"]  # marked when submitted
-    assert await rds.xlen("predictions") == 1  # its entry is acked and gone; "held" waits
+    assert await queued(rds, client) == 1  # its entry is acked and gone; "held" waits
     models.release()
     assert (await wait_final(client, stuck))["status"] == "done"
 
@@ -124,6 +142,7 @@ async def test_with_jobs_waiting_undelivered_a_waited_job_queues_behind_them(
         assert (await wait_final(client, prediction_id))["status"] == "done"
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_prefer_wait_falls_back_to_202_when_the_job_is_slower(
     make_client: ClientFactory,
 ) -> None:
@@ -149,6 +168,7 @@ async def test_prefer_respond_async_is_async_mode(make_client: ClientFactory) ->
     assert explicit.status == 200, "an explicit Async-Mode wins"
 
 
+@pytest.mark.modes("single", "cluster", "sentinel")
 async def test_a_long_poll_is_woken_by_a_job_finished_on_another_replica(
     make_client: ClientFactory,
 ) -> None:
@@ -188,6 +208,7 @@ async def test_bad_wait_values_are_400(make_client: ClientFactory) -> None:
     assert resp.status == 400
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_cancel_a_queued_job_so_it_never_runs(make_client: ClientFactory, rds: Redis) -> None:
     client = await make_client(workers=0, model="tests.models:echo")
     prediction_id = await submit(client, "never")
@@ -197,14 +218,15 @@ async def test_cancel_a_queued_job_so_it_never_runs(make_client: ClientFactory, 
     assert record["status"] == "canceled" and record["output"]["result"] is None
     assert (await client.delete(f"/predict/{prediction_id}")).status == 200, "idempotent"
 
-    worker = worker_for(client, "w")
+    worker = worker_for(client, "w", job=prediction_id)
     await worker.step()
     await worker.step()
     assert models.calls[repr("never")] == 0
     assert (await (await client.get(f"/predict/{prediction_id}")).json())["status"] == "canceled"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert await pending(rds, client) == 0
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_cancel_a_finished_job_is_409_and_unknown_is_404(make_client: ClientFactory) -> None:
     client = await make_client(model="tests.models:echo")
     prediction_id = await submit(client, "quick")
@@ -216,6 +238,7 @@ async def test_cancel_a_finished_job_is_409_and_unknown_is_404(make_client: Clie
     assert (await client.delete("/predict/nope")).status == 404
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_bulk_submit_queues_all_in_order(make_client: ClientFactory, rds: Redis) -> None:
     api = await make_client(workers=0, model="tests.models:echo")
     resp = await api.post("/predict/batch", json={"inputs": [1, 2, 3]})
@@ -223,7 +246,7 @@ async def test_bulk_submit_queues_all_in_order(make_client: ClientFactory, rds: 
     ids = (await resp.json())["prediction_ids"]
     assert len(ids) == 3
     # The stream holds them in input order (a worker reads them in that order).
-    entries = await rds.xrange("predictions")
+    entries = await rds.xrange(partitions_of(api).of(ids[0]).stream)
     assert [(f[b"id"].decode(), f[b"input"]) for _, f in entries] == list(
         zip(ids, [b"1", b"2", b"3"], strict=True)
     )
@@ -232,6 +255,7 @@ async def test_bulk_submit_queues_all_in_order(make_client: ClientFactory, rds: 
     assert results == [{"input": n, "result": {"echo": n}} for n in (1, 2, 3)]
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_bulk_submit_with_a_bad_item_reports_it_and_queues_nothing(
     make_client: ClientFactory, rds: Redis
 ) -> None:
@@ -240,7 +264,7 @@ async def test_bulk_submit_with_a_bad_item_reports_it_and_queues_nothing(
     assert resp.status == 422
     locs = [d["loc"][:2] for d in (await resp.json())["detail"]]
     assert locs == [["inputs", 1], ["inputs", 3]]
-    assert await rds.xlen("predictions") == 0
+    assert await queued(rds, client) == 0
     for body in ({"inputs": []}, {"inputs": "x"}, {"other": [1]}):
         assert (await client.post("/predict/batch", json=body)).status == 422
     too_many = await make_client(workers=0, max_bulk=2)
@@ -257,6 +281,7 @@ async def test_bulk_submit_that_does_not_fit_the_queue_queues_nothing(
     assert await rds.xlen("predictions") == 1
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_events_stream_each_status_until_final_then_close(
     make_client: ClientFactory,
 ) -> None:
@@ -287,6 +312,7 @@ async def test_events_stream_each_status_until_final_then_close(
     assert missing.status == 404
 
 
+@pytest.mark.modes("single", "cluster")
 async def test_an_idempotency_key_on_a_bulk_submit_answers_the_same_ids(
     make_client: ClientFactory, rds: Redis
 ) -> None:
@@ -298,11 +324,11 @@ async def test_an_idempotency_key_on_a_bulk_submit_answers_the_same_ids(
     again = await client.post("/predict/batch", json={"inputs": ["a", "b"]}, headers=headers)
     assert again.status == 202
     assert (await again.json())["prediction_ids"] == ids
-    assert await rds.xlen("predictions") == 2, "nothing queued twice"
+    assert await queued(rds, client) == 2, "nothing queued twice"
     for body in ({"inputs": ["a", "c"]}, {"inputs": ["a", "b", "c"]}, {"inputs": ["a"]}):
         other = await client.post("/predict/batch", json=body, headers=headers)
         assert other.status == 409, body
-    assert await rds.xlen("predictions") == 2
+    assert await queued(rds, client) == 2
     bad = await client.post(
         "/predict/batch", json={"inputs": ["a"]}, headers={"Idempotency-Key": ""}
     )

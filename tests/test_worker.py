@@ -113,11 +113,13 @@ async def test_a_late_second_finish_never_rewrites_a_final_record(
     reply = await rds.xreadgroup("workers", "slow", {"predictions": ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     entry = Entry(entry_id, prediction_id, "default", fields[b"input"])
-    results = client.server.app[state.RESULTS]
-    await results.mark_processing([(prediction_id, entry_id)], time.time())
-    await results.finish_and_ack([(entry, Outcome(ok=True, payload=b'"first"'))], [entry_id], 1.0)
+    results, keys = client.server.app[state.RESULTS], client.server.app[state.PARTITIONS][0]
+    await results.mark_processing(keys, [(prediction_id, entry_id)], time.time())
+    await results.finish_and_ack(
+        keys, [(entry, Outcome(ok=True, payload=b'"first"'))], [entry_id], 1.0
+    )
     first = await record(rds, prediction_id)
     assert first[b"status"] == b"done" and first[b"result"] == b'"first"'
-    await results.finish_and_ack([(entry, Outcome(ok=False, error="late"))], [entry_id], 2.0)
+    await results.finish_and_ack(keys, [(entry, Outcome(ok=False, error="late"))], [entry_id], 2.0)
     assert await record(rds, prediction_id) == first, "done did not turn into failed"
     assert (await rds.xpending("predictions", "workers"))["pending"] == 0

@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import state
 from ..connection import unavailable
 from ..keys import Keys
+from ..settings import Settings
 from .io import json_response
 
 _CHECK_TIMEOUT_SECONDS = 2.0
@@ -46,6 +48,7 @@ async def live(request: web.Request) -> web.Response:
 async def _redis_checks(app: web.Application) -> dict[str, str]:
     settings = app[state.SETTINGS]
     redis = app[state.REDIS]
+    partitions = app[state.PARTITIONS].all
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
@@ -53,28 +56,41 @@ async def _redis_checks(app: web.Application) -> dict[str, str]:
     except (RedisError, OSError, TimeoutError) as exc:
         return {"redis": f"unreachable: {type(exc).__name__}: {exc}"}
     checks["redis"] = "ok"
+    # A write to every partition (every shard of a cluster), as submits and workers make:
+    # out of memory, a read-only replica after a failover, too few replicas in sync, a
+    # slot being moved all show here.
+    refused = await asyncio.gather(*(_write_refused(redis, k, settings) for k in partitions))
+    problems = [
+        f"partition {k.index}: {why}" if len(partitions) > 1 else why
+        for k, why in zip(partitions, refused, strict=True)
+        if why
+    ]
+    checks["writes"] = f"refused: {'; '.join(problems)}" if problems else "ok"
+    missing = await asyncio.gather(*(_group_missing(redis, k) for k in partitions))
+    gone = [why for why in missing if why]
+    checks["consumer_group"] = "; ".join(gone) if gone else "ok"
+    return checks
+
+
+async def _write_refused(redis: Redis, keys: Keys, settings: Settings) -> str:
     try:
-        # A write, as submits and workers make: out of memory, a read-only replica after a
-        # failover, too few replicas in sync all show here.
         async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
-            probe = Keys.from_settings(settings).write_probe(settings.consumer_name)
-            await redis.set(probe, "1", px=_PROBE_TTL_MS)
-        checks["writes"] = "ok"
+            await redis.set(keys.write_probe(settings.consumer_name), "1", px=_PROBE_TTL_MS)
     except (RedisError, OSError, TimeoutError) as exc:
-        checks["writes"] = f"refused: {unavailable(exc) or f'{type(exc).__name__}: {exc}'}"
+        return unavailable(exc) or f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+async def _group_missing(redis: Redis, keys: Keys) -> str:
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
-            groups = await redis.xinfo_groups(settings.stream)
+            groups = await redis.xinfo_groups(keys.stream)
     except (RedisError, OSError, TimeoutError) as exc:
         if "no such key" in str(exc).lower():
-            checks["consumer_group"] = f"stream {settings.stream!r} is missing"
-        else:
-            checks["consumer_group"] = f"unknown: {type(exc).__name__}: {exc}"
-        return checks
+            return f"stream {keys.stream!r} is missing"
+        return f"unknown: {type(exc).__name__}: {exc}"
     names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
-    group = "ok" if settings.group in names else f"group {settings.group!r} is missing"
-    checks["consumer_group"] = group
-    return checks
+    return "" if keys.group in names else f"group {keys.group!r} is missing"
 
 
 async def ready(request: web.Request) -> web.Response:

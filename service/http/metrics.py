@@ -6,10 +6,9 @@ import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
 from .. import state
-from ..keys import Keys
+from ..connection import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,8 @@ async def metrics(request: web.Request) -> web.Response:
     description: >-
       HTTP requests and latency by route; predictions by model, mode and status; model call
       latency and batch sizes; queue figures (stream length, group lag, pending, dead
-      letters), read from Redis at scrape time. Scale workers on `queue_group_lag`.
+      letters: totals, and per partition), read from Redis at most once a second. Scale
+      workers on `queue_group_lag`.
     tags: [health]
     responses:
       "200":
@@ -37,9 +37,9 @@ async def metrics(request: web.Request) -> web.Response:
     app = request.app
     registry = app[state.METRICS]
     if state.REDIS in app:
-        keys = Keys.from_settings(app[state.SETTINGS])
+        partitions = app[state.PARTITIONS].all
         try:
-            await registry.queue_figures(app[state.REDIS], keys, QUEUE_FIGURES_MAX_AGE)
-        except (RedisError, OSError) as exc:
+            await registry.queue_figures(app[state.REDIS], partitions, QUEUE_FIGURES_MAX_AGE)
+        except REDIS_FAILURES as exc:
             log.warning("queue figures not refreshed: %s", exc)
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

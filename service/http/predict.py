@@ -12,7 +12,6 @@ from ..errors import (
     PredictionFailed,
     PredictionTimeout,
 )
-from ..ids import new_id
 from ..job import NewJob
 from ..schemas import ACCEPTED_MESSAGE, prediction_view
 from ..waiting import submit_and_wait
@@ -54,7 +53,8 @@ async def predict(request: web.Request) -> web.Response:
     if queued:
         events = ",".join(body.webhook_events) if body.webhook else ""
         job = NewJob(
-            new_id(),
+            # With a key, in the key's partition: the key and its record share a slot.
+            app[state.PARTITIONS].new_id(key),
             model.name,
             orjson.dumps(raw),
             request[state.REQUEST_ID],
@@ -192,9 +192,12 @@ async def predict_batch(request: web.Request) -> web.Response:
     # An Idempotency-Key names the whole request: each job keeps '<key>#<index>' with the
     # digest of the whole body, so a repeat answers the same ids and another body is a 409.
     digest = body_digest(model.name, inputs, body.webhook, events) if key else ""
+    # All in one partition (one atomic script call): the key's, or any.
+    partitions = app[state.PARTITIONS]
+    partition = partitions.of(partitions.new_id(key)).index
     jobs = [
         NewJob(
-            new_id(),
+            partitions.new_id(partition=partition),
             model.name,
             orjson.dumps(value),
             request_id,

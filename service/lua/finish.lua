@@ -2,9 +2,10 @@
 -- flags: allow-oom
 --
 -- KEYS: the stream, the webhook deliveries stream, then one record key per finished job.
--- ARGV: group, finished time, record TTL (s), completions channel, one flag per job ('1':
---   answer its record; '' for no records at all), then one outcome per job ('R' + the
---   result as JSON when done, 'E' + the error when failed), then the entry ids to ack.
+-- ARGV: group, finished time, record TTL (s), completions channel, the command to
+--   announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
+--   record; '' for no records at all), then one outcome per job ('R' + the result as JSON
+--   when done, 'E' + the error when failed), then the entry ids to ack.
 -- Per job: a record that is queued or processing gets its final status, result or error
 -- and finished time, and a webhook delivery when its events name that status; a record
 -- that is final already keeps its value; a record that is gone is not recreated.
@@ -16,14 +17,14 @@
 --   flags, the number of jobs.
 -- Never: rewrites a final record; acks an entry it was not given.
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local jobs, want = #KEYS - 2, ARGV[5]
+local jobs, want = #KEYS - 2, ARGV[6]
 local ended, out = {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 2]
   local status = redis.call('HGET', key, 'status')
   local written, f = status == 'queued' or status == 'processing', nil
   if written then
-    local outcome = ARGV[5 + i]
+    local outcome = ARGV[6 + i]
     local final = 'failed'
     if string.sub(outcome, 1, 1) == 'R' then
       final = 'done'
@@ -52,10 +53,10 @@ for i = 1, jobs do
     end
   end
 end
-if #ended > 0 then redis.call('PUBLISH', ARGV[4], table.concat(ended, ',')) end
-if #ARGV > 5 + jobs then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, 6 + jobs))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 6 + jobs))
+if #ended > 0 then redis.call(ARGV[5], ARGV[4], table.concat(ended, ',')) end
+if #ARGV > 6 + jobs then
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, 7 + jobs))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 7 + jobs))
 end
 if want == '' then return jobs end
 return out

@@ -3,7 +3,8 @@
 --
 -- KEYS: the dead-letter stream, then one record key per job of the batch.
 -- ARGV: now, record TTL (s), max deliveries, job timeout (s, 0: none), completions
---   channel, started channel, then per job its stream entry id.
+--   channel, started channel, the command to announce with (PUBLISH, or SPUBLISH on a
+--   cluster), then per job its stream entry id.
 -- Per job, by its status:
 --   queued/processing, past its deadline (from submission): failed "timed out" ('expired');
 --   queued/processing, started max-deliveries times already: failed "gave up after N
@@ -37,7 +38,7 @@ for i = 2, #KEYS do
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
-                 'entry', ARGV[5 + i], 'reason', reason, 'at', ARGV[1])
+                 'entry', ARGV[6 + i], 'reason', reason, 'at', ARGV[1])
       status = 'dead'
       ended[#ended + 1] = key
     else
@@ -47,6 +48,6 @@ for i = 2, #KEYS do
   end
   out[i - 1] = status or ''
 end
-if #ended > 0 then redis.call('PUBLISH', ARGV[5], table.concat(ended, ',')) end
-if #started > 0 then redis.call('PUBLISH', ARGV[6], table.concat(started, ',')) end
+if #ended > 0 then redis.call(ARGV[7], ARGV[5], table.concat(ended, ',')) end
+if #started > 0 then redis.call(ARGV[7], ARGV[6], table.concat(started, ',')) end
 return out

@@ -5,8 +5,9 @@
 -- ARGV: record TTL (s), queue limit (0: none), '1' for all-or-none (a bulk submit), the
 --   created time of every job; then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
---   body digest, webhook URL or '', webhook events 'done,failed']); optionally three more
---   for the direct lane: group, lane consumer, started channel.
+--   body digest, webhook URL or '', webhook events 'done,failed']); optionally four more
+--   for the direct lane: group, lane consumer, started channel, the command to announce
+--   with (PUBLISH, or SPUBLISH on a cluster).
 -- Per job, in order:
 --   its record exists already (a client retry of this very call): 'ok', left as it is;
 --   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
@@ -57,10 +58,10 @@ if whole then
 end
 
 local lane = #ARGV > 4 + 5 * jobs
-local group, consumer, started_channel
+local group, consumer, started_channel, publish
 if lane then
   local b = 5 + 5 * jobs
-  group, consumer, started_channel = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  group, consumer, started_channel, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   lane = no_backlog(KEYS[1], group)
 end
 local entry_ids, started = {}, {}
@@ -108,7 +109,7 @@ if lane and #started > 0 then
   -- hands out next: to the lane's consumer, started above.
   redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #started,
              'STREAMS', KEYS[1], '>')
-  redis.call('PUBLISH', started_channel, table.concat(started, ','))
+  redis.call(publish, started_channel, table.concat(started, ','))
   if all_ok then return {jobs, entry_ids} end
   return {out, entry_ids}
 end
