@@ -135,9 +135,16 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         version=version,
         durable=durable,
     )
-    # A Redis out of memory or read-only cannot create the group yet: start anyway (not
-    # ready), and keep trying.
-    group = asyncio.create_task(_ensure_group(queue), name="consumer-group")
+    # A Redis out of memory or read-only cannot create the groups yet: start anyway (not
+    # ready), and keep trying in the background.
+    group: asyncio.Task[None] | None = None
+    try:
+        await queue.ensure_group()
+    except REDIS_FAILURES as exc:
+        if unavailable(exc) is None:
+            await redis.aclose()
+            raise
+        group = asyncio.create_task(_ensure_group(queue), name="consumer-group")
     completions = Completions(target, partitions)
     completions.start()
     app[state.REDIS] = redis
@@ -147,9 +154,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[state.LANE] = lane
     app[state.COMPLETIONS] = completions
     yield
-    group.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await group
+    if group is not None:
+        group.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await group
     await completions.stop()
     if durable is not None:
         await durable.aclose()
