@@ -12,6 +12,8 @@ the same as a table):
   it; mark.lua starts or ends it (start_job.lua); finish.lua ends it; cancel.lua cancels.
 - `predictions:idem:<key>`, a string with a TTL: `<prediction id>|<body digest>`.
   submit.lua.
+- `predictions:backlog`, a hash: jobs queued or running, by model (0 deleted). submit.lua
+  raises it; finish.lua lowers it once per entry it acks.
 - `predictions:dead`, a stream of given-up jobs: `key`, `entry`, `reason`, `at`. mark.lua.
 - `predictions:webhooks`, a stream of deliveries due: `key` (and `attempt`, `since` on a
   retry), read through the group `webhooks`. finish.lua and release_due.lua add them.

@@ -38,6 +38,11 @@ class Keys:
         return self.base
 
     @property
+    def backlog(self) -> str:
+        """Hash: jobs queued or running (entries not yet acked), by model."""
+        return self.base + ":backlog"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of jobs given up on, with the reason."""
         return self.base + ":dead"

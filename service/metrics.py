@@ -50,6 +50,24 @@ class Metrics:
         self.dead_letters = Gauge(
             "queue_dead_letters", "Entries in the dead-letter streams.", registry=r
         )
+        self.backlog = Gauge(
+            "queue_backlog",
+            "Jobs not finished: entries not yet delivered plus entries pending, over every "
+            "partition. A global figure (every replica reports the same): scale on one "
+            "replica's value, never on a sum over replicas.",
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "queue_oldest_job_age_seconds",
+            "Age of the oldest job waiting or running, over every partition (0: none).",
+            registry=r,
+        )
+        self.model_backlog = Gauge(
+            "queue_backlog_by_model",
+            "Jobs queued or running, by model and partition (from counters the job scripts keep).",
+            ["model", "partition"],
+            registry=r,
+        )
         label = ["partition"]
         self.partition_length = Gauge(
             "queue_partition_stream_length", "Entries in one partition's stream.", label, registry=r
@@ -131,10 +149,12 @@ class Metrics:
 
     async def refresh_queue(self, redis: Redis, partitions: Sequence[Keys]) -> None:
         """Reads the queue figures of every partition from Redis: per partition one
-        pipelined round trip of three O(1) calls, whatever the backlog, all at once."""
+        pipelined round trip of five O(1) calls, whatever the backlog, all at once."""
         figures = await asyncio.gather(*(_partition_figures(redis, keys) for keys in partitions))
         totals = [0, 0, 0, 0]
-        for keys, values in zip(partitions, figures, strict=True):
+        oldest = 0.0
+        self.model_backlog.clear()
+        for keys, (values, by_model, age) in zip(partitions, figures, strict=True):
             name = str(keys.index)
             for gauge, value in zip(
                 (
@@ -148,27 +168,42 @@ class Metrics:
             ):
                 gauge.labels(name).set(value)
             totals = [a + b for a, b in zip(totals, values, strict=True)]
+            for model, count in by_model.items():
+                self.model_backlog.labels(model, name).set(count)
+            oldest = max(oldest, age)
         for gauge, value in zip(
             (self.stream_length, self.group_lag, self.pending, self.dead_letters),
             totals,
             strict=True,
         ):
             gauge.set(value)
+        self.backlog.set(totals[1] + totals[2])
+        self.oldest_age.set(oldest)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-async def _partition_figures(redis: Redis, keys: Keys) -> tuple[int, int, int, int]:
-    """(stream length, lag, pending, dead letters) of one partition."""
+async def _partition_figures(
+    redis: Redis, keys: Keys
+) -> tuple[tuple[int, int, int, int], dict[str, int], float]:
+    """(stream length, lag, pending, dead letters), the backlog by model, and the age of
+    the oldest entry, of one partition."""
     pipe = redis.pipeline(transaction=False)
     pipe.xlen(keys.stream)
     pipe.xinfo_groups(keys.stream)
     pipe.xlen(keys.dead_letters)
-    length, groups, dead = await pipe.execute()
+    pipe.hgetall(keys.backlog)
+    pipe.xrange(keys.stream, count=1)
+    length, groups, dead, counts, first = await pipe.execute()
+    by_model = {_text(k): max(0, int(v)) for k, v in counts.items()}
+    age = 0.0
+    if first:
+        born = int(_text(first[0][0]).split("-")[0]) / 1000
+        age = max(0.0, time.time() - born)
     group = next((g for g in groups if _text(g["name"]) == keys.group), None)
     if group is None:
-        return int(length), int(length), 0, int(dead)
+        return (int(length), int(length), 0, int(dead)), by_model, age
     pending = int(group["pending"])
     lag = group.get("lag")
     if lag is None:
@@ -176,7 +211,7 @@ async def _partition_figures(redis: Redis, keys: Keys) -> tuple[int, int, int, i
         # holds only undelivered and unacked entries (acked ones are deleted in the call
         # that acks them), so what is not pending has not been delivered.
         lag = max(0, int(length) - pending)
-    return int(length), int(lag), pending, int(dead)
+    return (int(length), int(lag), pending, int(dead)), by_model, age
 
 
 def _text(value: Any) -> str:

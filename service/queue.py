@@ -145,6 +145,7 @@ class JobQueue:
             else:
                 args.append("")
         keys += idempotency
+        keys.append(partition.backlog)
         # A flush with a job someone here waits for goes to the lane whole (the others
         # would be run by a worker of some replica just as soon).
         lane = self._lane

@@ -68,14 +68,14 @@ class ResultStore:
         self,
         partition: Keys,
         finished: Sequence[tuple[Entry, Outcome]],
-        entry_ids: Sequence[bytes],
+        entries: Sequence[Entry],
         now: float,
         wanted: Sequence[bool] = (),
     ) -> list[JobRecord | None]:
-        """Writes the final records of ``finished`` once and acks ``entry_ids``: one call.
+        """Writes the final records of ``finished`` once and acks ``entries``: one call.
         Answers the records of the jobs ``wanted`` flags (None for the others); one that
         this call ended is built from what the worker holds, not read back."""
-        keys = [partition.stream, partition.webhooks]
+        keys = [partition.stream, partition.webhooks, partition.backlog]
         args: list[Any] = [
             partition.group,
             repr(now),
@@ -87,7 +87,8 @@ class ResultStore:
         for entry, outcome in finished:
             keys.append(partition.record(entry.prediction_id))
             args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
-        args.extend(entry_ids)
+        for entry in entries:
+            args += (entry.entry_id, entry.model)
         replies = await self._finish(keys=keys, args=args)
         if not any(wanted):
             return [None] * len(finished)

@@ -99,14 +99,14 @@ class Worker:
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
         # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
-        await self._run(self.partition, runnable, [e.entry_id for e in entries])
+        await self._run(self.partition, runnable, entries)
 
     async def run_started(self, partition: Keys, entries: list[Entry]) -> None:
         """Runs a batch of ``partition`` that submit.lua started already (the direct lane):
         no mark call."""
-        await self._run(partition, entries, [e.entry_id for e in entries])
+        await self._run(partition, entries, entries)
 
-    async def _run(self, partition: Keys, runnable: list[Entry], entry_ids: list[bytes]) -> None:
+    async def _run(self, partition: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         # The heartbeat starts only if the batch is still running after one interval: a
         # task per batch (made and cancelled) costs more than most batches take.
         interval = self._visibility_ms / 3000
@@ -122,11 +122,11 @@ class Worker:
             timer.cancel()
             for beat in beats:
                 beat.cancel()
-        await self._store(partition, list(zip(runnable, outcomes, strict=True)), entry_ids)
+        await self._store(partition, list(zip(runnable, outcomes, strict=True)), batch)
         self._report(runnable, outcomes)
 
     async def _store(
-        self, partition: Keys, finished: list[tuple[Entry, Outcome]], entry_ids: list[bytes]
+        self, partition: Keys, finished: list[tuple[Entry, Outcome]], batch: list[Entry]
     ) -> None:
         """Writes the outcomes and acks. If Redis is away, keeps retrying for a while: the
         results are in hand, and running the jobs again later would cost a model call each.
@@ -140,7 +140,7 @@ class Worker:
                 local = self._completions
                 wanted = [local.waited_for(e.prediction_id) for e, _ in finished] if local else []
                 records = await self._results.finish_and_ack(
-                    partition, finished, entry_ids, time.time(), wanted
+                    partition, finished, batch, time.time(), wanted
                 )
                 if local is not None and any(wanted):
                     for record in records:

@@ -16,6 +16,7 @@ from service import lua
 STREAM, GROUP = "predictions", "workers"
 DEAD, HOOKS, RETRY = "predictions:dead", "predictions:webhooks", "predictions:webhooks:retry"
 DONE, STARTED = "predictions:done", "predictions:started"
+BACKLOG = "predictions:backlog"
 DECOYS = {"decoy:string": "x", "prediction:decoy": "y"}
 
 
@@ -70,6 +71,7 @@ async def add_job(r: Redis, i: int | str, status: str = "queued", **fields: Any)
             **fields,
         },
     )
+    await r.hincrby(BACKLOG, "m", 1)
     return await r.xadd(STREAM, {"id": str(i), "model": "m", "input": '"x"', "rid": "", "at": 100})
 
 
@@ -93,7 +95,7 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
     reply = await call(
         r,
         "submit",
-        [STREAM, rec("a"), rec("b"), "predictions:idem:k"],
+        [STREAM, rec("a"), rec("b"), "predictions:idem:k", BACKLOG],
         submit_args([("a", ""), ("b", extras)]),
     )
     assert reply == 2
@@ -107,6 +109,7 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
     }
     assert (await record(r, "b"))["webhook"] == "http://h/x"
     assert (await record(r, "b"))["webhook_events"] == "done"
+    assert await r.hget(BACKLOG, "m") == b"2"
     assert 0 < await r.ttl(rec("a")) <= 60
     assert await r.get("predictions:idem:k") == b"b|digest"
     entries = await r.xrange(STREAM)
@@ -140,6 +143,7 @@ async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
     if extras:
         keys.append("predictions:idem:k")
         extras = json.dumps([3, extras, "", ""])
+    keys.append(BACKLOG)
     before = await snapshot(r)
     reply = await call(r, "submit", keys, submit_args([("a", extras)], limit=limit))
     assert reply == (expected if isinstance(expected, int) else [expected])
@@ -148,7 +152,7 @@ async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
 
 async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     await add_job(r, "waiting")
-    keys = [STREAM, rec("a"), rec("b")]
+    keys = [STREAM, rec("a"), rec("b"), BACKLOG]
     before = await snapshot(r)
     assert await call(
         r, "submit", keys, submit_args([("a", ""), ("b", "")], limit=2, whole=True)
@@ -157,7 +161,7 @@ async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     # A repeated bulk submit: one key known means none is written, and the others answer
     # 'conflict' unless they match too.
     await r.set("predictions:idem:k#0", "first|d")
-    keys += ["predictions:idem:k#0", "predictions:idem:k#1"]
+    keys[-1:] = ["predictions:idem:k#0", "predictions:idem:k#1", BACKLOG]
     jobs = [("a", json.dumps([4, "d", "", ""])), ("b", json.dumps([5, "d", "", ""]))]
     before = await snapshot(r)
     assert await call(r, "submit", keys, submit_args(jobs, whole=True)) == [
@@ -168,7 +172,9 @@ async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
 
 
 async def test_the_lane_starts_and_delivers_when_nothing_waits_undelivered(r: Redis) -> None:
-    reply = await call(r, "submit", [STREAM, rec("a")], submit_args([("a", "")], lane=True))
+    reply = await call(
+        r, "submit", [STREAM, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
+    )
     count, entry_ids = reply
     assert count == 1 and len(entry_ids) == 1
     record_a = await record(r, "a")
@@ -183,7 +189,9 @@ async def test_the_lane_starts_and_delivers_when_nothing_waits_undelivered(r: Re
 
 async def test_the_lane_keeps_queue_order_behind_a_backlog(r: Redis) -> None:
     await add_job(r, "older")  # undelivered
-    reply = await call(r, "submit", [STREAM, rec("a")], submit_args([("a", "")], lane=True))
+    reply = await call(
+        r, "submit", [STREAM, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
+    )
     assert reply == 1, "queued as usual"
     assert (await record(r, "a"))["status"] == "queued"
     assert (await r.xpending(STREAM, GROUP))["pending"] == 0
@@ -270,7 +278,8 @@ async def test_mark_of_a_record_that_is_gone_answers_empty_and_recreates_nothing
 
 
 def finish_args(outcomes: list[str], entry_ids: list[bytes], want: str = "") -> list[Any]:
-    return [GROUP, "300", 60, DONE, "PUBLISH", want, *outcomes, *entry_ids]
+    pairs = [part for entry_id in entry_ids for part in (entry_id, "m")]  # id, model
+    return [GROUP, "300", 60, DONE, "PUBLISH", want, *outcomes, *pairs]
 
 
 async def read_as(r: Redis, consumer: str) -> list[bytes]:
@@ -288,10 +297,11 @@ async def test_finish_writes_each_final_record_once_and_acks_only_what_it_is_giv
     reply = await call(
         r,
         "finish",
-        [STREAM, HOOKS, rec(1), rec(2)],
+        [STREAM, HOOKS, BACKLOG, rec(1), rec(2)],
         finish_args(['R{"a":1}', "Eit broke"], [done_entry, failed_entry]),
     )
     assert reply == 2
+    assert await r.hget(BACKLOG, "m") == b"1", "two of three left the backlog"
     assert (await record(r, 1))["status"] == "done" and (await record(r, 1))["result"] == '{"a":1}'
     assert (await record(r, 2))["error"] == "it broke" and (await record(r, 2))["result"] == "null"
     pending = await r.xpending_range(STREAM, GROUP, "-", "+", 10)
@@ -299,11 +309,14 @@ async def test_finish_writes_each_final_record_once_and_acks_only_what_it_is_giv
     assert [e[0] for e in await r.xrange(STREAM)] == [other_entry], "and deleted"
     # A late second finish of the same job changes nothing and acks nothing else.
     before = await record(r, 1)
-    await call(r, "finish", [STREAM, HOOKS, rec(1)], finish_args(["Elate"], [done_entry]))
+    await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args(["Elate"], [done_entry]))
     assert await record(r, 1) == before
+    assert await r.hget(BACKLOG, "m") == b"1", "an entry leaves the backlog once"
     assert [p["message_id"] for p in await r.xpending_range(STREAM, GROUP, "-", "+", 10)] == [
         other_entry
     ]
+    await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(3)], finish_args(["Eend"], [other_entry]))
+    assert await r.hgetall(BACKLOG) == {}, "a model with nothing queued leaves the hash"
 
 
 @pytest.mark.parametrize(
@@ -320,7 +333,7 @@ async def test_finish_queues_a_webhook_only_for_its_events(
     r: Redis, events: str, outcome: str, delivered: bool
 ) -> None:
     entry = await add_job(r, 1, "processing", webhook="http://h/", webhook_events=events)
-    await call(r, "finish", [STREAM, HOOKS, rec(1)], finish_args([outcome], [entry]))
+    await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args([outcome], [entry]))
     hooks = await r.xrange(HOOKS)
     assert [h[1][b"key"] for h in hooks] == ([rec(1).encode()] if delivered else [])
 
@@ -331,7 +344,7 @@ async def test_finish_answers_the_records_asked_for(r: Redis) -> None:
     reply = await call(
         r,
         "finish",
-        [STREAM, HOOKS, rec(1), rec(2), rec(3)],
+        [STREAM, HOOKS, BACKLOG, rec(1), rec(2), rec(3)],
         finish_args(["R1", "R2", "R3"], [entry], want="111"),
     )
     assert reply[0] == [b"=", b"150", b"1", b"100", None]  # written by this call

@@ -116,10 +116,10 @@ async def test_a_late_second_finish_never_rewrites_a_final_record(
     results, keys = client.server.app[state.RESULTS], client.server.app[state.PARTITIONS][0]
     await results.mark_processing(keys, [(prediction_id, entry_id)], time.time())
     await results.finish_and_ack(
-        keys, [(entry, Outcome(ok=True, payload=b'"first"'))], [entry_id], 1.0
+        keys, [(entry, Outcome(ok=True, payload=b'"first"'))], [entry], 1.0
     )
     first = await record(rds, prediction_id)
     assert first[b"status"] == b"done" and first[b"result"] == b'"first"'
-    await results.finish_and_ack(keys, [(entry, Outcome(ok=False, error="late"))], [entry_id], 2.0)
+    await results.finish_and_ack(keys, [(entry, Outcome(ok=False, error="late"))], [entry], 2.0)
     assert await record(rds, prediction_id) == first, "done did not turn into failed"
     assert (await rds.xpending("predictions", "workers"))["pending"] == 0

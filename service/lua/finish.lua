@@ -1,26 +1,28 @@
 -- finish: write a batch's final records and ack its entries, in one atomic step.
 -- flags: allow-oom
 --
--- KEYS: the stream, the webhook deliveries stream, then one record key per finished job.
+-- KEYS: the stream, the webhook deliveries stream, the backlog hash (jobs queued or
+--   running, by model), then one record key per finished job.
 -- ARGV: group, finished time, record TTL (s), completions channel, the command to
 --   announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
 --   record; '' for no records at all), then one outcome per job ('R' + the result as JSON
---   when done, 'E' + the error when failed), then the entry ids to ack.
+--   when done, 'E' + the error when failed), then per entry to ack: its id and its model.
 -- Per job: a record that is queued or processing gets its final status, result or error
 -- and finished time, and a webhook delivery when its events name that status; a record
 -- that is final already keeps its value; a record that is gone is not recreated.
 -- The jobs it ends are announced on the completions channel; then the entries are acked
--- and deleted (the stream keeps only work that waits or runs).
+-- (each one leaves its model's backlog, once; a model at 0 leaves the hash) and deleted (the stream keeps only work that
+-- waits or runs).
 -- Returns: with flags, per flagged job ({} for the others): '=' and the fields the caller
 --   does not hold (started_at, attempts, created_at, webhook) when this call wrote its
 --   final record, else the record as it is (fields and values; {} when gone); without
 --   flags, the number of jobs.
 -- Never: rewrites a final record; acks an entry it was not given.
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
-local jobs, want = #KEYS - 2, ARGV[6]
+local jobs, want = #KEYS - 3, ARGV[6]
 local ended, out = {}, {}
 for i = 1, jobs do
-  local key = KEYS[i + 2]
+  local key = KEYS[i + 3]
   local status = redis.call('HGET', key, 'status')
   local written, f = status == 'queued' or status == 'processing', nil
   if written then
@@ -54,9 +56,15 @@ for i = 1, jobs do
   end
 end
 if #ended > 0 then redis.call(ARGV[5], ARGV[4], table.concat(ended, ',')) end
-if #ARGV > 6 + jobs then
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, 7 + jobs))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 7 + jobs))
+local acked = {}
+for i = 7 + jobs, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+    if redis.call('HINCRBY', KEYS[3], ARGV[i + 1], -1) <= 0 then
+      redis.call('HDEL', KEYS[3], ARGV[i + 1])
+    end
+  end
+  acked[#acked + 1] = ARGV[i]
 end
+if #acked > 0 then redis.call('XDEL', KEYS[1], unpack(acked)) end
 if want == '' then return jobs end
 return out

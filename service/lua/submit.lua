@@ -1,7 +1,8 @@
 -- submit: queue jobs (one coalesced call for many concurrent submits, or one bulk submit).
 --
 -- KEYS: the stream; then one record key per job (N jobs); then the idempotency keys of the
---   jobs that carry one, in job order.
+--   jobs that carry one, in job order; last, the backlog hash (jobs queued or running, by
+--   model).
 -- ARGV: record TTL (s), queue limit (0: none), '1' for all-or-none (a bulk submit), the
 --   created time of every job; then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
@@ -99,6 +100,7 @@ for i = 1, jobs do
     end
     entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
                               'input', input, 'rid', rid, 'at', now)
+    redis.call('HINCRBY', KEYS[#KEYS], model, 1)
     if idem > 0 then redis.call('SET', KEYS[idem], id .. '|' .. digest, 'EX', ttl) end
     out[i] = 'ok'
   end
