@@ -75,7 +75,8 @@ def _exit_without_waiting_for_model_threads() -> None:
     if not running:
         return
     logging.getLogger("service").warning(
-        "exiting with %d model call(s) still running; their jobs stay queued for others",
+        "exiting with %d model call(s) still running: their results are dropped (queued jobs "
+        "went back to the queue for other replicas)",
         running,
     )
     logging.shutdown()

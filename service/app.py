@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from . import state
-from .errors import Overloaded
+from .errors import ShuttingDown
 from .http.middlewares import auth_middleware, request_middleware
 from .http.routes import add_routes
 from .lifecycle import Lifecycle, SyncGate
@@ -35,7 +35,7 @@ async def _begin_stopping(app: web.Application) -> None:
         asyncio.get_running_loop().call_later(
             cut,
             batchers.abandon,
-            Overloaded("The replica is shutting down; try again (another replica will answer)."),
+            ShuttingDown("The replica is shutting down; try again (another replica will answer)."),
         )
 
 

@@ -80,6 +80,11 @@ class Overloaded(ServiceError):
     retry_after = 1
 
 
+class ShuttingDown(Overloaded):
+    """The replica is stopping and the grace period is nearly over: a call still running is
+    given up (a sync caller gets 503; a queued job is handed back for another replica)."""
+
+
 class ModelUnavailable(ServiceError):
     """The model's worker process died and is being restarted; retry shortly."""
 

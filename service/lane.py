@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .errors import ShuttingDown
 from .job import Entry
 from .keys import Keys
 
@@ -58,6 +59,8 @@ class DirectLane:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Its entries stay pending: reclaimed later, as after a worker's failed batch.
-            log.warning("%s: a direct batch failed: %s", self.consumer, task.exception())
+        failure = None if task.cancelled() else task.exception()
+        if failure is None or isinstance(failure, ShuttingDown):
+            return  # done, or handed back to the queue by a stopping replica
+        # Its entries stay pending: reclaimed later, as after a worker's failed batch.
+        log.warning("%s: a direct batch failed: %s", self.consumer, failure)

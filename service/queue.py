@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -60,6 +61,7 @@ class JobQueue:
         self._limit = 0 if max_queue <= 0 else max(1, -(-max_queue // count))
         self._lane = lane
         self._submit_script = lua.register(redis, "submit", version)
+        self._hand_back = lua.register(redis, "hand_back", version)
         self._submits: Coalescer[NewJob, str] = Coalescer(self._write_all)
 
     async def ensure_group(self) -> None:
@@ -204,6 +206,16 @@ class JobQueue:
         ids: list[Any] = list(entry_ids)
         if ids:
             await self._redis.xclaim(keys.stream, keys.group, consumer, 0, ids, justid=True)
+
+    async def hand_back(self, keys: Keys, consumer: str, entries: Sequence[Entry]) -> int:
+        """Puts ``consumer``'s unfinished ``entries`` of partition ``keys`` back on the queue
+        for any replica to read at once (a stopping replica's jobs; see hand_back.lua).
+        Answers how many went back."""
+        if not entries:
+            return 0
+        names = [keys.stream] + [keys.record(e.prediction_id) for e in entries]
+        args: list[Any] = [keys.group, consumer] + [e.entry_id for e in entries]
+        return int(await self._hand_back(keys=names, args=args))
 
     async def reclaim(self, keys: Keys, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Takes over entries other consumers left idle longer than ``min_idle_ms``.

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from .batching import Batchers
 from .connection import REDIS_FAILURES, unavailable
-from .errors import InvalidInput, ModelUnavailable, NotFound, ServiceError
+from .errors import InvalidInput, ModelUnavailable, NotFound, ShuttingDown
 from .job import RUNNABLE, Entry
 from .keys import Keys
 from .metrics import Metrics
@@ -118,12 +118,27 @@ class Worker:
         )
         try:
             outcomes = await self._predict(runnable)
+        except ShuttingDown:
+            # The grace period ends before this batch does: its jobs go back on the queue
+            # for another replica (at once, not after the visibility timeout), and the
+            # model call still under way is abandoned, its result never written.
+            await self._hand_back(partition, runnable, batch)
+            raise
         finally:
             timer.cancel()
             for beat in beats:
                 beat.cancel()
         await self._store(partition, list(zip(runnable, outcomes, strict=True)), batch)
         self._report(runnable, outcomes)
+
+    async def _hand_back(self, partition: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
+        handed = await self._queue.hand_back(partition, self.consumer, runnable)
+        log.warning(
+            "%s: stopping; handed %d unfinished jobs back to the queue", self.consumer, handed
+        )
+        others = [e for e in batch if e not in runnable]
+        if others:  # already final, expired or dead-lettered: acked as usual
+            await self._store(partition, [], others)
 
     async def _store(
         self, partition: Keys, finished: list[tuple[Entry, Outcome]], batch: list[Entry]
@@ -275,11 +290,8 @@ class Worker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception as exc:
-                if self._stopping.is_set() and isinstance(exc, ServiceError):
-                    # Stopping, and the batch could not finish within the grace period: it
-                    # stays pending for another replica.
-                    log.warning("%s: batch left pending: %s", self.consumer, exc.message)
-                    continue
+                if isinstance(exc, ShuttingDown):
+                    continue  # the batch went back on the queue (see _run)
                 log.exception("%s: unexpected error in worker step", self.consumer)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)

@@ -95,12 +95,14 @@ async def submit(client: TestClient, value: Any) -> str:
     return (await resp.json())["prediction_id"]  # type: ignore[no-any-return]
 
 
-async def wait_final(client: TestClient, prediction_id: str) -> dict[str, Any]:
+async def wait_final(
+    client: TestClient, prediction_id: str, within: float = 10.0
+) -> dict[str, Any]:
     async def final() -> dict[str, Any] | None:
         body = await (await client.get(f"/predict/{prediction_id}")).json()
         return body if body["status"] in ("done", "failed") else None
 
-    return await poll(final)  # type: ignore[no-any-return]
+    return await poll(final, within)  # type: ignore[no-any-return]
 
 
 def worker_for(

@@ -166,3 +166,16 @@ def sleepy(value: Any) -> Any:
     """Takes 10 ms a call, waiting (the GIL is free meanwhile), as I/O or a native model."""
     threading.Event().wait(0.01)
     return value
+
+
+def journaled(value: Any) -> dict[str, Any]:
+    """Takes ``value["seconds"]``, writing `start <tag> <pid>` and `end <tag> <pid>` lines to
+    the file $TEST_JOURNAL: which replica ran which job, and how often, across processes."""
+    tag, seconds = str(value["tag"]), float(value["seconds"])
+    journal = os.environ["TEST_JOURNAL"]
+    with open(journal, "a") as out:
+        out.write(f"start {tag} {os.getpid()}\n")
+    time.sleep(seconds)
+    with open(journal, "a") as out:
+        out.write(f"end {tag} {os.getpid()}\n")
+    return {"pid": os.getpid(), "tag": tag}

@@ -403,3 +403,45 @@ async def test_release_due_moves_only_due_retries_back_and_tells_the_next(r: Red
     ]
     assert await r.zrange(RETRY, 0, -1) == [f"{rec(2)}|3|90.0".encode()]
     assert await call(r, "release_due", [RETRY, HOOKS], [600, 10]) == b""
+
+
+# -- hand_back -------------------------------------------------------------------------------
+
+
+async def test_hand_back_requeues_only_what_this_consumer_holds_unfinished(r: Redis) -> None:
+    running = await add_job(r, 1, "processing", attempts=1)
+    other = await add_job(r, 2, "processing", attempts=1)
+    final = await add_job(r, 3, "done", attempts=1)
+    assert await read_as(r, "me") == [running, other, final]
+    await r.xclaim(STREAM, GROUP, "someone-else", 0, [other])  # not ours any more
+    reply = await call(
+        r, "hand_back", [STREAM, rec(1), rec(2), rec(3)], [GROUP, "me", running, other, final]
+    )
+    assert reply == 1
+    assert (await record(r, 1))["status"] == "queued"
+    assert (await record(r, 1))["attempts"] == "1", "the abandoned run stays counted"
+    assert (await record(r, 2))["status"] == "processing" and (await record(r, 3))[
+        "status"
+    ] == "done"
+    entries = await r.xrange(STREAM)
+    assert [e[0] for e in entries][:2] == [other, final], "the others stay where they were"
+    copy_id, fields = entries[-1]
+    assert copy_id not in (running, other, final)
+    assert fields == {b"id": b"1", b"model": b"m", b"input": b'"x"', b"rid": b"", b"at": b"100"}
+    pending = await r.xpending_range(STREAM, GROUP, "-", "+", 10)
+    assert sorted((p["message_id"], p["consumer"]) for p in pending) == sorted(
+        [(other, b"someone-else"), (final, b"me")]
+    )
+    assert await read_as(r, "next") == [copy_id], "undelivered: the next read takes it"
+    assert await r.hget(BACKLOG, "m") == b"3", "one entry out, one in"
+
+
+async def test_hand_back_of_a_gone_record_or_a_deleted_entry_changes_nothing(r: Redis) -> None:
+    gone = await add_job(r, 1, "processing")
+    deleted = await add_job(r, 2, "processing")
+    assert await read_as(r, "me") == [gone, deleted]
+    await r.delete(rec(1))
+    await r.xdel(STREAM, deleted)
+    before = await snapshot(r)
+    assert await call(r, "hand_back", [STREAM, rec(1), rec(2)], [GROUP, "me", gone, deleted]) == 0
+    assert await snapshot(r) == before

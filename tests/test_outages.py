@@ -296,5 +296,7 @@ async def test_shutdown_ends_within_the_grace_period_and_answers_everyone_first(
     assert sync_status == 503 and "shutting down" in sync_body["error"], sync_body
     assert waited_status == 202, waited_body  # the waiter learned its id before the close
     prediction_id = waited_body["prediction_id"]
-    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"processing"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 1, "left for others"
+    # Handed back for other replicas: queued again, undelivered (not waiting out a reclaim).
+    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert await rds.xlen("predictions") == 1
