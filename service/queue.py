@@ -62,6 +62,7 @@ class JobQueue:
         self._lane = lane
         self._submit_script = lua.register(redis, "submit", version)
         self._hand_back = lua.register(redis, "hand_back", version)
+        self._retire = lua.register(redis, "retire", version)
         self._submits: Coalescer[NewJob, str] = Coalescer(self._write_all)
 
     async def ensure_group(self) -> None:
@@ -216,6 +217,17 @@ class JobQueue:
         names = [keys.stream] + [keys.record(e.prediction_id) for e in entries]
         args: list[Any] = [keys.group, consumer] + [e.entry_id for e in entries]
         return int(await self._hand_back(keys=names, args=args))
+
+    async def retire(self, consumers: Sequence[str]) -> None:
+        """Deletes these consumers (a stopping replica's) from every partition's group where
+        they hold nothing pending (see retire.lua)."""
+        if consumers:
+            await asyncio.gather(
+                *(
+                    self._retire(keys=[keys.stream], args=[keys.group, *consumers])
+                    for keys in self.partitions.all
+                )
+            )
 
     async def reclaim(self, keys: Keys, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Takes over entries other consumers left idle longer than ``min_idle_ms``.

@@ -242,6 +242,12 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     stop_reading()
     await _finish(tasks + lane_batches, lifecycle.left(settings.shutdown_grace_seconds))
+    if workers:  # this replica's consumers leave the groups, unless they still hold work
+        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
+            await asyncio.wait_for(
+                app[state.QUEUE].retire([w.consumer for w in workers] + [lane.consumer]),
+                max(0.1, lifecycle.left(settings.shutdown_grace_seconds)),
+            )
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:

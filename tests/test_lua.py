@@ -445,3 +445,23 @@ async def test_hand_back_of_a_gone_record_or_a_deleted_entry_changes_nothing(r: 
     before = await snapshot(r)
     assert await call(r, "hand_back", [STREAM, rec(1), rec(2)], [GROUP, "me", gone, deleted]) == 0
     assert await snapshot(r) == before
+
+
+# -- retire ----------------------------------------------------------------------------------
+
+
+async def test_retire_deletes_only_consumers_that_hold_nothing(r: Redis) -> None:
+    held = await add_job(r, 1, "processing")
+    assert await read_as(r, "busy") == [held]
+    await r.xgroup_createconsumer(STREAM, GROUP, "idle")
+    reply = await call(r, "retire", [STREAM], [GROUP, "idle", "busy", "never-seen"])
+    assert reply == 1
+    consumers = {c["name"] for c in await r.xinfo_consumers(STREAM, GROUP)}
+    assert consumers == {b"busy"}, "a consumer holding work stays, with its pending entry"
+    assert [p["message_id"] for p in await r.xpending_range(STREAM, GROUP, "-", "+", 10)] == [held]
+
+
+async def test_retire_on_a_missing_stream_does_nothing(r: Redis) -> None:
+    await r.delete(STREAM)
+    assert await call(r, "retire", [STREAM], [GROUP, "x"]) == 0
+    assert not await r.exists(STREAM)

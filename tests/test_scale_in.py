@@ -18,10 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from service.embedded import free_port
 
-from .helpers import ClientFactory, poll, wait_final
+from .helpers import ClientFactory, partitions_of, poll, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tests.models:journaled"
@@ -116,6 +117,12 @@ async def stop(replica: Replica, grace: float) -> float:
     return time.monotonic() - began
 
 
+async def consumers(rds: Redis, api: Any) -> set[str]:
+    """The consumer names in the group of the app's one partition."""
+    keys = partitions_of(api)[0]
+    return {c["name"].decode() for c in await rds.xinfo_consumers(keys.stream, keys.group)}
+
+
 async def submit(api: Any, tag: str, seconds: float) -> str:
     resp = await api.post(
         "/predict",
@@ -127,7 +134,7 @@ async def submit(api: Any, tag: str, seconds: float) -> str:
 
 
 async def test_a_stopping_replica_finishes_its_batch_and_leaves_the_rest_to_another(
-    make_client: ClientFactory, start_replica: Start, tmp_path: Path
+    make_client: ClientFactory, start_replica: Start, tmp_path: Path, rds: Redis
 ) -> None:
     # The jobs are queued through an API-only app, then one replica takes a batch of two
     # (a second each) and is stopped as the first starts: it finishes both within its
@@ -139,6 +146,7 @@ async def test_a_stopping_replica_finishes_its_batch_and_leaves_the_rest_to_anot
     mark_sigterm(tmp_path, a)
     took = await stop(a, 5)
     assert took < 5 + 2.5, f"exit took {took:.1f} s with a 5 s grace period"
+    assert not {c for c in await consumers(rds, api) if c.startswith("a-")}, "a left the group"
     b = await start_replica("b")
     records = {tag: await wait_final(api, pid, within=30) for tag, pid in ids.items()}
 
@@ -154,7 +162,7 @@ async def test_a_stopping_replica_finishes_its_batch_and_leaves_the_rest_to_anot
 
 
 async def test_a_job_longer_than_the_grace_period_is_handed_back_and_run_elsewhere(
-    make_client: ClientFactory, start_replica: Start, tmp_path: Path
+    make_client: ClientFactory, start_replica: Start, tmp_path: Path, rds: Redis
 ) -> None:
     # A 6 s job on a replica with a 2 s grace period: at the end of it the job goes back on
     # the queue (not after the 60 s visibility timeout), the replica exits without its
@@ -168,6 +176,7 @@ async def test_a_job_longer_than_the_grace_period_is_handed_back_and_run_elsewhe
     began = time.monotonic()
     took = await stop(a, 2)
     assert took < 2 + 2.5, f"exit took {took:.1f} s with a 2 s grace period"
+    assert not {c for c in await consumers(rds, api) if c.startswith("a-")}, "a left the group"
     record = await wait_final(api, prediction_id, within=20)
     elapsed = time.monotonic() - began
     assert record["status"] == "done" and record["output"]["result"]["pid"] == b.pid, record
