@@ -222,7 +222,7 @@ async def test_readiness_turns_503_when_the_replica_starts_stopping(
     assert (await resp.json())["checks"]["shutting_down"] == "yes"
 
 
-async def test_work_a_stopping_replica_could_not_finish_stays_pending_for_others(
+async def test_work_a_stopping_replica_could_not_finish_goes_back_for_others(
     make_client: ClientFactory, rds: Redis
 ) -> None:
     stopping = await make_client(model="tests.models:gated", shutdown_grace_seconds=0.2)
@@ -233,16 +233,18 @@ async def test_work_a_stopping_replica_could_not_finish_stays_pending_for_others
 
     await poll(running)
     await stopping.close()  # grace runs out while the model still runs
-    pending = await rds.xpending("predictions", "workers")
-    assert pending["pending"] == 1, "not acked: someone else will take it"
+    # Handed back: undelivered again (not pending on the stopped consumer) and queued.
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert await rds.xlen("predictions") == 1
+    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
 
     models.release()
-    other = await make_client(
-        model="tests.models:echo", consumer_name="other", visibility_timeout_seconds=0.05
-    )
+    # The default visibility timeout (60 s): the job is read, not reclaimed.
+    other = await make_client(model="tests.models:echo", consumer_name="other")
     record = await wait_final(other, prediction_id)
     assert record["status"] == "done"
     assert record["output"]["result"] == {"echo": "unfinished"}
+    assert record["attempts"] == 2
 
 
 async def test_a_submit_retried_after_it_landed_never_resets_the_job(
