@@ -24,7 +24,9 @@ class Batcher:
     once it holds as many as the previous batch did (so a lone caller never waits, and a
     steady crowd of N callers is batched about N at a time); or when its first input has
     waited ``max_delay`` seconds. Several batches may run at once, as many as the executor
-    has threads. Each caller gets the outcomes of its own inputs, in order.
+    has threads, or at most ``concurrency`` (0: no limit of its own); past it, inputs wait
+    and the next batch starts when one ends, holding what came meanwhile. Each caller gets
+    the outcomes of its own inputs, in order.
     """
 
     def __init__(
@@ -35,8 +37,10 @@ class Batcher:
         max_delay: float,
         metrics: Metrics | None = None,
         inline_limit: float = 0.0,
+        concurrency: int = 0,
     ) -> None:
         self.model = model
+        self.concurrency = concurrency
         # Only thread models that declare their calls cheap: a process model's call is never
         # run here, and neither is a model whose cost may depend on its input.
         cheap = model.execution == "thread" and model.inline
@@ -92,6 +96,8 @@ class Batcher:
                 handle.cancel()
         self._timer = self._soon = None
         while self._waiting:
+            if self.concurrency and len(self._tasks) >= self.concurrency:
+                return  # the next batch starts when a running one ends (_batch_done)
             batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
             self._last_size = len(batch)
             if self._inline.inline:
@@ -99,7 +105,12 @@ class Batcher:
                 continue
             task = self._loop().create_task(self._run_batch(batch))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self.concurrency and self._waiting:
+            self._flush()
 
     def abandon(self, error: Exception) -> None:
         """Fails every caller still waiting, queued or running (the calls under way go on
@@ -154,7 +165,8 @@ class Batcher:
 
 
 class Batchers:
-    """One batcher per model."""
+    """One batcher per model, with the replica's batch settings unless the model sets its
+    own (`Model.max_batch_size`, `max_batch_delay_ms`, `concurrency`)."""
 
     def __init__(
         self,
@@ -165,8 +177,20 @@ class Batchers:
         metrics: Metrics | None = None,
         inline_limit: float = 0.0,
     ) -> None:
+        def delay(model: Model) -> float:
+            own = model.max_batch_delay_ms
+            return max_delay if own is None else own / 1000
+
         self._batchers = {
-            name: Batcher(model, executor, max_size, max_delay, metrics, inline_limit)
+            name: Batcher(
+                model,
+                executor,
+                model.max_batch_size or max_size,
+                delay(model),
+                metrics,
+                inline_limit,
+                model.concurrency or 0,
+            )
             for name, model in models.items()
         }
 

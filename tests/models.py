@@ -179,3 +179,24 @@ def journaled(value: Any) -> dict[str, Any]:
     with open(journal, "a") as out:
         out.write(f"end {tag} {os.getpid()}\n")
     return {"pid": os.getpid(), "tag": tag}
+
+
+class OneAtATime:
+    """Batches, one call at a time (concurrency 1, batches of up to 16, its own 50 ms
+    window), as a model that uses every core in one call would; a batch holding 'hold'
+    waits for the gate."""
+
+    input_type = str
+    concurrency = 1
+    max_batch_size = 16
+    max_batch_delay_ms = 50
+
+    def predict_batch(self, texts: list[str]) -> list[str]:
+        batch_sizes.append(len(texts))
+        if "hold" in texts:
+            started.set()
+            gate.wait(GATE_TIMEOUT)
+        return texts
+
+    def predict(self, text: str) -> str:
+        return self.predict_batch([text])[0]

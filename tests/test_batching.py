@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from service import state
+from service.errors import ModelLoadError
+from service.models.registry import model_configs
+from service.settings import Settings
 
 from . import models
-from .helpers import ClientFactory, submit, wait_final, worker_for
+from .helpers import ClientFactory, poll, submit, wait_final, worker_for
 
 
 async def test_concurrent_callers_share_one_batch_call(make_client: ClientFactory) -> None:
@@ -105,3 +110,62 @@ async def test_a_lone_caller_does_not_wait_for_the_batch_delay(make_client: Clie
     for text in ("first", "second"):
         resp = await asyncio.wait_for(client.post("/predict", json={"input": text}), 10)
         assert (await resp.json())["result"] == {"echo": text}
+
+
+async def test_a_model_that_runs_one_call_at_a_time_gathers_the_next_batch_meanwhile(
+    make_client: ClientFactory,
+) -> None:
+    # Its own knobs beat the replica's settings (64 per batch, 8 threads, 1 ms).
+    client = await make_client(
+        model="tests.models:OneAtATime", max_batch_size=64, executor_threads=8
+    )
+    batcher = client.server.app[state.BATCHERS]["default"]
+    assert (batcher.max_size, batcher.max_delay, batcher.concurrency) == (16, 0.05, 1)
+    first = batcher.run_one("hold")
+    await poll(lambda: asyncio.to_thread(models.started.wait, 0.1))
+    # Twenty callers arrive, each on its own turn, while the first call runs: none starts
+    # a call of its own (eight threads are free); they wait and go as batches of 16 and 4.
+    rest = []
+    for i in range(20):
+        rest.append(batcher.run_one(f"r{i}"))
+        await asyncio.sleep(0)
+    assert models.batch_sizes == [1]
+    models.release()
+    outcomes = await asyncio.gather(first, *rest)
+    assert [o.payload for o in outcomes[1:]] == [f'"r{i}"'.encode() for i in range(20)]
+    assert models.batch_sizes == [1, 16, 4]
+
+
+async def test_the_models_file_sets_a_models_batching(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(
+        '[models.echo]\nspec = "tests.models:BatchEcho"\n'
+        "max_batch_size = 3\nmax_batch_delay_ms = 0\nconcurrency = 2\n"
+    )
+    client = await make_client(models_file=config)
+    batcher = client.server.app[state.BATCHERS]["echo"]
+    assert (batcher.max_size, batcher.max_delay, batcher.concurrency) == (3, 0.0, 2)
+    info = await (await client.get("/models/echo")).json()
+    assert info["batch"] == {"max_batch_size": 3, "max_batch_delay_ms": 0.0, "concurrency": 2}
+    outcomes = await asyncio.gather(*(batcher.run_one(f"t{i}") for i in range(7)))
+    assert all(o.ok for o in outcomes)
+    assert models.batch_sizes == [3, 3]  # and one alone (a batch of one calls predict)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("concurrency = 0", "concurrency must be a whole number >= 1"),
+        ('max_batch_size = "8"', "max_batch_size must be a whole number >= 1"),
+        ("max_batch_delay_ms = -1", "max_batch_delay_ms must be a number of milliseconds"),
+    ],
+)
+def test_a_bad_batching_knob_stops_startup_naming_it(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(f'[models.echo]\nspec = "tests.models:BatchEcho"\n{line}\n')
+    with pytest.raises(ModelLoadError, match=problem):
+        model_configs(Settings(models_file=config, redis_url="redis://unused:6379/0"))

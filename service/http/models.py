@@ -40,14 +40,15 @@ async def get_model(request: web.Request) -> web.Response:
     """
     registry = request.app[state.MODELS]
     model = registry.get(request.match_info["name"])
-    settings = request.app[state.SETTINGS]
+    batcher = request.app[state.BATCHERS][model.name]
     return json_response(
         {
             **model.describe(),
             "default": model.name == registry.default,
-            "batch": {
-                "max_batch_size": settings.max_batch_size,
-                "max_batch_delay_ms": settings.max_batch_delay_ms,
+            "batch": {  # as this replica batches it: the settings, or the model's own
+                "max_batch_size": batcher.max_size,
+                "max_batch_delay_ms": batcher.max_delay * 1000,
+                "concurrency": batcher.concurrency or None,
             },
         }
     )

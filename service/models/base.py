@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,24 @@ def success(output: Any) -> Outcome:
     return Outcome(ok=True, payload=orjson.dumps(output, option=_DUMPS_OPTIONS))
 
 
+#: The batching knobs a model (or its models-file entry) may set for itself.
+BATCHING = ("max_batch_size", "max_batch_delay_ms", "concurrency")
+
+
+def batching_value(knob: str, value: Any) -> Any:
+    """``value`` checked for batching knob ``knob`` (None stays None); ModelLoadError if
+    it is not a whole number of at least 1 (a delay: a number of at least 0)."""
+    if value is None:
+        return None
+    if knob == "max_batch_delay_ms":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ModelLoadError(f"{knob} must be a number of milliseconds >= 0, not {value!r}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(f"{knob} must be a whole number >= 1, not {value!r}")
+    return value
+
+
 class Model:
     """A model ready to call. Kinds subclass it and implement ``predict`` (and maybe
     ``predict_batch``); the service only ever calls ``validate``, ``run_one``, ``run_batch``.
@@ -53,6 +71,14 @@ class Model:
     #: its calls prove fast (INLINE_MAX_MS) they run on the event loop itself. Off unless
     #: declared: a call on the loop holds up every request of the replica while it runs.
     inline = False
+    #: Batching for this model where it knows better than the replica's settings (None:
+    #: the setting): most inputs per call (MAX_BATCH_SIZE), longest wait in ms for a batch
+    #: to fill (MAX_BATCH_DELAY_MS), and calls at once (as many as EXECUTOR_THREADS). A
+    #: model that uses every core in one call (PyTorch, say) wants concurrency 1: the next
+    #: batch fills while one runs, so batches grow with the load instead of splitting it.
+    max_batch_size: int | None = None
+    max_batch_delay_ms: float | None = None
+    concurrency: int | None = None
     #: Names pydantic puts first in an error's location for a tagged union of input forms
     #: (tabular kinds: one row or many); they are dropped from the errors users see.
     form_tags: frozenset[str] = frozenset()

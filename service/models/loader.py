@@ -35,14 +35,17 @@ def load_model(
     *,
     setup: bool = True,
     inline: bool | None = None,
+    batching: dict[str, Any] | None = None,
 ) -> Model:
     """Loads one model; any failure is a ModelLoadError naming the model and the cause.
-    ``inline`` (from a models file) overrides what the model itself declares."""
+    ``inline`` and ``batching`` (from a models file) override what the model declares."""
     try:
         model: Model = _kind_class(spec)(name, spec)
         model.execution = execution
         if inline is not None:
             model.inline = inline
+        for knob, value in (batching or {}).items():
+            setattr(model, knob, value)
         if setup:
             model.setup()
     except ModelLoadError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from ..errors import ModelLoadError
-from .base import Model
+from .base import BATCHING, Model, batching_value
 
 
 def import_spec(spec: str) -> Any:
@@ -66,7 +66,8 @@ class PythonModel(Model):
 
     Optional attributes of ``obj``: ``input_type`` (a type or pydantic model the input must
     fit), ``output_type``, ``version``, ``example`` (an input for the docs), ``inline``
-    (True: its calls are cheap and bounded, see `Model.inline`), ``setup()`` and
+    (True: its calls are cheap and bounded, see `Model.inline`), ``max_batch_size``,
+    ``max_batch_delay_ms`` and ``concurrency`` (see `Model`), ``setup()`` and
     ``teardown()``.
     """
 
@@ -92,6 +93,8 @@ class PythonModel(Model):
         )
         self.obj = obj
         self.inline = bool(getattr(obj, "inline", False))
+        for knob in BATCHING:
+            setattr(self, knob, batching_value(knob, getattr(obj, knob, None)))
         self._output_type = getattr(obj, "output_type", None)
         super().__init__(
             name, spec, getattr(obj, "input_type", Any), str(getattr(obj, "version", "0"))

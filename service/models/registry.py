@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ModelLoadError, NotFound
 from ..settings import Settings
-from .base import Model
+from .base import BATCHING, Model, batching_value
 from .loader import FILE_SUFFIXES, load_model
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -24,6 +24,9 @@ class ModelConfig:
     execution: str
     #: The models file's `inline` option (None: as the model declares).
     inline: bool | None = None
+    #: The models file's batching knobs (max_batch_size, max_batch_delay_ms, concurrency);
+    #: a knob not given is as the model declares.
+    batching: tuple[tuple[str, Any], ...] = ()
 
 
 def _check(config: ModelConfig) -> ModelConfig:
@@ -51,7 +54,11 @@ def _from_file(path: Path, execution: str) -> tuple[dict[str, ModelConfig], str 
         inline = entry.get("inline")
         if inline is not None and not isinstance(inline, bool):
             raise ModelLoadError(f"models file {path}: model {name!r}: inline must be true/false")
-        configs[name] = ModelConfig(name, spec, entry.get("execution", execution), inline)
+        try:
+            batching = tuple((k, batching_value(k, entry[k])) for k in BATCHING if k in entry)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"models file {path}: model {name!r}: {exc}") from None
+        configs[name] = ModelConfig(name, spec, entry.get("execution", execution), inline, batching)
     default = data.get("default_model")
     return configs, default if isinstance(default, str) else None
 
@@ -98,7 +105,12 @@ class ModelRegistry:
     def load(cls, configs: list[ModelConfig], default: str) -> ModelRegistry:
         models = {
             c.name: load_model(
-                c.name, c.spec, c.execution, setup=c.execution == "thread", inline=c.inline
+                c.name,
+                c.spec,
+                c.execution,
+                setup=c.execution == "thread",
+                inline=c.inline,
+                batching=dict(c.batching),
             )
             for c in configs
         }
