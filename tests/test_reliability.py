@@ -247,6 +247,26 @@ async def test_work_a_stopping_replica_could_not_finish_goes_back_for_others(
     assert record["attempts"] == 2
 
 
+async def test_a_stopping_replica_acks_the_entries_of_its_batch_that_were_not_to_run(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # One batch of two entries: a job canceled before it started (not run, only acked) and
+    # a job that runs past the grace period (handed back). Stopping leaves nothing pending.
+    api = await make_client(model="tests.models:gated", workers=0)
+    canceled = await submit(api, "canceled")
+    running = await submit(api, "running")
+    assert (await api.delete(f"/predict/{canceled}")).status == 200
+    stopping = await make_client(
+        model="tests.models:gated", shutdown_grace_seconds=0.2, max_batch_size=2
+    )
+    await poll(lambda: asyncio.to_thread(models.started.wait, 0.1))
+    await stopping.close()
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0, "nothing left held"
+    entries = await rds.xrange("predictions")
+    assert [fields[b"id"].decode() for _, fields in entries] == [running], "only it went back"
+    assert await rds.hget(f"prediction:{canceled}", "status") == b"canceled"
+
+
 async def test_a_submit_retried_after_it_landed_never_resets_the_job(
     make_client: ClientFactory, rds: Redis
 ) -> None:
