@@ -112,6 +112,7 @@ async def test_the_final_record_is_posted_signed(
     assert not verify("another secret", timestamp, signature, body)
     old = str(int(timestamp) - 3600)
     assert not verify(SECRET, old, sign(SECRET, old, body), body), "an old delivery replayed"
+    assert not verify(SECRET, "soon", sign(SECRET, "soon", body), body), "a malformed timestamp"
     assert headers["X-Prediction-ID"] == prediction_id
     record = json.loads(body)
     assert record["status"] == "done" and record["output"]["result"] == {"echo": 7}
@@ -374,8 +375,13 @@ async def test_the_client_submits_a_webhook(
 async def test_delivery_connections_refuse_names_of_private_addresses() -> None:
     resolver = PublicResolver()
     try:
-        with pytest.raises(OSError, match="non-public"):
+        with pytest.raises(OSError, match="'localhost' resolves to a non-public"):
             await resolver.resolve("localhost", 80, socket.AF_INET)
+        # A public address passes as it was asked for: its host, port and family (numeric
+        # hosts, so no DNS query leaves the machine).
+        for host, family in (("93.184.216.34", socket.AF_INET), ("2606:4700::1", socket.AF_INET6)):
+            found = await resolver.resolve(host, 443, family)
+            assert [(r["host"], r["port"], r["family"]) for r in found] == [(host, 443, family)]
     finally:
         await resolver.close()
 
