@@ -1,7 +1,9 @@
 """What dynamic batching buys on a real model: the sentence-embedding example
 (all-MiniLM-L6-v2 on PyTorch) with its own batching (one forward pass at a time, up to 64
 rows) against one row per call (as many calls at once as EXECUTOR_THREADS), on the sync
-path (32 concurrent clients) and the queued path (a drain), in interleaved rounds.
+path (32 concurrent clients) and the queued path (a drain), in interleaved rounds; and,
+first, the model alone in this process (rows/s at batch sizes 1, 32 and 64), the ceiling
+of what batching can buy on this machine.
 
     scripts/bench --batching [--duration 10] [--connections 32] [--jobs 600] [--rounds 2]
 
@@ -18,6 +20,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,8 @@ def main() -> None:
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"sync": [], "queued": []} for v in variants
     }
+    progress("the model alone, in this process")
+    alone = model_alone()
     redis_server = RedisServer(folder / "redis", free_port())
     url = redis_server.start()
     try:
@@ -71,14 +76,37 @@ def main() -> None:
                 runs[name]["queued"].append({"rps": rate})
     finally:
         redis_server.stop()
-    report(runs, args)
+    report(runs, alone, args)
+
+
+def model_alone(seconds: float = 3.0) -> dict[int, float]:
+    """Rows/s of the example's forward pass at batch sizes 1, 32 and 64, with no server."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from examples.embedding_model import Embedder
+
+    model = Embedder()
+    model.setup()
+    rates = {}
+    for size in (1, 32, 64):
+        rows: list[str | list[str]] = [SENTENCE] * size
+        model.predict_batch(rows)
+        began, done = time.perf_counter(), 0
+        while time.perf_counter() - began < seconds:
+            model.predict_batch(rows)
+            done += size
+        rates[size] = done / (time.perf_counter() - began)
+    return rates
 
 
 def _warm(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "duration": 2})
 
 
-def report(runs: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> None:
+def report(
+    runs: dict[str, dict[str, list[dict[str, float]]]],
+    alone: dict[int, float],
+    args: argparse.Namespace,
+) -> None:
     def median(name: str, path: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name][path])
 
@@ -87,6 +115,7 @@ def report(runs: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Na
         "load": f"{args.connections} connections ({load_tool()}), {args.duration:g} s; "
         f"drains of {args.jobs} jobs; median of {args.rounds} interleaved rounds",
         "runs": runs,
+        "model_alone_rows_per_s": alone,
     }
     print(f"\nall-MiniLM-L6-v2, {results['machine']}; {results['load']}\n")
     print("| path | batched rows/s | one row per call rows/s | factor | batched p99 ms |")
@@ -96,6 +125,11 @@ def report(runs: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Na
         p99 = f"{median('batched', path, 'p99_ms'):.0f}" if path == "sync" else "-"
         results[path] = {"batched": batched, "one_row": single, "factor": batched / single}
         print(f"| {path} | {batched:,.1f} | {single:,.1f} | {batched / single:.2f}x | {p99} |")
+    print(
+        "\nthe model alone (no server): "
+        + ", ".join(f"batch {n}: {rate:,.1f} rows/s" for n, rate in alone.items())
+        + f"; batch 32 over batch 1: {alone[32] / alone[1]:.2f}x"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batching.json").write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out / 'batching.json'}")
