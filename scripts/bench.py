@@ -142,7 +142,17 @@ def drive(
         f.write(lua)
     duration = 600 if until else args.duration
     wrk = subprocess.Popen(
-        ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "-s", f.name, url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{args.connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "30s",
+            "-s",
+            f.name,
+            url,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -103,7 +103,6 @@ async def predict(request: web.Request) -> web.Response:
     return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
 
 
-# The two predict routes share one contract; their OpenAPI text is built from one tail.
 # What can go wrong with a submitted body, on every route that takes one.
 _BODY_ERRORS = """
       "400": {$ref: "#/components/responses/BadRequest"}
