@@ -130,6 +130,25 @@ async def test_an_idempotency_key_gives_one_job_even_under_50_concurrent_submits
     assert await rds.xlen("predictions") == 1
 
 
+async def test_an_idempotency_key_reads_the_input_not_its_key_order(
+    make_client: ClientFactory,
+) -> None:
+    # The same JSON object with its keys in another order is the same request (clients'
+    # serializers differ); another value is not.
+    client = await make_client(workers=0, model="tests.models:echo")
+    headers = {"Async-Mode": "true", "Idempotency-Key": "order-19"}
+
+    async def post(value: Any) -> Any:
+        return await client.post("/predict", json={"input": value}, headers=headers)
+
+    first = await post({"sku": "A-1", "qty": [1, 2]})
+    assert first.status == 202
+    reordered = await post({"qty": [1, 2], "sku": "A-1"})
+    assert reordered.status == 202
+    assert (await reordered.json())["prediction_id"] == (await first.json())["prediction_id"]
+    assert (await post({"sku": "A-1", "qty": [2, 1]})).status == 409
+
+
 async def test_api_key_guards_every_route_but_health_metrics_and_docs(
     make_client: ClientFactory,
 ) -> None:

@@ -287,6 +287,7 @@ async def test_an_idempotency_key_reused_with_another_webhook_is_a_conflict(
     for other in (
         {"webhook": "http://127.0.0.1:9/b"},
         {"webhook": "http://127.0.0.1:9/a", "webhook_events": ["failed"]},
+        {"input": 8, "webhook": "http://127.0.0.1:9/a"},  # the same webhook, another input
         {},
     ):
         resp = await post(other)
