@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import drain, drive, load_tool, progress, server  # noqa: E402
-from scripts.bench_batching import MODEL, SENTENCE, models_file  # noqa: E402
+from scripts.bench_batching import MODEL, SENTENCE, _warm, models_file  # noqa: E402
 from service.embedded import RedisServer, free_port  # noqa: E402
 
 PEERS = ROOT / ".venv-peers" / "bin"
@@ -194,10 +194,6 @@ def main() -> None:
     finally:
         redis_server.stop()
     report(runs, versions(), args)
-
-
-def _warm(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "duration": 2})
 
 
 def report(

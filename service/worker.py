@@ -185,39 +185,29 @@ class Worker:
         for entry, status in zip(entries, prior, strict=True):
             if status in (b"dead", b"expired"):
                 self._metrics.count_prediction(entry.model, "async", False)
-                log.warning(
-                    "job %s %s",
-                    entry.prediction_id,
-                    "timed out" if status == b"expired" else "dead-lettered",
-                    extra={
-                        "prediction_id": entry.prediction_id,
-                        "outcome": "failed",
-                        "request_id": entry.request_id or None,
-                        "consumer": self.consumer,
-                    },
-                )
+                reason = "timed out" if status == b"expired" else "dead-lettered"
+                self._log(logging.WARNING, entry, "failed", reason)
 
     def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
         """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
         logs = log.isEnabledFor(logging.INFO)
         for entry, outcome in zip(entries, outcomes, strict=True):
-            status = "done" if outcome.ok else "failed"
             self._metrics.count_prediction(entry.model, "async", outcome.ok)
-            if logs or not outcome.ok:
-                log.log(
-                    logging.INFO if outcome.ok else logging.WARNING,
-                    "job %s %s%s",
-                    entry.prediction_id,
-                    status,
-                    "" if outcome.ok else f": {outcome.error}",
-                    extra={
-                        "prediction_id": entry.prediction_id,
-                        "model": entry.model,
-                        "outcome": status,
-                        "request_id": entry.request_id or None,
-                        "consumer": self.consumer,
-                    },
-                )
+            if not outcome.ok:
+                self._log(logging.WARNING, entry, "failed", f"failed: {outcome.error}")
+            elif logs:
+                self._log(logging.INFO, entry, "done", "done")
+
+    def _log(self, level: int, entry: Entry, outcome: str, message: str) -> None:
+        """One line about one job, with the fields a log search filters on."""
+        extra = {
+            "prediction_id": entry.prediction_id,
+            "model": entry.model,
+            "outcome": outcome,
+            "request_id": entry.request_id or None,
+            "consumer": self.consumer,
+        }
+        log.log(level, "job %s %s", entry.prediction_id, message, extra=extra)
 
     async def _predict(self, entries: list[Entry]) -> list[Outcome]:
         """Outcomes in entry order; entries are grouped per model, one batch call per model."""
