@@ -278,6 +278,7 @@ async def test_bulk_submit_that_does_not_fit_the_queue_queues_nothing(
     await submit(client, "one")
     resp = await client.post("/predict/batch", json={"inputs": ["a", "b", "c"]})
     assert resp.status == 429
+    assert (await resp.json())["error"] == "The queue cannot take 3 more jobs; try again shortly."
     assert await rds.xlen("predictions") == 1
 
 
@@ -328,6 +329,7 @@ async def test_an_idempotency_key_on_a_bulk_submit_answers_the_same_ids(
     for body in ({"inputs": ["a", "c"]}, {"inputs": ["a", "b", "c"]}, {"inputs": ["a"]}):
         other = await client.post("/predict/batch", json=body, headers=headers)
         assert other.status == 409, body
+        assert "different request body" in (await other.json())["error"]
     assert await queued(rds, client) == 2
     bad = await client.post(
         "/predict/batch", json={"inputs": ["a"]}, headers={"Idempotency-Key": ""}

@@ -214,8 +214,32 @@ async def test_a_delivery_survives_the_replica_that_finished_the_job(
     await settled(rds)
 
 
+async def test_deliveries_with_nothing_to_send_are_dropped(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    # An entry this service did not write, and one whose record expired before it was
+    # sent: both are acked and deleted, nothing is posted for them, and deliveries go on.
+    rec, url = receiver
+    client = await make_client(**hook_settings())
+
+    async def delivered(count: int) -> bool:
+        return len(rec.calls) == count
+
+    await submit_with_hook(client, url)
+    await poll(lambda: delivered(1))  # the dispatcher's group is there
+    await rds.xadd("predictions:webhooks", {"note": "not a delivery"})
+    gone = "prediction:00000000-0000-4000-8000-000000000000"
+    await rds.xadd("predictions:webhooks", {"key": gone, "attempt": 1})
+    await settled(rds)
+    await submit_with_hook(client, url)
+    await poll(lambda: delivered(2))
+    await settled(rds)
+    assert len(rec.calls) == 2
+
+
 def test_only_globally_routable_addresses_count_as_public() -> None:
-    for address in ("8.8.8.8", "2001:4860:4860::8888", "2002:808:808::1", "::ffff:8.8.8.8"):
+    public = ("8.8.8.8", "2001:4860:4860::8888", "2002:808:808::1", "::ffff:8.8.8.8")
+    for address in (*public, "64:ff9b::808:808"):  # the last: 8.8.8.8 behind NAT64
         assert not non_public(address), address
 
 
@@ -268,7 +292,9 @@ async def test_a_webhook_needs_async_mode_and_an_allowed_host(make_client: Clien
         headers={"Async-Mode": "true"},
     )
     assert other.status == 422
-    assert "WEBHOOK_ALLOWED_HOSTS" in json.dumps(await other.json())
+    answer = await other.json()
+    assert answer["error"] == "The webhook URL is not accepted."
+    assert "WEBHOOK_ALLOWED_HOSTS" in json.dumps(answer)
 
 
 async def test_an_idempotency_key_reused_with_another_webhook_is_a_conflict(
