@@ -75,6 +75,13 @@ async def settled(rds: Redis) -> None:
     pending in the dispatchers' group, none waiting for a retry."""
 
     async def nothing_left() -> bool:
+        groups = (
+            await rds.xinfo_groups("predictions:webhooks")
+            if await rds.exists("predictions:webhooks")
+            else []
+        )
+        if not groups:  # no dispatcher has started reading yet
+            return False
         left = await rds.xlen("predictions:webhooks")
         pending = (await rds.xpending("predictions:webhooks", "webhooks"))["pending"]
         retries = await rds.zcard("predictions:webhooks:retry")
@@ -122,7 +129,7 @@ async def test_a_failed_delivery_is_retried_until_it_lands(
     make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
-    rec.answers = [500, 503]
+    rec.answers = [500, 300]  # a 3xx is not a delivery either (redirects are not followed)
     client = await make_client(**hook_settings())
     await submit_with_hook(client, url)
 
@@ -295,6 +302,28 @@ async def test_a_webhook_needs_async_mode_and_an_allowed_host(make_client: Clien
     answer = await other.json()
     assert answer["error"] == "The webhook URL is not accepted."
     assert "WEBHOOK_ALLOWED_HOSTS" in json.dumps(answer)
+    anywhere = await make_client(workers=0, webhook_allow_private=True)
+    for scheme in ("https", "http"):
+        resp = await anywhere.post(
+            "/predict",
+            json={"input": "x", "webhook": f"{scheme}://127.0.0.1:9/h"},
+            headers={"Async-Mode": "true"},
+        )
+        assert resp.status == 202, scheme
+
+
+async def test_a_delivery_refused_by_policy_at_delivery_is_dropped_not_retried(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    # The job was submitted while its webhook's host was allowed; the replica that delivers
+    # allows only another host (settings changed): the delivery is dropped, not retried.
+    rec, url = receiver
+    first = await make_client(**hook_settings(webhook_deliveries=0))
+    prediction_id = await submit_with_hook(first, url)
+    await wait_final(first, prediction_id)
+    await make_client(**hook_settings(consumer_name="strict", webhook_allowed_hosts="x.example"))
+    await settled(rds)
+    assert rec.calls == []
 
 
 async def test_an_idempotency_key_reused_with_another_webhook_is_a_conflict(
