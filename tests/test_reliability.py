@@ -4,9 +4,11 @@ idempotency, API keys."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from service import state
@@ -18,10 +20,16 @@ from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, work
 
 
 async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
-    make_client: ClientFactory, rds: Redis
+    make_client: ClientFactory, rds: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="service.worker")
     client = await make_client(workers=0, model="tests.models:echo", max_deliveries=2)
-    prediction_id = await submit(client, "poison")
+    resp = await client.post(
+        "/predict",
+        json={"input": "poison"},
+        headers={"Async-Mode": "true", "X-Request-ID": "req-poison"},
+    )
+    prediction_id = (await resp.json())["prediction_id"]
     # Two deliveries started and never finished (their consumers died).
     await rds.hset(f"prediction:{prediction_id}", mapping={"status": "processing", "attempts": 2})
     await rds.xreadgroup("workers", "dead-consumer", {"predictions": ">"}, count=1)
@@ -40,6 +48,10 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
     assert (await rds.xpending("predictions", "workers"))["pending"] == 0
     # The metric an operator alerts on sees it.
     await scrape_until(client, queue_dead_letters=1, queue_pending=0, queue_stream_length=0)
+    # So does the log: one line with the fields a log search filters on.
+    (line,) = [r for r in caplog.records if getattr(r, "prediction_id", "") == prediction_id]
+    assert line.getMessage() == f"job {prediction_id} dead-lettered"
+    assert (line.outcome, line.request_id, line.model) == ("failed", "req-poison", "default")
 
 
 async def test_a_job_past_its_deadline_fails_without_running(
