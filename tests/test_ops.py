@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -30,6 +31,7 @@ from .helpers import (
     scrape_until,
     submit,
     wait_final,
+    worker_for,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +153,42 @@ async def test_request_id_is_taken_or_made_and_carried_into_the_job(
     await poll(logged)
     access = [r for r in caplog.records if r.name == "service.access" and r.request_id == "req-42"]
     assert access and access[0].status == 202 and access[0].path == "/predict"
+
+
+async def test_each_job_logs_one_line_failures_at_warning_the_rest_at_info(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(workers=0, model="tests.models:Fragile")
+    worker = worker_for(client, "w")
+
+    async def run(*ids: str) -> list[dict[str, Any]]:
+        async def final() -> list[dict[str, Any]] | None:
+            await worker.step()
+            records = [await (await client.get(f"/predict/{i}")).json() for i in ids]
+            return records if all(r["status"] in ("done", "failed") for r in records) else None
+
+        return await poll(final)  # type: ignore[no-any-return]
+
+    def lines(prediction_id: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "prediction_id", "") == prediction_id]
+
+    # At WARNING (a quiet log) only the failure is written, with the fields to find it by.
+    caplog.set_level(logging.WARNING, logger="service.worker")
+    fine, boom = await submit(client, "fine"), await submit(client, "boom")
+    done, failed = await run(fine, boom)
+    assert (done["status"], failed["status"]) == ("done", "failed")
+    assert lines(fine) == []
+    (line,) = lines(boom)
+    message = f"job {boom} failed: {failed['error']}"
+    assert (line.levelno, line.getMessage()) == (logging.WARNING, message)
+    assert (line.outcome, line.model, line.consumer) == ("failed", "default", "w")
+    # At INFO a job that went well has its line too.
+    caplog.set_level(logging.INFO, logger="service.worker")
+    more = await submit(client, "more")
+    await run(more)
+    (line,) = lines(more)
+    assert (line.levelno, line.getMessage()) == (logging.INFO, f"job {more} done")
+    assert (line.outcome, line.model, line.consumer) == ("done", "default", "w")
 
 
 def test_made_request_ids_are_distinct_uuids_and_differ_between_processes() -> None:
