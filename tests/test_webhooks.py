@@ -120,6 +120,10 @@ async def test_the_final_record_is_posted_signed(
     old = str(int(timestamp) - 3600)
     assert not verify(SECRET, old, sign(SECRET, old, body), body), "an old delivery replayed"
     assert not verify(SECRET, "soon", sign(SECRET, "soon", body), body), "a malformed timestamp"
+    # The window is five minutes: 298 s (and a fraction) old passes, 300 s and a fraction not.
+    for age, fresh in ((298, True), (300, False)):
+        then = str(int(time.time()) - age)
+        assert verify(SECRET, then, sign(SECRET, then, body), body) is fresh, age
     assert headers["X-Prediction-ID"] == prediction_id
     record = json.loads(body)
     assert record["status"] == "done" and record["output"]["result"] == {"echo": 7}
