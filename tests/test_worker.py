@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from service import state
-from service.job import Entry
+from service.ids import new_id
+from service.job import Entry, NewJob
 from service.models import Outcome
 
 from . import models
-from .helpers import ClientFactory, poll, record, submit, worker_for
+from .helpers import ClientFactory, poll, record, submit, wait_final, worker_for
 
 
 async def test_step_runs_a_batch_in_one_model_call_per_item(
@@ -123,3 +126,36 @@ async def test_a_late_second_finish_never_rewrites_a_final_record(
     await results.finish_and_ack(keys, [(entry, Outcome(ok=False, error="late"))], [entry], 2.0)
     assert await record(rds, prediction_id) == first, "done did not turn into failed"
     assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+
+
+async def test_without_a_job_time_limit_queued_jobs_still_run(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:echo", job_timeout_seconds=0)
+    record = await wait_final(client, await submit(client, "no limit"))
+    assert (record["status"], record["output"]["result"]) == ("done", {"echo": "no limit"})
+
+
+async def test_jobs_that_cannot_run_here_fail_alone_and_say_why(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # Queued by another replica, or before a deploy: a model this replica does not serve
+    # and an input its model no longer accepts. Each fails with the reason; the jobs of
+    # the same batch around them run.
+    client = await make_client(workers=0, model="tests.models:Fragile")
+    queue = client.server.app[state.QUEUE]
+    jobs = [
+        NewJob(new_id(), model, orjson.dumps(value), "", "", "", "", "")
+        for model, value in (("gone", "a"), ("default", "b"), ("default", 7), ("default", "d"))
+    ]
+    await queue.submit_all(jobs)  # one partition: one batch, in this order
+    worker = worker_for(client, "w")
+
+    async def finished() -> list[dict[str, Any]] | None:
+        await worker.step()
+        records = [await (await client.get(f"/predict/{j.prediction_id}")).json() for j in jobs]
+        return records if all(r["status"] in ("done", "failed") for r in records) else None
+
+    gone, fine, invalid, last = await poll(finished)
+    assert (fine["status"], last["status"]) == ("done", "done")
+    assert (gone["status"], invalid["status"]) == ("failed", "failed")
+    assert gone["error"] == "Unknown model 'gone'."
+    assert invalid["error"] == "The input does not fit the schema of model 'default'."
