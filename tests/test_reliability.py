@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from redis.asyncio import Redis
 
 from service import state
 from service.ids import new_id
-from service.job import NewJob
+from service.job import Entry, NewJob
 
 from . import models
 from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for
@@ -76,6 +77,21 @@ async def test_a_model_call_that_overruns_fails_the_job_and_a_sync_call_gets_504
     assert resp.status == 504
     assert "longer than 0.5 s" in (await resp.json())["error"]
     prediction_id = await submit(client, "slow async")
+    record = await wait_final(client, prediction_id)
+    assert record["status"] == "failed" and record["error"].startswith("timed out")
+
+
+async def test_the_time_limit_counts_from_submission_not_from_the_start_of_the_run(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # JOB_TIMEOUT_SECONDS includes the wait in the queue: a job that waited 1.5 s of its
+    # 2.5 s has 1 s left, and a 2 s model call overruns it.
+    client = await make_client(workers=0, model="tests.models:slow", job_timeout_seconds=2.5)
+    prediction_id = await submit(client, "waited")
+    reply = await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+    entry_id, fields = reply[0][1][0]
+    entry = Entry(entry_id, prediction_id, "default", fields[b"input"], "", time.time() - 1.5)
+    await worker_for(client, "w").process([entry])
     record = await wait_final(client, prediction_id)
     assert record["status"] == "failed" and record["error"].startswith("timed out")
 
