@@ -90,6 +90,14 @@ async def settled(rds: Redis) -> None:
     await poll(nothing_left)
 
 
+async def finished_undelivered(make_client: ClientFactory, url: str) -> str:
+    """A job done by a replica that sends no webhooks itself: its delivery waits in Redis."""
+    first = await make_client(**hook_settings(webhook_deliveries=0))
+    prediction_id = await submit_with_hook(first, url)
+    assert (await wait_final(first, prediction_id))["status"] == "done"
+    return prediction_id
+
+
 async def submit_with_hook(client: Any, url: str, **extra: Any) -> str:
     resp = await client.post(
         "/predict", json={"input": 7, "webhook": url, **extra}, headers={"Async-Mode": "true"}
@@ -328,9 +336,7 @@ async def test_a_delivery_refused_by_policy_at_delivery_is_dropped_not_retried(
     # The job was submitted while its webhook's host was allowed; the replica that delivers
     # allows only another host (settings changed): the delivery is dropped, not retried.
     rec, url = receiver
-    first = await make_client(**hook_settings(webhook_deliveries=0))
-    prediction_id = await submit_with_hook(first, url)
-    await wait_final(first, prediction_id)
+    await finished_undelivered(make_client, url)
     await make_client(**hook_settings(consumer_name="strict", webhook_allowed_hosts="x.example"))
     await settled(rds)
     assert rec.calls == []
@@ -456,10 +462,7 @@ async def test_a_delivery_left_mid_post_is_taken_over(
     make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:
     rec, url = receiver
-    # This replica finishes the job but sends no webhooks itself.
-    first = await make_client(**hook_settings(webhook_deliveries=0))
-    prediction_id = await submit_with_hook(first, url)
-    assert (await wait_final(first, prediction_id))["status"] == "done"
+    prediction_id = await finished_undelivered(make_client, url)
     # A dispatcher that read the delivery and died before it posted or acked it.
     await rds.xgroup_create("predictions:webhooks", "webhooks", id="0", mkstream=True)
     taken = await rds.xreadgroup("webhooks", "gone", {"predictions:webhooks": ">"}, count=10)
