@@ -56,14 +56,20 @@ for i = 1, jobs do
   end
 end
 if #ended > 0 then redis.call(ARGV[5], ARGV[4], table.concat(ended, ',')) end
-local acked = {}
+local acked, left, models = {}, {}, {}
 for i = 7 + jobs, #ARGV, 2 do
   if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[3], ARGV[i + 1], -1) <= 0 then
-      redis.call('HDEL', KEYS[3], ARGV[i + 1])
-    end
+    local model = ARGV[i + 1]
+    if not left[model] then models[#models + 1] = model end
+    left[model] = (left[model] or 0) + 1
   end
   acked[#acked + 1] = ARGV[i]
+end
+-- One counter update per model of the batch, not one per entry.
+for _, model in ipairs(models) do
+  if redis.call('HINCRBY', KEYS[3], model, -left[model]) <= 0 then
+    redis.call('HDEL', KEYS[3], model)
+  end
 end
 if #acked > 0 then redis.call('XDEL', KEYS[1], unpack(acked)) end
 if want == '' then return jobs end

@@ -65,7 +65,7 @@ if lane then
   group, consumer, started_channel, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   lane = no_backlog(KEYS[1], group)
 end
-local entry_ids, started = {}, {}
+local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 1]
   local idem, digest, webhook, events = extras(i)
@@ -100,12 +100,15 @@ for i = 1, jobs do
     end
     entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
                               'input', input, 'rid', rid, 'at', now)
-    redis.call('HINCRBY', KEYS[#KEYS], model, 1)
+    if not queued[model] then models[#models + 1] = model end
+    queued[model] = (queued[model] or 0) + 1
     if idem > 0 then redis.call('SET', KEYS[idem], id .. '|' .. digest, 'EX', ttl) end
     out[i] = 'ok'
   end
   entry_ids[i] = entry_ids[i] or ''
 end
+-- One counter update per model of the call, not one per job.
+for _, model in ipairs(models) do redis.call('HINCRBY', KEYS[#KEYS], model, queued[model]) end
 if lane and #started > 0 then
   -- Nothing was waiting undelivered, so the entries just added are exactly what the group
   -- hands out next: to the lane's consumer, started above.
