@@ -19,6 +19,7 @@ bench-results/peers.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -75,8 +76,8 @@ PEER_CALLS: dict[str, tuple[Callable[[int], list[str]], str, dict[str, Any]]] = 
 VERSIONS = ("torch", "transformers", "fastapi", "uvicorn", "litserve", "bentoml")
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and every process below it (peers fork workers)."""
+def process_tree(pid: int) -> set[int]:
+    """A process and every process below it (the peers fork workers)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -89,8 +90,13 @@ def tree_rss_mb(pid: int) -> float:
         below = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= below
         grew = bool(below)
+    return tree
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and every process below it."""
     total = 0.0
-    for member in tree:
+    for member in process_tree(pid):
         try:
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -132,6 +138,7 @@ def peer(name: str, log: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
             time.sleep(0.5)
         yield url, body, proc.pid
     finally:
+        members = process_tree(proc.pid)  # workers may leave the group: noted before
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
@@ -140,6 +147,11 @@ def peer(name: str, log: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
             proc.wait()
         except ProcessLookupError:
             pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the rest of its group
+        for member in members - {proc.pid}:  # and whatever left the group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
 
 
 def versions() -> dict[str, str]:
