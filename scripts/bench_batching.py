@@ -44,14 +44,19 @@ def models_file(folder: Path, knobs: dict[str, int]) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of sync load")
+def load_args(doc: str) -> argparse.Namespace:
+    """The options of the embedding-model benchmarks (this one and bench_peers)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=600, help="jobs per drain")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = load_args(__doc__)
     folder = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     variants = {"batched": models_file(folder, {}), "one row": models_file(folder, ONE_ROW)}
     runs: dict[str, dict[str, list[dict[str, float]]]] = {

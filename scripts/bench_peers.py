@@ -39,8 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench import drain, drive, load_tool, progress, server  # noqa: E402
-from scripts.bench_batching import MODEL, SENTENCE, _warm, models_file  # noqa: E402
+from scripts.bench import drain, drive, load_tool, progress, rss_mb, server  # noqa: E402
+from scripts.bench_batching import MODEL, SENTENCE, _warm, load_args, models_file  # noqa: E402
 from service.embedded import RedisServer, free_port  # noqa: E402
 
 PEERS = ROOT / ".venv-peers" / "bin"
@@ -97,12 +97,8 @@ def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and every process below it."""
     total = 0.0
     for member in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            continue
+        with contextlib.suppress(OSError, RuntimeError):  # gone, or a zombie without memory
+            total += rss_mb(member)
     return total
 
 
@@ -175,13 +171,7 @@ def measure(url: str, body: dict[str, Any], pid: int, args: argparse.Namespace) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--jobs", type=int, default=600, help="jobs per drain")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    args = parser.parse_args()
+    args = load_args(__doc__)
     folder = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     own = models_file(folder, {})
     runs: dict[str, list[dict[str, float]]] = {SERVICE: [], QUEUED: []}
