@@ -1,4 +1,4 @@
-"""The app factory: middlewares, routes, every resource's lifetime, and how it stops."""
+"""The app factory: routes, every resource's lifetime, and how it stops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from aiohttp import web
 
 from . import state
 from .errors import ShuttingDown
-from .http.middlewares import auth_middleware, request_middleware
 from .http.routes import add_routes
 from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
@@ -41,10 +40,8 @@ async def _begin_stopping(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """Builds the application; nothing starts until the app is run."""
-    middlewares = [request_middleware]
-    if settings.api_key:
-        middlewares.append(auth_middleware)
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    # No middlewares: every handler is wrapped where it is registered (http/routes.py).
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[state.SETTINGS] = settings
     app[state.METRICS] = Metrics()
     app[state.LIFECYCLE] = Lifecycle()
@@ -58,5 +55,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
-    add_routes(app, auth=bool(settings.api_key))
+    add_routes(app, key=settings.api_key or "")
     return app

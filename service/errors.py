@@ -1,4 +1,5 @@
-"""Domain errors. Handlers raise these; the error middleware turns them into JSON answers."""
+"""Domain errors. Handlers raise these; the wrapper every handler is registered in
+(http/answers.py) turns them into JSON answers."""
 
 from __future__ import annotations
 

@@ -124,6 +124,37 @@ async def test_sync_predictions_and_errors_are_counted(make_client: ClientFactor
     assert figure(text, "model_batch_duration_seconds_count", model="default") == 2
 
 
+async def test_every_route_answers_with_a_request_id_and_is_counted(
+    make_client: ClientFactory,
+) -> None:
+    # The wrapper is put on each registered handler, aiohttp-swagger3's own routes too (the
+    # page, its spec, its static files): none may answer without an id or a metric.
+    client = await make_client(model="tests.models:echo")
+    page = await client.get("/docs/")
+    assert page.status == 200 and page.headers["X-Request-ID"]
+    spec = await client.get("/docs/swagger.json")
+    assert spec.status == 200 and spec.headers["X-Request-ID"]
+    statics = [
+        r.resource.canonical
+        for r in client.server.app.router.routes()
+        if r.resource is not None and r.resource.canonical.endswith("_static")
+    ]
+    assert statics
+    # (aiohttp finds a static file missing only as it sends it: that 404 is not JSON.)
+    missing = await client.get(statics[0] + "/no-such-file.js")
+    assert missing.status == 404 and missing.headers["X-Request-ID"]
+    wrong = await client.put("/health/live")
+    assert wrong.status == 405 and wrong.headers["Allow"] == "GET"
+    assert "error" in await wrong.json() and wrong.headers["X-Request-ID"]
+    text = await scrape(client)
+    assert figure(text, "http_requests_total", route="/docs/", method="GET", status="200") == 1
+    json_spec = figure(
+        text, "http_requests_total", route="/docs/swagger.json", method="GET", status="200"
+    )
+    assert json_spec == 1
+    assert figure(text, "http_requests_total", route="unmatched", method="PUT", status="405") == 1
+
+
 async def test_request_id_is_taken_or_made_and_carried_into_the_job(
     make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

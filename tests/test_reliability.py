@@ -194,12 +194,15 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
     ]
     # Every route of the app is in one list or the other: a new route must be named here.
     public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]
+    # And the last route, which answers what no other matches (404/405 without the key).
+    unmatched = ("*", "/{path}")
     registered = {
         (r.method, r.resource.canonical)
         for r in client.server.app.router.routes()
         if r.resource is not None and not r.resource.canonical.startswith("/docs")
     }
-    assert len(registered) == len(protected) + len(public), registered
+    assert len(registered) == len(protected) + len(public) + 1, registered
+    assert unmatched in registered
     for method, path in protected:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret"}):
             denied = await client.request(method, path, json={"input": "hi"}, headers=headers)
@@ -213,6 +216,8 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
     for method, path in public:
         assert (await client.request(method, path)).status == 200, path
     assert (await client.get("/docs/")).status == 200
+    assert (await client.get("/no/such/route")).status == 404
+    assert (await client.get("/predict/batch")).status == 405
     assert (await client.get("/docs/swagger.json")).status == 200
     ok = await client.post(
         "/predict", json={"input": "hi"}, headers={"Authorization": "Bearer s3cret"}

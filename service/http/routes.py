@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import state
+from .answers import UNMATCHED, answered, unmatched
 from .docs import setup_docs
 from .health import live, ready
 from .jobs import cancel_prediction, get_prediction, prediction_events
@@ -32,17 +33,26 @@ ROUTES: list[tuple[web.RouteDef, bool]] = [
 ]
 
 
-def add_routes(app: web.Application, auth: bool) -> None:
-    """Adds every route and the Swagger page (its spec security follows ``auth``), and
-    notes which routes are public for the auth middleware."""
+def add_routes(app: web.Application, key: str = "") -> None:
+    """Adds every route, the Swagger page (its spec security follows ``key``) and, last,
+    the route that answers what no other matches with a JSON 404 or 405; then wraps every
+    handler in ``answered``: request ids, errors as JSON, metrics, and the API key (when
+    ``key`` is set) on every route not marked public."""
     public_handlers = {route.handler for route, public in ROUTES if public}
     app[state.OPENAPI_SPEC] = setup_docs(
-        app, [route for route, _ in ROUTES], public_handlers, auth=auth
+        app, [route for route, _ in ROUTES], public_handlers, auth=bool(key)
     )
-    # Matched by route object in the auth middleware.
-    app[state.PUBLIC_ROUTES] = frozenset(
-        route
-        for route in app.router.routes()
-        if route.handler in public_handlers
-        or (route.resource is not None and route.resource.canonical.startswith("/docs"))
-    )
+    app.router.add_route("*", "/{path:.*}", unmatched)
+    for route in app.router.routes():
+        resource = route.resource
+        assert resource is not None
+        if route.handler is unmatched:
+            label, needs_key = UNMATCHED, False
+        else:
+            label = resource.canonical
+            # The Swagger page and its spec (under /docs) are public too.
+            needs_key = route.handler not in public_handlers and not label.startswith("/docs")
+        # aiohttp has no public way to wrap a registered handler, and aiohttp-swagger3
+        # registers its own routes; tests/test_api.py checks that every route is wrapped.
+        wrapped = answered(route.handler, label, key if needs_key else "")
+        route._handler = wrapped  # type: ignore[assignment]
