@@ -70,6 +70,13 @@ def unavailable(exc: BaseException) -> str | None:
     return None
 
 
+def stream_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says a stream or its consumer group no longer exists: NOGROUP, or
+    (Redis 7) UNBLOCKED, the answer of a blocked read whose stream was deleted meanwhile."""
+    text = str(exc)
+    return "NOGROUP" in text or text.startswith("UNBLOCKED")
+
+
 class _CPacking(AbstractConnection):
     """Packs commands with hiredis' C packer. redis-py's asyncio connection packs them in
     Python, byte string by byte string: for the submit script of a few dozen coalesced

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import lua
-from .connection import REDIS_FAILURES
+from .connection import REDIS_FAILURES, stream_gone
 from .errors import InvalidInput
 from .job import stream_entries
 from .keys import Keys, Partitions
@@ -148,7 +148,7 @@ class Dispatcher:
                 GROUP, self._consumer, {keys.webhooks: ">"}, count, block=int(block * 1000)
             )
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not stream_gone(exc):
                 raise
             await self._create_group(keys)
             return []

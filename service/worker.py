@@ -12,7 +12,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from .batching import Batchers
-from .connection import REDIS_FAILURES, unavailable
+from .connection import REDIS_FAILURES, stream_gone, unavailable
 from .errors import InvalidInput, ModelUnavailable, NotFound, ShuttingDown
 from .job import RUNNABLE, Entry
 from .keys import Keys
@@ -262,7 +262,7 @@ class Worker:
                             "%s: %s (%s); retrying with backoff", self.consumer, reason, exc
                         )
                     outage = True
-                elif "NOGROUP" in str(exc):
+                elif stream_gone(exc):
                     log.warning("%s: stream or group was deleted; recreating it", self.consumer)
                     with contextlib.suppress(RedisError, OSError):
                         await self._queue.ensure_group()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from service import state
@@ -159,3 +161,28 @@ async def test_jobs_that_cannot_run_here_fail_alone_and_say_why(
     assert (gone["status"], invalid["status"]) == ("failed", "failed")
     assert gone["error"] == "Unknown model 'gone'."
     assert invalid["error"] == "The input does not fit the schema of model 'default'."
+
+
+async def test_a_stream_deleted_under_a_blocked_read_is_recreated_without_an_error(
+    make_client: ClientFactory, rds: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis 7 answers a read blocked on a stream that is deleted with UNBLOCKED (6.2 keeps
+    # it blocked until its time is up, then NOGROUP): either way the worker makes the
+    # stream and group again, says so in a warning, and goes on with new jobs.
+    caplog.set_level(logging.WARNING)
+    client = await make_client(model="tests.models:echo", read_block_ms=2000)
+
+    async def worker_blocked() -> bool:
+        return any(c.get("cmd") == "xreadgroup" for c in await rds.client_list())
+
+    await poll(worker_blocked)
+    await rds.delete("predictions")
+
+    async def recreated() -> bool:
+        return any("recreating" in r.getMessage() for r in caplog.records)
+
+    await poll(recreated)
+    prediction_id = await submit(client, "after the stream was deleted")
+    assert (await wait_final(client, prediction_id))["status"] == "done"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
