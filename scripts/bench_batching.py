@@ -3,7 +3,8 @@
 rows) against one row per call (as many calls at once as EXECUTOR_THREADS), on the sync
 path (32 concurrent clients) and the queued path (a drain), in interleaved rounds; and,
 first, the model alone in this process (rows/s at batch sizes 1, 32 and 64), the ceiling
-of what batching can buy on this machine.
+of what batching can buy on this machine. The same model on ONNX Runtime
+(examples/embedding_onnx.py, batched alike) takes part in every round: which is faster.
 
     scripts/bench --batching [--duration 10] [--connections 32] [--jobs 600] [--rounds 2]
 
@@ -14,6 +15,7 @@ bench-results/batching.json.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -31,14 +33,16 @@ from scripts.bench import drain, drive, load_tool, progress, server  # noqa: E40
 from service.embedded import RedisServer, free_port  # noqa: E402
 
 MODEL = "examples.embedding_model:Embedder"
+ONNX_MODEL = "examples.embedding_onnx:OnnxEmbedder"
 SENTENCE = "The delivery was quick, the box was intact and the product works as described."
 #: One row per call, as many calls at once as there are executor threads: no batching.
 ONE_ROW = {"max_batch_size": 1, "concurrency": 4}
 
 
-def models_file(folder: Path, knobs: dict[str, int]) -> Path:
-    path = folder / f"models-{'-'.join(f'{k}{v}' for k, v in knobs.items()) or 'own'}.toml"
-    lines = ["[models.default]", f'spec = "{MODEL}"']
+def models_file(folder: Path, knobs: dict[str, int], spec: str = MODEL) -> Path:
+    name = "-".join(f"{k}{v}" for k, v in knobs.items()) or "own"
+    path = folder / f"models-{spec.rpartition(':')[2]}-{name}.toml"
+    lines = ["[models.default]", f'spec = "{spec}"']
     lines += [f"{k} = {v}" for k, v in knobs.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -58,12 +62,16 @@ def load_args(doc: str) -> argparse.Namespace:
 def main() -> None:
     args = load_args(__doc__)
     folder = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    variants = {"batched": models_file(folder, {}), "one row": models_file(folder, ONE_ROW)}
+    variants = {
+        "batched": models_file(folder, {}),
+        "one row": models_file(folder, ONE_ROW),
+        "onnx batched": models_file(folder, {}, ONNX_MODEL),
+    }
     runs: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"sync": [], "queued": []} for v in variants
     }
-    progress("the model alone, in this process")
-    alone = model_alone()
+    progress("the model alone, in this process (PyTorch, then ONNX Runtime)")
+    alone = {"pytorch": model_alone(MODEL), "onnx": model_alone(ONNX_MODEL)}
     redis_server = RedisServer(folder / "redis", free_port())
     url = redis_server.start()
     try:
@@ -84,12 +92,11 @@ def main() -> None:
     report(runs, alone, args)
 
 
-def model_alone(seconds: float = 3.0) -> dict[int, float]:
+def model_alone(spec: str, seconds: float = 3.0) -> dict[int, float]:
     """Rows/s of the example's forward pass at batch sizes 1, 32 and 64, with no server."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from examples.embedding_model import Embedder
-
-    model = Embedder()
+    module, _, name = spec.partition(":")
+    model = getattr(importlib.import_module(module), name)()
     model.setup()
     rates = {}
     for size in (1, 32, 64):
@@ -109,7 +116,7 @@ def _warm(args: argparse.Namespace) -> argparse.Namespace:
 
 def report(
     runs: dict[str, dict[str, list[dict[str, float]]]],
-    alone: dict[int, float],
+    alone: dict[str, dict[int, float]],
     args: argparse.Namespace,
 ) -> None:
     def median(name: str, path: str, key: str) -> float:
@@ -130,11 +137,20 @@ def report(
         p99 = f"{median('batched', path, 'p99_ms'):.0f}" if path == "sync" else "-"
         results[path] = {"batched": batched, "one_row": single, "factor": batched / single}
         print(f"| {path} | {batched:,.1f} | {single:,.1f} | {batched / single:.2f}x | {p99} |")
-    print(
-        "\nthe model alone (no server): "
-        + ", ".join(f"batch {n}: {rate:,.1f} rows/s" for n, rate in alone.items())
-        + f"; batch 32 over batch 1: {alone[32] / alone[1]:.2f}x"
-    )
+    for runtime, rates in alone.items():
+        print(
+            f"\nthe model alone on {runtime} (no server): "
+            + ", ".join(f"batch {n}: {rate:,.1f} rows/s" for n, rate in rates.items())
+            + f"; batch 32 over batch 1: {rates[32] / rates[1]:.2f}x"
+        )
+    print("\n| path | PyTorch rows/s | ONNX Runtime rows/s | ONNX over PyTorch | ONNX p99 ms |")
+    print("|---|---|---|---|---|")
+    for path in ("sync", "queued"):
+        torch_rate, onnx_rate = median("batched", path, "rps"), median("onnx batched", path, "rps")
+        p99 = f"{median('onnx batched', path, 'p99_ms'):.0f}" if path == "sync" else "-"
+        results[path]["onnx"] = onnx_rate
+        factor = onnx_rate / torch_rate
+        print(f"| {path} | {torch_rate:,.1f} | {onnx_rate:,.1f} | {factor:.2f}x | {p99} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batching.json").write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out / 'batching.json'}")

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,29 @@ async def test_concurrent_requests_are_embedded_in_shared_forward_passes(
     calls = figure(text, "model_batch_size_count", model="default")
     rows = figure(text, "model_batch_size_sum", model="default")
     assert rows == 32 and calls <= 8, f"{calls:g} model calls for 32 rows"
+
+
+async def test_the_onnx_variant_gives_the_same_vectors_as_pytorch(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exported on first start (before ready) into EMBEDDING_ONNX, then only loaded.
+    graph = tmp_path / "minilm.onnx"
+    monkeypatch.setenv("EMBEDDING_ONNX", str(graph))
+    sentences = [
+        "A man is playing a guitar.",
+        "A much longer sentence, so that the other is padded.",
+    ]
+    onnx = await make_client(model="examples.embedding_onnx:OnnxEmbedder", workers=0)
+    assert graph.exists()
+    torch = await make_client(model=MODEL, workers=0)
+    for client_input in (sentences, sentences[0]):
+        got = []
+        for client in (onnx, torch):
+            resp = await client.post("/predict", json={"input": client_input})
+            assert resp.status == 200, await resp.text()
+            result = (await resp.json())["result"]
+            got.append(result.get("embeddings") or [result["embedding"]])
+        for a, b in zip(*got, strict=True):
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+    info = await (await onnx.get("/models/default")).json()
+    assert info["version"] == "all-MiniLM-L6-v2 (ONNX Runtime)"
