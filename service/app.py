@@ -55,5 +55,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
-    add_routes(app, key=settings.api_key or "")
+    add_routes(app, key=settings.api_key or "", admin_key=settings.admin_api_key or "")
     return app

@@ -55,6 +55,12 @@ class Unauthorized(ServiceError):
     status = 401
 
 
+class Forbidden(ServiceError):
+    """The route is off on this deployment (the admin routes without ADMIN_API_KEY)."""
+
+    status = 403
+
+
 class IdempotencyConflict(ServiceError):
     """An Idempotency-Key came back with a different request body."""
 

@@ -14,7 +14,8 @@ the same as a table):
   submit.lua.
 - `predictions:backlog`, a hash: jobs queued or running, by model (0 deleted). submit.lua
   raises it; finish.lua lowers it once per entry it acks.
-- `predictions:dead`, a stream of given-up jobs: `key`, `entry`, `reason`, `at`. mark.lua.
+- `predictions:dead`, a stream of given-up jobs: `key`, `entry`, `reason`, `at`. mark.lua
+  adds; replay.lua (and the admin purge) delete.
 - `predictions:webhooks`, a stream of deliveries due: `key` (and `attempt`, `since` on a
   retry), read through the group `webhooks`. finish.lua and release_due.lua add them.
 - `predictions:webhooks:retry`, a sorted set of failed deliveries
@@ -26,8 +27,9 @@ the same as a table):
 Record fields: `status` (see `Status`), `model`, `input` (JSON as submitted), `created_at`,
 `started_at`, `finished_at` (Unix seconds), `attempts` (deliveries started), `result`
 (JSON; `null` unless done), `error` (failed only), `request_id`, and with a webhook
-`webhook` and `webhook_events` (`done,failed`). A final record (done, failed, canceled) is
-never written again.
+`webhook` and `webhook_events` (`done,failed`); a dead letter's `dead_entry` (its id in the
+dead-letter stream) and, once replayed, `requeued_at`. A final record (done, failed,
+canceled) is never written again, but for an operator's replay of a dead letter.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from aiohttp import web
 from . import state
 from .batching import Batchers
 from .connection import REDIS_FAILURES, connect, server_version, unavailable
+from .dead_letters import DeadLetters
 from .delivery import Dispatcher
 from .durable import Durable
 from .embedded import RedisServer
@@ -150,6 +151,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[state.REDIS] = redis
     app[state.PARTITIONS] = partitions
     app[state.RESULTS] = results
+    app[state.DEAD_LETTERS] = DeadLetters(
+        redis, partitions, settings.result_ttl_seconds, version=version
+    )
     app[state.QUEUE] = queue
     app[state.LANE] = lane
     app[state.COMPLETIONS] = completions

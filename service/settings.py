@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         description="If set, every route but health, metrics and docs needs "
         "'Authorization: Bearer <API_KEY>'.",
     )
+    admin_api_key: str | None = Field(
+        None,
+        description="If set, the admin routes (/admin: dead letters) need "
+        "'Authorization: Bearer <ADMIN_API_KEY>'; unset, they answer 403.",
+    )
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,

@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from .batching import Batchers
+from .dead_letters import DeadLetters
 from .embedded import RedisServer
 from .executor import Executor
 from .keys import Partitions
@@ -36,6 +37,7 @@ EXECUTOR = web.AppKey("executor", Executor)
 QUEUE = web.AppKey("queue", JobQueue)
 LANE = web.AppKey("lane", DirectLane)
 RESULTS = web.AppKey("results", ResultStore)
+DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 COMPLETIONS = web.AppKey("completions", Completions)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

@@ -23,6 +23,7 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) ->
         LOG_LEVEL="ERROR",
         WEBHOOK_DELIVERIES="0",
         WEBHOOK_ALLOW_PRIVATE="true",
+        ADMIN_API_KEY="fuzz-admin",
     ) as base:
         st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
         out = subprocess.run(
@@ -36,6 +37,9 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(redis_url: str) ->
                 "40",
                 "--seed",
                 "20261126",
+                # The admin routes are fuzzed too (the other routes need no key here).
+                "--header",
+                "Authorization: Bearer fuzz-admin",
                 "--no-color",
                 # DELETE /predict/{id} cancels a job; the record stays readable (status
                 # canceled), which is what the contract asks, not a use after free.

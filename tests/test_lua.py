@@ -257,8 +257,19 @@ async def test_mark_moves_a_job_on(
     dead = await r.xrange(DEAD)
     if answer == b"dead":
         assert dead[0][1][b"key"] == rec(1).encode() and dead[0][1][b"entry"] == entry
+        assert got["dead_entry"] == dead[0][0].decode(), "the record knows its dead letter"
     else:
         assert dead == []
+
+
+@pytest.mark.parametrize(("requeued_at", "answer"), [(None, b"expired"), ("190", b"queued")])
+async def test_mark_counts_the_time_limit_from_a_replay(
+    r: Redis, requeued_at: str | None, answer: bytes
+) -> None:
+    fields = {"requeued_at": requeued_at} if requeued_at else {}
+    entry = await add_job(r, 1, "queued", **fields)  # created at 100; now is 200
+    reply = await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=50))
+    assert reply == [answer]
 
 
 @pytest.mark.parametrize("final", ["done", "failed", "canceled"])
@@ -465,3 +476,48 @@ async def test_retire_on_a_missing_stream_does_nothing(r: Redis) -> None:
     await r.delete(STREAM)
     assert await call(r, "retire", [STREAM], [GROUP, "x"]) == 0
     assert not await r.exists(STREAM)
+
+
+async def dead_job(r: Redis, i: int) -> bytes:
+    """A job mark.lua gave up on: its record failed, its letter in the dead stream."""
+    entry = await add_job(r, i, "processing", attempts=3)
+    await call(r, "mark", [DEAD, rec(i)], mark_args([entry]))
+    await r.xack(STREAM, GROUP, entry)
+    await r.xdel(STREAM, entry)
+    await r.hincrby(BACKLOG, "m", -1)
+    return (await r.xrange(DEAD))[-1][0]
+
+
+def replay_keys(*jobs: int) -> list[str]:
+    return [STREAM, DEAD, BACKLOG, *(rec(i) for i in jobs)]
+
+
+async def test_replay_queues_a_dead_job_again_once_under_its_id(r: Redis) -> None:
+    letter = await dead_job(r, 1)
+    args = [300, 60, letter, "1"]
+    assert await call(r, "replay", replay_keys(1), args) == [b"replayed"]
+    got = await record(r, 1)
+    assert got["status"] == "queued" and got["attempts"] == "0" and got["requeued_at"] == "300"
+    for gone in ("error", "result", "finished_at", "started_at", "dead_entry"):
+        assert gone not in got
+    assert got["created_at"] == "100", "the submission time stays"
+    ((_, fields),) = await r.xrange(STREAM)
+    assert fields == {b"id": b"1", b"model": b"m", b"input": b'"x"', b"rid": b"", b"at": b"300"}
+    assert await r.hget(BACKLOG, "m") == b"1"
+    assert await r.xlen(DEAD) == 0
+    # The same letter again (a repeated call, or a second operator at once): nothing.
+    assert await call(r, "replay", replay_keys(1), args) == [b"no"]
+    assert await r.xlen(STREAM) == 1 and await r.hget(BACKLOG, "m") == b"1"
+    assert (await record(r, 1))["status"] == "queued"
+
+
+async def test_replay_drops_the_letter_of_a_gone_or_no_longer_failed_record(r: Redis) -> None:
+    gone, moved = await dead_job(r, 1), await dead_job(r, 2)
+    await r.delete(rec(1))
+    await r.hset(rec(2), "status", "done")
+    before = await record(r, 2)
+    reply = await call(r, "replay", replay_keys(1, 2), [300, 60, gone, "1", moved, "2"])
+    assert reply == [b"gone", b"stale"]
+    assert await r.xlen(DEAD) == 0 and await r.xlen(STREAM) == 0
+    assert not await r.exists(rec(1)), "not recreated"
+    assert await record(r, 2) == before, "a final record is not rewritten"

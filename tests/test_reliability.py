@@ -196,13 +196,20 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
     public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]
     # And the last route, which answers what no other matches (404/405 without the key).
     unmatched = ("*", "/{path}")
+    # The admin routes need ADMIN_API_KEY instead (tests/test_admin.py).
+    admin = {
+        ("GET", "/admin/dead-letters"),
+        ("POST", "/admin/dead-letters/replay"),
+        ("POST", "/admin/dead-letters/{prediction_id}/replay"),
+        ("DELETE", "/admin/dead-letters"),
+    }
     registered = {
         (r.method, r.resource.canonical)
         for r in client.server.app.router.routes()
         if r.resource is not None and not r.resource.canonical.startswith("/docs")
     }
-    assert len(registered) == len(protected) + len(public) + 1, registered
-    assert unmatched in registered
+    assert len(registered) == len(protected) + len(public) + len(admin) + 1, registered
+    assert unmatched in registered and admin <= registered
     for method, path in protected:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret"}):
             denied = await client.request(method, path, json={"input": "hi"}, headers=headers)

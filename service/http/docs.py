@@ -22,12 +22,15 @@ def setup_docs(
     app: web.Application,
     routes: list[web.RouteDef],
     public: Collection[Callable[..., Any]] = (),
+    admin: Collection[Callable[..., Any]] = (),
     *,
     auth: bool = False,
+    admin_auth: bool = False,
 ) -> dict[str, Any]:
     """Adds ``routes`` with their docstring specs and the UI; answers the live spec dict.
-    With ``auth`` every operation whose handler is not ``public`` asks for the bearer key;
-    without it the spec shows no security at all (no Authorize button, no locks)."""
+    With ``auth`` every operation whose handler is neither ``public`` nor ``admin`` asks for
+    the bearer key, and with ``admin_auth`` the ``admin`` ones ask for the admin key;
+    without them the spec shows no such security (no Authorize button, no locks)."""
     docs = SwaggerDocs(
         app,
         validate=False,
@@ -49,14 +52,22 @@ def setup_docs(
     docs.spec_validate = None
     for route in routes:
         operation = spec["paths"][_spec_path(route.path)][route.method.lower()]
-        if auth and route.handler not in public:
+        if route.handler in admin:
+            if admin_auth:
+                operation["security"] = [{"admin": []}]
+        elif auth and route.handler not in public:
             operation["security"] = [{"bearer": []}]
         # Callbacks inline, not as $refs: client generators (openapi-python-client) do not
         # follow a $ref there.
         for name, callback in operation.get("callbacks", {}).items():
             operation["callbacks"][name] = resolved(spec, callback)
+    schemes = spec["components"]["securitySchemes"]
     if not auth:
-        spec["components"].pop("securitySchemes", None)
+        schemes.pop("bearer", None)
+    if not admin_auth:
+        schemes.pop("admin", None)
+    if not schemes:
+        spec["components"].pop("securitySchemes")
     return spec
 
 

@@ -29,7 +29,7 @@ def _wait_param(request: web.Request) -> float:
     return min(wait, request.app[state.SETTINGS].max_wait_seconds)
 
 
-def _parse_id(raw: str) -> str:
+def parse_id(raw: str) -> str:
     try:
         return str(uuid.UUID(raw))
     except ValueError:
@@ -59,7 +59,7 @@ async def get_prediction(request: web.Request) -> web.Response:
       "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
+    prediction_id = parse_id(request.match_info["prediction_id"])
     wait = _wait_param(request)
     if wait > 0:
         app = request.app
@@ -110,7 +110,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
       "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
+    prediction_id = parse_id(request.match_info["prediction_id"])
     results = request.app[state.RESULTS]
     record = await results.get(prediction_id)
     if record is None:
@@ -187,7 +187,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             schema: {$ref: "#/components/schemas/StatusConflict"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    prediction_id = _parse_id(request.match_info["prediction_id"])
+    prediction_id = parse_id(request.match_info["prediction_id"])
     results = request.app[state.RESULTS]
     before, record = await results.cancel(prediction_id, time.time())
     if not before or record is None:

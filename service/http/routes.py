@@ -5,6 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import state
+from .admin import (
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    replay_dead_letters,
+)
 from .answers import UNMATCHED, answered, unmatched
 from .docs import setup_docs
 from .health import live, ready
@@ -32,27 +38,45 @@ ROUTES: list[tuple[web.RouteDef, bool]] = [
     (web.get("/metrics", metrics, allow_head=False), True),
 ]
 
+#: The admin routes: they need ADMIN_API_KEY (and answer 403 when it is not set).
+ADMIN_ROUTES: list[web.RouteDef] = [
+    web.get("/admin/dead-letters", list_dead_letters, allow_head=False),
+    web.post("/admin/dead-letters/replay", replay_dead_letters),
+    web.post("/admin/dead-letters/{prediction_id}/replay", replay_dead_letter),
+    web.delete("/admin/dead-letters", purge_dead_letters),
+]
 
-def add_routes(app: web.Application, key: str = "") -> None:
+
+def add_routes(app: web.Application, key: str = "", admin_key: str = "") -> None:
     """Adds every route, the Swagger page (its spec security follows ``key``) and, last,
     the route that answers what no other matches with a JSON 404 or 405; then wraps every
     handler in ``answered``: request ids, errors as JSON, metrics, and the API key (when
-    ``key`` is set) on every route not marked public."""
+    ``key`` is set) on every route not marked public, ADMIN_API_KEY on the admin routes."""
     public_handlers = {route.handler for route, public in ROUTES if public}
+    admin_handlers = {route.handler for route in ADMIN_ROUTES}
     app[state.OPENAPI_SPEC] = setup_docs(
-        app, [route for route, _ in ROUTES], public_handlers, auth=bool(key)
+        app,
+        [route for route, _ in ROUTES] + ADMIN_ROUTES,
+        public_handlers,
+        admin_handlers,
+        auth=bool(key),
+        admin_auth=bool(admin_key),
     )
     app.router.add_route("*", "/{path:.*}", unmatched)
     for route in app.router.routes():
         resource = route.resource
         assert resource is not None
+        needed = key
         if route.handler is unmatched:
-            label, needs_key = UNMATCHED, False
+            label, needed = UNMATCHED, ""
         else:
             label = resource.canonical
-            # The Swagger page and its spec (under /docs) are public too.
-            needs_key = route.handler not in public_handlers and not label.startswith("/docs")
+            if route.handler in admin_handlers:
+                # Without ADMIN_API_KEY the handlers answer 403 themselves.
+                needed = admin_key
+            elif route.handler in public_handlers or label.startswith("/docs"):
+                needed = ""  # the Swagger page and its spec (under /docs) are public too
         # aiohttp has no public way to wrap a registered handler, and aiohttp-swagger3
-        # registers its own routes; tests/test_api.py checks that every route is wrapped.
-        wrapped = answered(route.handler, label, key if needs_key else "")
+        # registers its own routes; tests/test_ops.py checks that every route is wrapped.
+        wrapped = answered(route.handler, label, needed)
         route._handler = wrapped  # type: ignore[assignment]

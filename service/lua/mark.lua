@@ -8,7 +8,8 @@
 -- Per job, by its status:
 --   queued/processing, past its deadline (from submission): failed "timed out" ('expired');
 --   queued/processing, started max-deliveries times already: failed "gave up after N
---     deliveries", with a dead-letter entry giving the reason ('dead');
+--     deliveries", with a dead-letter entry giving the reason, whose id the record keeps
+--     as dead_entry (for replay.lua) ('dead');
 --   queued/processing otherwise: started (start_job); answers its status before;
 --   done/failed/canceled (a re-delivery, or canceled while queued), or gone: untouched.
 -- Jobs it ends are announced on the completions channel, jobs it starts on the started
@@ -21,11 +22,12 @@ local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, ended, started = {}, {}, {}
 for i = 2, #KEYS do
   local key = KEYS[i]
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at')
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at')
   local status = f[1]
   if status == 'queued' or status == 'processing' then
     local attempts = tonumber(f[2]) or 0
-    if timeout > 0 and now - (tonumber(f[3]) or now) > timeout then
+    -- The time limit counts from submission, or from a replay of a dead letter.
+    if timeout > 0 and now - (tonumber(f[4] or f[3]) or now) > timeout then
       redis.call('HSET', key, 'status', 'failed', 'result', 'null',
                  'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
                  'finished_at', ARGV[1])
@@ -37,8 +39,9 @@ for i = 2, #KEYS do
       redis.call('HSET', key, 'status', 'failed', 'result', 'null', 'error', reason,
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
-                 'entry', ARGV[6 + i], 'reason', reason, 'at', ARGV[1])
+      local dead = redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
+                              'entry', ARGV[6 + i], 'reason', reason, 'at', ARGV[1])
+      redis.call('HSET', key, 'dead_entry', dead)
       status = 'dead'
       ended[#ended + 1] = key
     else

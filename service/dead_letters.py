@@ -1,0 +1,138 @@
+"""Dead letters an operator can act on: list them (with reason and attempts), replay them
+(back on the queue with fresh attempts, under the same prediction id), purge them.
+
+A dead letter is an entry of a partition's dead-letter stream (`Keys.dead_letters`, written
+by mark.lua when a job was delivered too many times); its record is failed and keeps the
+entry's id (`dead_entry`). A replay (replay.lua) deletes the entry and queues the job again
+in one step, so a replay repeated, or run by two operators at once, queues a job once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import lua
+from .keys import Keys, Partitions
+
+#: Most dead letters one page lists, and one replay or purge call handles at a time (each
+#: call is one bounded script or command: Redis serves others in between).
+PAGE = 100
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode() if value is not None else ""
+
+
+class DeadLetters:
+    def __init__(
+        self,
+        redis: Redis,
+        partitions: Partitions,
+        ttl_seconds: int,
+        *,
+        version: tuple[int, ...] = (7,),
+    ) -> None:
+        self._redis = redis
+        self._partitions = partitions
+        self._ttl = ttl_seconds
+        self._replay = lua.register(redis, "replay", version)
+
+    async def count(self) -> int:
+        lengths = await asyncio.gather(
+            *(self._redis.xlen(keys.dead_letters) for keys in self._partitions.all)
+        )
+        return sum(lengths)
+
+    async def page(self, after: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` dead letters after the cursor ``after`` ('' for the first page),
+        oldest first, partition by partition; and the cursor of the next page (None at the
+        end). A cursor is '<partition>-<entry id>'."""
+        start_partition, _, start_entry = after.partition("-") if after else ("0", "", "")
+        items: list[dict[str, Any]] = []
+        for keys in self._partitions.all[int(start_partition) :]:
+            low = f"({start_entry}" if keys.index == int(start_partition) and start_entry else "-"
+            entries: Any = await self._redis.xrange(keys.dead_letters, low, "+", count=limit)
+            items += await self._describe(keys, entries)
+            if len(items) >= limit:
+                return items[:limit], f"{keys.index}-{items[limit - 1]['entry']}"
+            start_entry = ""
+        return items, None
+
+    async def _describe(self, keys: Keys, entries: list[Any]) -> list[dict[str, Any]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for _, fields in entries:
+            pipe.hmget(fields[b"key"], "model", "attempts", "request_id", "status")
+        records = await pipe.execute() if entries else []
+        out = []
+        for (entry_id, fields), (model, attempts, request_id, status) in zip(
+            entries, records, strict=True
+        ):
+            out.append(
+                {
+                    "prediction_id": keys.prediction_id(fields[b"key"]),
+                    "entry": entry_id.decode(),
+                    "reason": _text(fields.get(b"reason")),
+                    "dead_at": float(fields.get(b"at") or 0),
+                    "model": _text(model) or None,
+                    "attempts": int(attempts) if attempts is not None else None,
+                    "request_id": _text(request_id) or None,
+                    # None once the record expired: such a letter can only be purged.
+                    "status": _text(status) or None,
+                }
+            )
+        return out
+
+    async def replay(self, keys: Keys, letters: list[tuple[str, str]], now: float) -> list[str]:
+        """Queues again the jobs of (dead-letter entry id, prediction id) pairs of one
+        partition; answers each one's outcome ('replayed', 'no', 'gone', 'stale': see
+        replay.lua)."""
+        if not letters:
+            return []
+        args: list[Any] = [repr(now), self._ttl]
+        for entry, prediction_id in letters:
+            args += [entry, prediction_id]
+        answers = await self._replay(
+            keys=[keys.stream, keys.dead_letters, keys.backlog]
+            + [keys.record(p) for _, p in letters],
+            args=args,
+        )
+        return [a.decode() for a in answers]
+
+    async def replay_one(self, prediction_id: str, now: float) -> str | None:
+        """Replays one job by its id; None when it has no record."""
+        keys = self._partitions.of(prediction_id)
+        fields: Any = await self._redis.hmget(keys.record(prediction_id), "status", "dead_entry")
+        status, entry = fields
+        if status is None:
+            return None
+        if entry is None:
+            return "no"
+        (answer,) = await self.replay(keys, [(entry.decode(), prediction_id)], now)
+        return answer
+
+    async def replay_all(self, now: float) -> dict[str, int]:
+        """Replays every dead letter, a page at a time; counts the outcomes."""
+        counts = {"replayed": 0, "gone": 0, "stale": 0, "no": 0}
+        for keys in self._partitions.all:
+            while True:
+                entries: Any = await self._redis.xrange(keys.dead_letters, "-", "+", count=PAGE)
+                if not entries:
+                    break
+                letters = [(e.decode(), keys.prediction_id(f[b"key"])) for e, f in entries]
+                for answer in await self.replay(keys, letters, now):
+                    counts[answer] += 1
+        return counts
+
+    async def purge(self) -> int:
+        """Deletes every dead letter (their failed records stay until they expire)."""
+        purged = 0
+        for keys in self._partitions.all:
+            while True:
+                found: Any = await self._redis.xrange(keys.dead_letters, "-", "+", count=PAGE)
+                if not found:
+                    break
+                purged += await self._redis.xdel(keys.dead_letters, *(e for e, _ in found))
+        return purged

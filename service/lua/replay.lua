@@ -1,0 +1,41 @@
+-- replay: dead-lettered jobs go back on the queue (an operator's admin call).
+--
+-- KEYS: the stream, the dead-letter stream, the backlog hash (jobs queued or running, by
+--   model), then one record key per job.
+-- ARGV: now, record TTL (s), then two per job: its dead-letter entry id, its prediction id.
+-- Per job:
+--   its dead-letter entry is still there (XDEL removes it) and its record is failed:
+--     the record is queued again (attempts 0, requeued_at now: the job time limit counts
+--     from here; result, error and the times of the last run removed), a new stream entry
+--     is added and the backlog raised: 'replayed';
+--   its dead-letter entry is still there but the record is gone (expired), or no longer
+--     failed: the entry is removed, nothing queued: 'gone' or 'stale';
+--   its dead-letter entry is gone (replayed or purged already): nothing: 'no'.
+-- Returns: per job its answer.
+-- Never: queues a job twice for one dead letter (the XDEL decides, so a replay repeated
+--   or run by two callers at once queues it once), or touches a key it was not given.
+local now, ttl = ARGV[1], ARGV[2]
+local out = {}
+for i = 4, #KEYS do
+  local key, at = KEYS[i], 3 + (i - 4) * 2
+  local dead_entry, id = ARGV[at], ARGV[at + 1]
+  if redis.call('XDEL', KEYS[2], dead_entry) == 0 then
+    out[#out + 1] = 'no'
+  else
+    local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id')
+    if not f[1] then
+      out[#out + 1] = 'gone'
+    elseif f[1] ~= 'failed' then
+      out[#out + 1] = 'stale'
+    else
+      redis.call('HDEL', key, 'result', 'error', 'started_at', 'finished_at', 'dead_entry')
+      redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'requeued_at', now)
+      redis.call('EXPIRE', key, ttl)
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'model', f[2], 'input', f[3],
+                 'rid', f[4] or '', 'at', now)
+      redis.call('HINCRBY', KEYS[3], f[2], 1)
+      out[#out + 1] = 'replayed'
+    end
+  end
+end
+return out
