@@ -17,7 +17,8 @@ the same as a table):
 - `predictions:dead`, a stream of given-up jobs: `key`, `entry`, `reason`, `at`. mark.lua
   adds; replay.lua (and the admin purge) delete.
 - `predictions:webhooks`, a stream of deliveries due: `key` (and `attempt`, `since` on a
-  retry), read through the group `webhooks`. finish.lua and release_due.lua add them.
+  retry), read through the group `webhooks`. finish.lua, mark.lua (the jobs it fails) and
+  release_due.lua add them.
 - `predictions:webhooks:retry`, a sorted set of failed deliveries
   (`key|attempt|since`) by retry time. delivery.py adds; release_due.lua moves back.
 - `predictions:done` and `predictions:started`, pub/sub channels of record keys,

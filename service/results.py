@@ -51,7 +51,8 @@ class ResultStore:
         each job's previous status, b"expired" or b"dead" (b"" when its record is gone).
         See RUNNABLE.
         """
-        keys = [partition.dead_letters] + [partition.record(p) for p, _ in jobs]
+        keys = [partition.dead_letters, partition.webhooks]
+        keys += [partition.record(p) for p, _ in jobs]
         args: list[Any] = [
             repr(now),
             self._ttl,

@@ -250,7 +250,7 @@ async def test_mark_moves_a_job_on(
     after: dict[str, str],
 ) -> None:
     entry = await add_job(r, 1, status, **fields)
-    reply = await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=job_timeout))
+    reply = await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry], timeout=job_timeout))
     assert reply == [answer]
     got = await record(r, 1)
     assert {k: got.get(k) for k in after} == after
@@ -262,13 +262,29 @@ async def test_mark_moves_a_job_on(
         assert dead == []
 
 
+@pytest.mark.parametrize(
+    ("events", "posted"), [("done,failed", True), ("failed", True), ("done", False), (None, False)]
+)
+@pytest.mark.parametrize("attempts", [0, 3])  # ended for its deadline, or dead-lettered
+async def test_mark_queues_the_webhook_of_a_job_it_ends_when_its_events_say_failed(
+    r: Redis, events: str | None, posted: bool, attempts: int
+) -> None:
+    hook = {"webhook": "http://h/x", "webhook_events": events} if events else {}
+    entry = await add_job(r, 1, "queued", attempts=attempts, **hook)
+    timeout = 50 if attempts == 0 else 0
+    reply = await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry], timeout=timeout))
+    assert reply == [b"expired" if attempts == 0 else b"dead"]
+    deliveries = [fields for _, fields in await r.xrange(HOOKS)]
+    assert deliveries == ([{b"key": rec(1).encode()}] if posted else [])
+
+
 @pytest.mark.parametrize(("requeued_at", "answer"), [(None, b"expired"), ("190", b"queued")])
 async def test_mark_counts_the_time_limit_from_a_replay(
     r: Redis, requeued_at: str | None, answer: bytes
 ) -> None:
     fields = {"requeued_at": requeued_at} if requeued_at else {}
     entry = await add_job(r, 1, "queued", **fields)  # created at 100; now is 200
-    reply = await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=50))
+    reply = await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry], timeout=50))
     assert reply == [answer]
 
 
@@ -276,12 +292,14 @@ async def test_mark_counts_the_time_limit_from_a_replay(
 async def test_mark_never_touches_a_final_record(r: Redis, final: str) -> None:
     entry = await add_job(r, 1, final, result="7", attempts=3)
     before = await record(r, 1)
-    assert await call(r, "mark", [DEAD, rec(1)], mark_args([entry], timeout=1)) == [final.encode()]
+    assert await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry], timeout=1)) == [
+        final.encode()
+    ]
     assert await record(r, 1) == before
 
 
 async def test_mark_of_a_record_that_is_gone_answers_empty_and_recreates_nothing(r: Redis) -> None:
-    assert await call(r, "mark", [DEAD, rec("gone")], mark_args([b"1-1"])) == [b""]
+    assert await call(r, "mark", [DEAD, HOOKS, rec("gone")], mark_args([b"1-1"])) == [b""]
     assert not await r.exists(rec("gone"))
 
 
@@ -481,7 +499,7 @@ async def test_retire_on_a_missing_stream_does_nothing(r: Redis) -> None:
 async def dead_job(r: Redis, i: int) -> bytes:
     """A job mark.lua gave up on: its record failed, its letter in the dead stream."""
     entry = await add_job(r, i, "processing", attempts=3)
-    await call(r, "mark", [DEAD, rec(i)], mark_args([entry]))
+    await call(r, "mark", [DEAD, HOOKS, rec(i)], mark_args([entry]))
     await r.xack(STREAM, GROUP, entry)
     await r.xdel(STREAM, entry)
     await r.hincrby(BACKLOG, "m", -1)

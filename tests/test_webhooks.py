@@ -137,6 +137,25 @@ async def test_the_final_record_is_posted_signed(
     assert record["status"] == "done" and record["output"]["result"] == {"echo": 7}
 
 
+async def test_a_job_that_times_out_before_running_is_posted_as_failed(
+    make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
+) -> None:
+    # mark.lua ends it, not finish.lua: its webhook is sent all the same.
+    rec, url = receiver
+    client = await make_client(**hook_settings(workers=0, job_timeout_seconds=5))
+    prediction_id = await submit_with_hook(client, url)
+    await rds.hset(f"prediction:{prediction_id}", "created_at", "1000.0")  # long ago
+    await make_client(**hook_settings(job_timeout_seconds=5))  # a replica that works
+
+    async def delivered() -> bool:
+        return bool(rec.calls)
+
+    await poll(delivered)
+    record = json.loads(rec.calls[0][1])
+    assert record["status"] == "failed" and record["error"].startswith("timed out")
+    assert record["prediction_id"] == prediction_id
+
+
 async def test_a_failed_delivery_is_retried_until_it_lands(
     make_client: ClientFactory, rds: Redis, receiver: tuple[Receiver, str]
 ) -> None:

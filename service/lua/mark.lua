@@ -1,7 +1,8 @@
 -- mark: a worker's batch is about to run; move each job on (one call per batch).
 -- flags: allow-oom
 --
--- KEYS: the dead-letter stream, then one record key per job of the batch.
+-- KEYS: the dead-letter stream, the webhook deliveries stream, then one record key per job
+--   of the batch.
 -- ARGV: now, record TTL (s), max deliveries, job timeout (s, 0: none), completions
 --   channel, started channel, the command to announce with (PUBLISH, or SPUBLISH on a
 --   cluster), then per job its stream entry id.
@@ -12,15 +13,15 @@
 --     as dead_entry (for replay.lua) ('dead');
 --   queued/processing otherwise: started (start_job); answers its status before;
 --   done/failed/canceled (a re-delivery, or canceled while queued), or gone: untouched.
--- Jobs it ends are announced on the completions channel, jobs it starts on the started
--- channel.
+-- Jobs it ends are announced on the completions channel (and get a webhook delivery when
+-- they have a webhook whose events name 'failed'), jobs it starts on the started channel.
 -- Returns: per job its status before ('' when the record is gone), or 'expired'/'dead'.
 -- Never: touches a final record.
 --! include start_job.lua
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
 local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, ended, started = {}, {}, {}
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local key = KEYS[i]
   local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at')
   local status = f[1]
@@ -40,7 +41,7 @@ for i = 2, #KEYS do
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       local dead = redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
-                              'entry', ARGV[6 + i], 'reason', reason, 'at', ARGV[1])
+                              'entry', ARGV[5 + i], 'reason', reason, 'at', ARGV[1])
       redis.call('HSET', key, 'dead_entry', dead)
       status = 'dead'
       ended[#ended + 1] = key
@@ -49,7 +50,13 @@ for i = 2, #KEYS do
       started[#started + 1] = key
     end
   end
-  out[i - 1] = status or ''
+  if status == 'expired' or status == 'dead' then
+    local hook = redis.call('HMGET', key, 'webhook', 'webhook_events')
+    if hook[1] and string.find(',' .. (hook[2] or '') .. ',', ',failed,', 1, true) then
+      redis.call('XADD', KEYS[2], '*', 'key', key)
+    end
+  end
+  out[i - 2] = status or ''
 end
 if #ended > 0 then redis.call(ARGV[7], ARGV[5], table.concat(ended, ',')) end
 if #started > 0 then redis.call(ARGV[7], ARGV[6], table.concat(started, ',')) end
