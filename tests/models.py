@@ -6,7 +6,9 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 calls: Counter[str] = Counter()
 batch_sizes: list[int] = []
@@ -200,3 +202,19 @@ class OneAtATime:
 
     def predict(self, text: str) -> str:
         return self.predict_batch([text])[0]
+
+
+def _buggy_check(value: Any) -> Any:
+    if value == "bug":
+        raise RuntimeError("a bug in the input check")  # not a ValueError: pydantic lets it out
+    return value
+
+
+class BuggyCheck:
+    """A model whose input check has a bug for the input 'bug': an unexpected exception in
+    a request's handling, which must become a plain 500 for that request alone."""
+
+    input_type = Annotated[str, BeforeValidator(_buggy_check)]
+
+    def predict(self, value: str) -> str:
+        return value

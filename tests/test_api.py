@@ -3,10 +3,14 @@ section it holds: "Predicting", "Reading a job", "Errors")."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 import pytest
 from redis.asyncio import Redis
+
+from service import state
 
 from .helpers import ClientFactory, pending, poll, queued, record_key, submit, wait_final
 
@@ -114,6 +118,37 @@ async def test_model_failure_sync_is_500_json(make_client: ClientFactory) -> Non
     body = await resp.json()
     assert body["error"].startswith("Prediction failed: ")
     assert "the model exploded" in body["error"]
+
+
+async def test_an_unexpected_error_is_a_plain_500_logged_with_its_traceback(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(model="tests.models:BuggyCheck")
+    caplog.set_level(logging.ERROR, logger="service.http.answers")
+    resp = await client.post("/predict", json={"input": "bug"})
+    assert resp.status == 500
+    assert await resp.json() == {"error": "Internal server error."}  # nothing of the bug
+    (line,) = caplog.records
+    assert line.getMessage() == "unhandled error in POST /predict"
+    assert line.exc_info is not None and "a bug in the input check" in str(line.exc_info[1])
+    fine = await client.post("/predict", json={"input": "fine"})
+    assert fine.status == 200 and (await fine.json())["result"] == "fine"
+
+
+async def test_reads_of_many_jobs_in_several_partitions_come_back_each_to_its_own(
+    make_client: ClientFactory,
+) -> None:
+    # Concurrent GETs are read together, one script call per partition: every answer must
+    # go back to the request that asked, whichever partition its job is in.
+    client = await make_client(model="tests.models:echo", queue_partitions=3)
+    ids = [await submit(client, f"job {i}") for i in range(12)]
+    partitions = client.server.app[state.PARTITIONS]
+    assert len({partitions.of(p).index for p in ids}) > 1
+    records = [await wait_final(client, p) for p in ids]
+    assert [r["output"]["input"] for r in records] == [f"job {i}" for i in range(12)]
+    answers = await asyncio.gather(*(client.get(f"/predict/{p}") for p in ids * 2))
+    got = [(await a.json())["prediction_id"] for a in answers]
+    assert got == ids * 2
 
 
 @pytest.mark.modes("single", "cluster")
