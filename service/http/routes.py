@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .. import state
 from .admin import (
+    admin_off,
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letter,
@@ -66,17 +67,17 @@ def add_routes(app: web.Application, key: str = "", admin_key: str = "") -> None
     for route in app.router.routes():
         resource = route.resource
         assert resource is not None
-        needed = key
-        if route.handler is unmatched:
+        handler, needed = route.handler, key
+        if handler is unmatched:
             label, needed = UNMATCHED, ""
         else:
             label = resource.canonical
-            if route.handler in admin_handlers:
-                # Without ADMIN_API_KEY the handlers answer 403 themselves.
-                needed = admin_key
-            elif route.handler in public_handlers or label.startswith("/docs"):
+            if handler in admin_handlers:
+                # Without ADMIN_API_KEY they are off: 403, whatever was sent.
+                handler, needed = (handler, admin_key) if admin_key else (admin_off, "")
+            elif handler in public_handlers or label.startswith("/docs"):
                 needed = ""  # the Swagger page and its spec (under /docs) are public too
         # aiohttp has no public way to wrap a registered handler, and aiohttp-swagger3
         # registers its own routes; tests/test_ops.py checks that every route is wrapped.
-        wrapped = answered(route.handler, label, needed)
+        wrapped = answered(handler, label, needed)
         route._handler = wrapped  # type: ignore[assignment]
