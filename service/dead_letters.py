@@ -97,6 +97,7 @@ class DeadLetters:
             args += [entry, prediction_id]
         answers = await self._replay(
             keys=[keys.stream, keys.dead_letters, keys.backlog]
+            + [keys.priorities[0].stream, keys.priorities[2].stream]
             + [keys.record(p) for _, p in letters],
             args=args,
         )

@@ -80,6 +80,8 @@ class NewJob:
     webhook_events: str = ""
     #: Someone on this replica waits for it (Prefer: wait): it may take the direct lane.
     waited: bool = False
+    #: "high", "normal" or "low": which of its partition's streams it is queued on.
+    priority: str = "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,15 @@ def stream_entries(reply: Any) -> list[Any]:
     if isinstance(reply, dict):
         return next(iter(reply.values()))
     return reply[0][1]
+
+
+def script_entries(raw: list[Any]) -> list[Any]:
+    """Stream entries as a script answers them ([id, [field, value, ...]], or [id, None]
+    for one deleted while pending) in the shape redis-py gives XREADGROUP's."""
+    return [
+        (entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None)
+        for entry_id, flat in raw
+    ]
 
 
 def parse_entries(raw: list[Any]) -> list[Entry]:

@@ -3,7 +3,9 @@
 The queue is one or more partitions. A partition is one stream with its consumer group,
 and every key a script touches for the jobs of that partition: their records, their
 idempotency keys, its dead letters and webhook deliveries, its channels. All of them
-share one hash tag, so on a Redis Cluster each script call stays in one slot. A job's
+share one hash tag, so on a Redis Cluster each script call stays in one slot. A partition
+has three streams, one per priority (`PRIORITIES`: high, normal, low), read through
+consumer groups of the same name; every other key of the partition serves all three. A job's
 partition is a pure function of its prediction id (`Partitions.of`), so any replica
 finds its record without a look-up.
 
@@ -14,15 +16,19 @@ earlier versions (`predictions`, `prediction:<id>`), so an existing queue is kep
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .ids import new_id
 from .settings import Settings
 
+#: The priorities of queued jobs, highest first; a partition has one stream each.
+PRIORITIES = ("high", "normal", "low")
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The names of one partition's keys."""
+    """The names of one partition's keys, seen from one of its priorities (the stream is
+    that priority's; every other key is the partition's)."""
 
     #: "predictions", or "{predictions:<tag>}" for a partition with a hash tag.
     base: str
@@ -31,11 +37,18 @@ class Keys:
     #: The command the scripts announce with: PUBLISH, or SPUBLISH on a cluster.
     publish: str = "PUBLISH"
     index: int = 0
+    #: "normal" (the stream named ``base``, as before priorities), "high" or "low".
+    priority: str = "normal"
 
     @property
     def stream(self) -> str:
-        """The stream of queued jobs."""
-        return self.base
+        """The stream of queued jobs of this priority."""
+        return self.base if self.priority == "normal" else f"{self.base}:{self.priority}"
+
+    @property
+    def priorities(self) -> tuple[Keys, Keys, Keys]:
+        """The partition seen from each of its priorities, highest first."""
+        return tuple(replace(self, priority=p) for p in PRIORITIES)  # type: ignore[return-value]
 
     @property
     def backlog(self) -> str:

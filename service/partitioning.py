@@ -71,14 +71,15 @@ async def open_partitions(redis: Redis, settings: Settings, cluster: bool) -> Pa
 async def _refuse_over_a_plain_queue(redis: Redis, settings: Settings, count: int) -> None:
     """A queue made before partitions (the plain stream) holding work is not left behind."""
     try:
-        waiting = await redis.xlen(settings.stream)
+        plain = Partitions.single(settings)[0].priorities
+        waiting = sum([await redis.xlen(keys.stream) for keys in plain])
     except RedisError:
         return
     if waiting:
         raise PartitionMismatch(
-            f"QUEUE_PARTITIONS={count}, but the stream {settings.stream!r} of a one-partition "
-            f"queue holds {waiting} entries. Drain it with QUEUE_PARTITIONS=1 first (the "
-            "README says how to change the count safely)."
+            f"QUEUE_PARTITIONS={count}, but the one-partition queue {settings.stream!r} "
+            f"holds {waiting} entries. Drain it with QUEUE_PARTITIONS=1 first (the README "
+            "says how to change the count safely)."
         )
 
 

@@ -1,4 +1,5 @@
-"""The work queue: one Redis Stream read through one consumer group."""
+"""The work queue: Redis Streams (per partition one for each priority) read through
+consumer groups."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from . import lua
 from .coalesce import Coalescer
 from .durable import Durable
 from .errors import IdempotencyConflict, QueueFull
-from .job import Entry, NewJob, deleted_ids, parse_entries, stream_entries
-from .keys import Keys, Partitions
+from .job import Entry, NewJob
+from .keys import PRIORITIES, Keys, Partitions
+from .reads import Reader
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ class Lane(Protocol):
 
 
 class JobQueue:
-    """Submits jobs (concurrent submits coalesced: one script call per partition), reads
-    entries for workers, takes over idle ones, keeps long ones claimed. With a ``lane``, a
+    """Submits jobs (concurrent submits coalesced: one script call per partition), makes
+    the workers' readers (`service.reads`), keeps long jobs claimed. With a ``lane``, a
     submit holding a job someone here waits for may be delivered straight to this replica.
 
     ``max_queue`` bounds each partition's stream (MAX_QUEUE divided among partitions)."""
@@ -63,12 +65,13 @@ class JobQueue:
         self._submit_script = lua.register(redis, "submit", version)
         self._hand_back = lua.register(redis, "hand_back", version)
         self._retire = lua.register(redis, "retire", version)
+        self._take = lua.register(redis, "take", version)
         self._submits: Coalescer[NewJob, str] = Coalescer(self._write_all)
 
     async def ensure_group(self) -> None:
-        """Creates every partition's stream and group if missing; from id 0 so no queued
+        """Creates every partition's streams and groups if missing; from id 0 so no queued
         job is skipped."""
-        for keys in self.partitions.all:
+        for keys in (k for p in self.partitions.all for k in p.priorities):
             try:
                 await self._redis.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
                 log.info("created consumer group %s on stream %s", keys.group, keys.stream)
@@ -101,6 +104,8 @@ class JobQueue:
         partition = self.partitions.of(jobs[0].prediction_id)
         if any(self.partitions.of(job.prediction_id) is not partition for job in jobs):
             raise ValueError("a bulk submit's jobs must share one partition")
+        if any(job.priority != jobs[0].priority for job in jobs):
+            raise ValueError("a bulk submit's jobs must share one priority")
         replies = await self._write(partition, jobs, whole=True)
         if any(r == "full" for r in replies):
             raise QueueFull(f"The queue cannot take {len(jobs)} more jobs; try again shortly.")
@@ -114,15 +119,17 @@ class JobQueue:
         ]
 
     async def _write_all(self, jobs: list[NewJob]) -> list[str]:
-        """One flush of coalesced submits: one script call per partition they fall in."""
+        """One flush of coalesced submits: one script call per partition and priority they
+        fall in."""
         partitions = self.partitions
-        if len(partitions) == 1:
+        if len(partitions) == 1 and all(job.priority == "normal" for job in jobs):
             return await self._write(partitions[0], jobs)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, str], list[int]] = {}
         for position, job in enumerate(jobs):
-            groups.setdefault(partitions.of(job.prediction_id).index, []).append(position)
+            where = (partitions.of(job.prediction_id).index, job.priority)
+            groups.setdefault(where, []).append(position)
         answers = await asyncio.gather(
-            *(self._write(partitions[p], [jobs[i] for i in at]) for p, at in groups.items())
+            *(self._write(partitions[p], [jobs[i] for i in at]) for (p, _), at in groups.items())
         )
         out = [""] * len(jobs)
         for at, replies in zip(groups.values(), answers, strict=True):
@@ -131,9 +138,20 @@ class JobQueue:
         return out
 
     async def _write(self, partition: Keys, jobs: list[NewJob], whole: bool = False) -> list[str]:
-        keys = [partition.stream]
+        """Queues ``jobs``, all of one partition and one priority: one script call."""
+        priority = jobs[0].priority
+        streams = partition.priorities
+        chosen = streams[PRIORITIES.index(priority)]
+        partition = chosen  # the direct lane acks on the stream the jobs are queued on
+        keys = [chosen.stream] + [s.stream for s in streams if s is not chosen]
         now = time.time()
-        args: list[Any] = [self._ttl, self._limit, "1" if whole else "0", repr(now)]
+        args: list[Any] = [
+            self._ttl,
+            self._limit,
+            "1" if whole else "0",
+            repr(now),
+            "" if priority == "normal" else priority,
+        ]
         idempotency: list[str] = []
         for job in jobs:
             keys.append(partition.record(job.prediction_id))
@@ -142,7 +160,7 @@ class JobQueue:
                 index = 0
                 if job.idempotency_key:
                     idempotency.append(partition.idempotency(job.idempotency_key))
-                    index = len(jobs) + 1 + len(idempotency)  # its place in KEYS (from 1)
+                    index = len(jobs) + 3 + len(idempotency)  # its place in KEYS (from 1)
                 extras = [index, job.body_digest, job.webhook, job.webhook_events]
                 args.append(orjson.dumps(extras))
             else:
@@ -176,29 +194,19 @@ class JobQueue:
                 return ["ok"] * len(jobs)
         return [r.decode() for r in replies]
 
-    async def read(
-        self,
-        keys: Keys,
-        consumer: str,
-        count: int,
-        block_ms: int | None,
-        *,
-        own_pending: bool = False,
-    ) -> list[Entry]:
-        """New entries of partition ``keys`` for ``consumer`` (or its own unacked ones with
-        ``own_pending``)."""
-        reply = await self._redis.xreadgroup(
-            keys.group,
+    def reader(
+        self, partition: Keys, consumer: str, batch_size: int, block_ms: int, visibility_ms: int
+    ) -> Reader:
+        """The reads of a worker, ``consumer`` of ``partition`` (see `service.reads`)."""
+        return Reader(
+            self._redis,
+            self._take,
+            partition,
             consumer,
-            {keys.stream: "0" if own_pending else ">"},
-            count=count,
-            block=None if own_pending else block_ms,
+            batch_size=batch_size,
+            block_ms=block_ms,
+            visibility_ms=visibility_ms,
         )
-        raw = stream_entries(reply)
-        gone = deleted_ids(raw)
-        if gone:
-            await self._redis.xack(keys.stream, keys.group, *gone)
-        return parse_entries(raw)
 
     async def heartbeat(self, keys: Keys, consumer: str, entry_ids: list[bytes]) -> None:
         """Resets the idle time of ``consumer``'s in-flight entries (XCLAIM to itself), so
@@ -219,40 +227,13 @@ class JobQueue:
         return int(await self._hand_back(keys=names, args=args))
 
     async def retire(self, consumers: Sequence[str]) -> None:
-        """Deletes these consumers (a stopping replica's) from every partition's group where
+        """Deletes these consumers (a stopping replica's) from every stream's group where
         they hold nothing pending (see retire.lua)."""
         if consumers:
             await asyncio.gather(
                 *(
                     self._retire(keys=[keys.stream], args=[keys.group, *consumers])
-                    for keys in self.partitions.all
+                    for partition in self.partitions.all
+                    for keys in partition.priorities
                 )
             )
-
-    async def reclaim(self, keys: Keys, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
-        """Takes over entries other consumers left idle longer than ``min_idle_ms``.
-
-        XAUTOCLAIM answers [cursor, entries] on Redis 6.2 and [cursor, entries, deleted ids]
-        on 7.x; the cursor is followed until ``count`` entries are found or it returns to 0.
-        """
-        claimed: list[Entry] = []
-        cursor: Any = "0-0"
-        while len(claimed) < count:
-            reply = await self._redis.xautoclaim(
-                keys.stream,
-                keys.group,
-                consumer,
-                min_idle_ms,
-                start_id=cursor,
-                count=count - len(claimed),
-            )
-            cursor, raw = reply[0], reply[1]
-            gone = deleted_ids(raw)
-            if gone:
-                await self._redis.xack(keys.stream, keys.group, *gone)
-            claimed.extend(parse_entries(raw))
-            if cursor in (b"0-0", "0-0"):
-                break
-        if claimed:
-            log.info("%s reclaimed %d idle entries", consumer, len(claimed))
-        return claimed

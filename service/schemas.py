@@ -55,13 +55,24 @@ class WebhookFields(BaseModel):
     ]
 
 
-class PredictRequest(WebhookFields):
+class SubmitFields(WebhookFields):
+    """What a submit may carry beside its input(s): a webhook, and the jobs' priority (a
+    sync request that gives one, even "normal", is refused: see `given_priority`)."""
+
+    priority: Literal["high", "normal", "low"] = "normal"
+
+    def given_priority(self) -> str:
+        """The priority the body gave ("" when it gave none)."""
+        return self.priority if "priority" in self.model_fields_set else ""
+
+
+class PredictRequest(SubmitFields):
     """Body of POST /predict. The input's own type is checked by the model's schema."""
 
     input: Any
 
 
-class BulkRequest(WebhookFields):
+class BulkRequest(SubmitFields):
     """Body of POST /predict/batch (each input is checked by the model's schema)."""
 
     inputs: list[Any]

@@ -54,52 +54,32 @@ class Worker:
         self._batchers = batchers
         self._metrics = metrics
         self.consumer = consumer
-        self._batch_size = batch_size
-        self._block_ms = block_ms
         self._visibility_ms = int(visibility_timeout * 1000)
         self._job_timeout = job_timeout
         self._completions = completions
-        self._reclaim_every = visibility_timeout / 2
-        self._next_reclaim = 0.0
-        self._own_pending_done = False
+        self._reader = queue.reader(partition, consumer, batch_size, block_ms, self._visibility_ms)
         self._stopping = asyncio.Event()
 
     async def step(self) -> int:
-        """Reads one batch (own pending first, then new, then idle ones of others) and runs it."""
-        keys = self.partition
-        if not self._own_pending_done:
-            entries = await self._queue.read(
-                keys, self.consumer, self._batch_size, None, own_pending=True
-            )
-            if not entries:
-                self._own_pending_done = True
-                return 0
-        else:
-            entries = []
-            now = time.monotonic()
-            if now >= self._next_reclaim:
-                self._next_reclaim = now + self._reclaim_every
-                entries = await self._queue.reclaim(
-                    keys, self.consumer, self._visibility_ms, self._batch_size
-                )
-            if not entries:
-                entries = await self._queue.read(
-                    keys, self.consumer, self._batch_size, self._block_ms
-                )
-        if entries:
-            await self.process(entries)
-        return len(entries)
+        """Reads the next entries (see `service.reads`) and runs them, a batch per stream
+        they came from; answers how many."""
+        batches = await self._reader.next()
+        for keys, entries in batches:
+            await self.process(entries, keys)
+        return sum(len(entries) for _, entries in batches)
 
-    async def process(self, entries: list[Entry]) -> None:
+    async def process(self, entries: list[Entry], keys: Keys | None = None) -> None:
         """Marks the batch processing (one script call), runs what may run, then writes the
-        final records and acks every entry of the batch (one more call)."""
+        final records and acks every entry of the batch (one more call). ``keys``: those
+        of the stream the entries came from (the partition's normal one if not given)."""
+        partition = keys or self.partition
         prior = await self._results.mark_processing(
-            self.partition, [(e.prediction_id, e.entry_id) for e in entries], time.time()
+            partition, [(e.prediction_id, e.entry_id) for e in entries], time.time()
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         self._report_given_up(entries, prior)
         # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
-        await self._run(self.partition, runnable, entries)
+        await self._run(partition, runnable, entries)
 
     async def run_started(self, partition: Keys, entries: list[Entry]) -> None:
         """Runs a batch of ``partition`` that submit.lua started already (the direct lane):
@@ -266,7 +246,7 @@ class Worker:
                     log.warning("%s: stream or group was deleted; recreating it", self.consumer)
                     with contextlib.suppress(RedisError, OSError):
                         await self._queue.ensure_group()
-                    self._own_pending_done = False
+                    self._reader.restart()
                     continue
                 else:
                     log.exception("%s: Redis refused a command", self.consumer)
@@ -276,7 +256,7 @@ class Worker:
                 # The batch's entries stay pending here: read them again (a delivery each)
                 # once the model can run again.
                 log.warning("%s: %s", self.consumer, exc.message)
-                self._own_pending_done = False
+                self._reader.restart()
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception as exc:

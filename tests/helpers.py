@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from service import state
 from service.embedded import free_port
-from service.keys import Partitions
+from service.keys import Keys, Partitions
 from service.resources import make_worker
 from service.worker import Worker
 
@@ -163,15 +163,20 @@ def partitions_of(client: TestClient) -> Partitions:
     return client.server.app[state.PARTITIONS]
 
 
+def streams_of(client: TestClient) -> list[Keys]:
+    """Every stream of the client's queue: each partition's, of each priority."""
+    return [keys for p in partitions_of(client).all for keys in p.priorities]
+
+
 async def queued(rds: Redis, client: TestClient) -> int:
-    """Entries in every partition's stream (waiting or running)."""
-    return sum([await rds.xlen(k.stream) for k in partitions_of(client).all])
+    """Entries in every stream (waiting or running)."""
+    return sum([await rds.xlen(k.stream) for k in streams_of(client)])
 
 
 async def pending(rds: Redis, client: TestClient) -> int:
-    """Entries delivered and not yet acked, over every partition."""
+    """Entries delivered and not yet acked, over every stream."""
     total = 0
-    for keys in partitions_of(client).all:
+    for keys in streams_of(client):
         if await rds.exists(keys.stream):
             total += (await rds.xpending(keys.stream, keys.group))["pending"]
     return total

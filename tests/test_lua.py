@@ -17,6 +17,7 @@ STREAM, GROUP = "predictions", "workers"
 DEAD, HOOKS, RETRY = "predictions:dead", "predictions:webhooks", "predictions:webhooks:retry"
 DONE, STARTED = "predictions:done", "predictions:started"
 BACKLOG = "predictions:backlog"
+HIGH, LOW = "predictions:high", "predictions:low"
 DECOYS = {"decoy:string": "x", "prediction:decoy": "y"}
 
 
@@ -76,10 +77,15 @@ async def add_job(r: Redis, i: int | str, status: str = "queued", **fields: Any)
 
 
 def submit_args(
-    jobs: list[tuple[str, str]], *, limit: int = 0, whole: bool = False, lane: bool = False
+    jobs: list[tuple[str, str]],
+    *,
+    limit: int = 0,
+    whole: bool = False,
+    lane: bool = False,
+    priority: str = "",
 ) -> list[Any]:
     """ARGV of submit.lua for jobs given as (id, extras)."""
-    args: list[Any] = [60, limit, "1" if whole else "0", "100.5"]
+    args: list[Any] = [60, limit, "1" if whole else "0", "100.5", priority]
     for job_id, extras in jobs:
         args += [job_id, "m", f'"{job_id}"', "rid", extras]
     if lane:
@@ -91,11 +97,11 @@ def submit_args(
 
 
 async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Redis) -> None:
-    extras = json.dumps([4, "digest", "http://h/x", "done"])
+    extras = json.dumps([6, "digest", "http://h/x", "done"])
     reply = await call(
         r,
         "submit",
-        [STREAM, rec("a"), rec("b"), "predictions:idem:k", BACKLOG],
+        [STREAM, HIGH, LOW, rec("a"), rec("b"), "predictions:idem:k", BACKLOG],
         submit_args([("a", ""), ("b", extras)]),
     )
     assert reply == 2
@@ -139,10 +145,10 @@ async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
     await add_job(r, "other-job")
     if setup == "record exists":
         await r.hset(rec("a"), mapping={"status": "done", "result": "1"})
-    keys = [STREAM, rec("a")]
+    keys = [STREAM, HIGH, LOW, rec("a")]
     if extras:
         keys.append("predictions:idem:k")
-        extras = json.dumps([3, extras, "", ""])
+        extras = json.dumps([5, extras, "", ""])
     keys.append(BACKLOG)
     before = await snapshot(r)
     reply = await call(r, "submit", keys, submit_args([("a", extras)], limit=limit))
@@ -152,7 +158,7 @@ async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
 
 async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     await add_job(r, "waiting")
-    keys = [STREAM, rec("a"), rec("b"), BACKLOG]
+    keys = [STREAM, HIGH, LOW, rec("a"), rec("b"), BACKLOG]
     before = await snapshot(r)
     assert await call(
         r, "submit", keys, submit_args([("a", ""), ("b", "")], limit=2, whole=True)
@@ -162,7 +168,7 @@ async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     # 'conflict' unless they match too.
     await r.set("predictions:idem:k#0", "first|d")
     keys[-1:] = ["predictions:idem:k#0", "predictions:idem:k#1", BACKLOG]
-    jobs = [("a", json.dumps([4, "d", "", ""])), ("b", json.dumps([5, "d", "", ""]))]
+    jobs = [("a", json.dumps([6, "d", "", ""])), ("b", json.dumps([7, "d", "", ""]))]
     before = await snapshot(r)
     assert await call(r, "submit", keys, submit_args(jobs, whole=True)) == [
         b"dup:first",
@@ -173,7 +179,7 @@ async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
 
 async def test_the_lane_starts_and_delivers_when_nothing_waits_undelivered(r: Redis) -> None:
     reply = await call(
-        r, "submit", [STREAM, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
+        r, "submit", [STREAM, HIGH, LOW, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
     )
     count, entry_ids = reply
     assert count == 1 and len(entry_ids) == 1
@@ -190,11 +196,67 @@ async def test_the_lane_starts_and_delivers_when_nothing_waits_undelivered(r: Re
 async def test_the_lane_keeps_queue_order_behind_a_backlog(r: Redis) -> None:
     await add_job(r, "older")  # undelivered
     reply = await call(
-        r, "submit", [STREAM, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
+        r, "submit", [STREAM, HIGH, LOW, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
     )
     assert reply == 1, "queued as usual"
     assert (await record(r, "a"))["status"] == "queued"
     assert (await r.xpending(STREAM, GROUP))["pending"] == 0
+
+
+async def test_the_lane_waits_behind_a_backlog_of_another_priority(r: Redis) -> None:
+    await r.xgroup_create(HIGH, GROUP, id="0", mkstream=True)
+    await r.xadd(HIGH, {"id": "urgent", "model": "m", "input": '"x"', "rid": "", "at": 1})
+    reply = await call(
+        r, "submit", [STREAM, HIGH, LOW, rec("a"), BACKLOG], submit_args([("a", "")], lane=True)
+    )
+    assert reply == 1, "queued as usual, behind the high job"
+    assert (await r.xpending(STREAM, GROUP))["pending"] == 0
+
+
+async def test_submit_at_a_priority_writes_its_stream_and_counts_every_stream(r: Redis) -> None:
+    keys = [HIGH, STREAM, LOW, rec("a"), BACKLOG]
+    assert await call(r, "submit", keys, submit_args([("a", "")], priority="high")) == 1
+    assert [f[b"id"] for _, f in await r.xrange(HIGH)] == [b"a"]
+    assert await r.xlen(STREAM) == 0
+    assert (await record(r, "a"))["priority"] == "high"
+    # The limit is of the three streams together.
+    low_keys = [LOW, HIGH, STREAM, rec("b"), BACKLOG]
+    reply = await call(r, "submit", low_keys, submit_args([("b", "")], limit=1, priority="low"))
+    assert reply == [b"full"] and not await r.exists(LOW)
+    # Jobs of one call count too: one place left, two jobs, the second is 'full'.
+    keys = [STREAM, HIGH, LOW, rec("c"), rec("d"), BACKLOG]
+    reply = await call(r, "submit", keys, submit_args([("c", ""), ("d", "")], limit=2))
+    assert reply == [b"ok", b"full"] and await r.xlen(STREAM) == 1
+
+
+# -- take ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting", "count", "expected"),
+    [
+        ({}, 4, [[], [], []]),
+        ({HIGH: 2, STREAM: 3, LOW: 1}, 4, [["h0", "h1"], ["n0", "n1"], []]),
+        ({STREAM: 3, LOW: 5}, 4, [[], ["n0", "n1", "n2"], ["l0"]]),
+        ({HIGH: 6, LOW: 1}, 4, [["h0", "h1", "h2", "h3"], [], []]),
+    ],
+)
+async def test_take_fills_a_batch_from_the_streams_in_the_order_given(
+    r: Redis, waiting: dict[str, int], count: int, expected: list[list[str]]
+) -> None:
+    for stream in (HIGH, LOW):
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    prefix = {HIGH: "h", STREAM: "n", LOW: "l"}
+    for stream, n in waiting.items():
+        for i in range(n):
+            await r.xadd(stream, {"id": f"{prefix[stream]}{i}"})
+    reply = await call(r, "take", [HIGH, STREAM, LOW], [GROUP, "me", count])
+    got = [[dict(zip(f[::2], f[1::2], strict=True))[b"id"].decode() for _, f in s] for s in reply]
+    assert got == expected
+    for stream, answered in zip((HIGH, STREAM, LOW), expected, strict=True):
+        # Exactly what it answered is now pending, delivered to "me"; the rest waits.
+        pending = await r.xpending_range(stream, GROUP, "-", "+", 10)
+        assert [p["consumer"] for p in pending] == [b"me"] * len(answered)
 
 
 # -- mark ------------------------------------------------------------------------------------
@@ -507,7 +569,7 @@ async def dead_job(r: Redis, i: int) -> bytes:
 
 
 def replay_keys(*jobs: int) -> list[str]:
-    return [STREAM, DEAD, BACKLOG, *(rec(i) for i in jobs)]
+    return [STREAM, DEAD, BACKLOG, HIGH, LOW, *(rec(i) for i in jobs)]
 
 
 async def test_replay_queues_a_dead_job_again_once_under_its_id(r: Redis) -> None:
@@ -527,6 +589,14 @@ async def test_replay_queues_a_dead_job_again_once_under_its_id(r: Redis) -> Non
     assert await call(r, "replay", replay_keys(1), args) == [b"no"]
     assert await r.xlen(STREAM) == 1 and await r.hget(BACKLOG, "m") == b"1"
     assert (await record(r, 1))["status"] == "queued"
+
+
+async def test_replay_queues_a_job_on_the_stream_of_its_priority(r: Redis) -> None:
+    letter = await dead_job(r, 1)
+    await r.hset(rec(1), "priority", "low")
+    assert await call(r, "replay", replay_keys(1), [300, 60, letter, "1"]) == [b"replayed"]
+    assert [f[b"id"] for _, f in await r.xrange(LOW)] == [b"1"]
+    assert await r.xlen(STREAM) == 0 and await r.xlen(HIGH) == 0
 
 
 async def test_replay_drops_the_letter_of_a_gone_or_no_longer_failed_record(r: Redis) -> None:

@@ -82,13 +82,18 @@ def idempotency_key(request: web.Request) -> str:
     return raw
 
 
-def body_digest(model: str, value: Any, webhook: str = "", events: str = "") -> str:
+def body_digest(
+    model: str, value: Any, webhook: str = "", events: str = "", priority: str = "normal"
+) -> str:
     """What makes two submits 'the same request' for an Idempotency-Key: the model, the
-    input and, when there is one, the webhook and its events (a submit without a webhook
-    digests as it did before webhooks existed, so keys stored then still match)."""
+    input and, when there is one, the webhook and its events, and a priority other than
+    normal (a submit without them digests as it did before they existed, so keys stored
+    then still match)."""
     canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     if webhook:
         canonical += f"\0{webhook}\0{events}".encode()
+    if priority != "normal":
+        canonical += f"\0priority={priority}".encode()
     return hashlib.sha256(model.encode() + b"\0" + canonical).hexdigest()[:32]
 
 
@@ -123,11 +128,13 @@ def check_json(request: web.Request) -> None:
 
 
 class PredictBody(NamedTuple):
-    """A checked predict body ("" and () when it names no webhook)."""
+    """A checked predict body ("" and () when it names no webhook; priority "" when it
+    gives none)."""
 
     input: Any
     webhook: str = ""
     webhook_events: tuple[str, ...] = ()
+    priority: str = ""
 
 
 class BulkBody(NamedTuple):
@@ -136,6 +143,7 @@ class BulkBody(NamedTuple):
     inputs: list[Any]
     webhook: str = ""
     webhook_events: tuple[str, ...] = ()
+    priority: str = ""
 
 
 def parse_predict_body(raw: bytes) -> PredictBody:
@@ -146,9 +154,10 @@ def parse_predict_body(raw: bytes) -> PredictBody:
     body = _validated(
         PredictRequest,
         data,
-        "The body must be a JSON object with 'input' (and optionally 'webhook', 'webhook_events').",
+        "The body must be a JSON object with 'input' (and optionally 'webhook', "
+        "'webhook_events', 'priority').",
     )
-    return PredictBody(body.input, body.webhook, tuple(body.webhook_events))
+    return PredictBody(body.input, body.webhook, tuple(body.webhook_events), body.given_priority())
 
 
 def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
@@ -162,9 +171,14 @@ def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
             BulkRequest,
             data,
             "The body must be a JSON object with 'inputs' (and optionally 'webhook', "
-            "'webhook_events').",
+            "'webhook_events', 'priority').",
         )
-        body = BulkBody(checked.inputs, checked.webhook, tuple(checked.webhook_events))
+        body = BulkBody(
+            checked.inputs,
+            checked.webhook,
+            tuple(checked.webhook_events),
+            checked.given_priority(),
+        )
     if not 1 <= len(body.inputs) <= most:
         raise InvalidInput(
             f"'inputs' must hold 1 to {most} inputs.",

@@ -43,6 +43,11 @@ async def predict(request: web.Request) -> web.Response:
     body = parse_predict_body(await read_body(request, settings.body_timeout_seconds))
     raw = body.input
     value = model.validate(raw)
+    if body.priority and not queued:
+        raise InvalidInput(
+            "A priority orders queued jobs; a sync request (Async-Mode: false) runs at once.",
+            [{"loc": ["priority"], "msg": "only with Async-Mode: true", "type": "priority"}],
+        )
     if body.webhook:
         if not queued:
             raise InvalidInput(
@@ -52,6 +57,7 @@ async def predict(request: web.Request) -> web.Response:
         await check_url(body.webhook, settings)
     if queued:
         events = ",".join(body.webhook_events) if body.webhook else ""
+        priority = body.priority or "normal"
         job = NewJob(
             # With a key, in the key's partition: the key and its record share a slot.
             app[state.PARTITIONS].new_id(key),
@@ -59,10 +65,11 @@ async def predict(request: web.Request) -> web.Response:
             orjson.dumps(raw),
             request[state.REQUEST_ID],
             key,
-            body_digest(model.name, raw, body.webhook, events) if key else "",
+            body_digest(model.name, raw, body.webhook, events, priority) if key else "",
             body.webhook,
             events,
             waited=wait > 0,
+            priority=priority,
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)
@@ -188,9 +195,10 @@ async def predict_batch(request: web.Request) -> web.Response:
         await check_url(body.webhook, settings)
     request_id = request[state.REQUEST_ID]
     events = ",".join(body.webhook_events)
+    priority = body.priority or "normal"
     # An Idempotency-Key names the whole request: each job keeps '<key>#<index>' with the
     # digest of the whole body, so a repeat answers the same ids and another body is a 409.
-    digest = body_digest(model.name, inputs, body.webhook, events) if key else ""
+    digest = body_digest(model.name, inputs, body.webhook, events, priority) if key else ""
     # All in one partition (one atomic script call): the key's, or any.
     partitions = app[state.PARTITIONS]
     partition = partitions.of(partitions.new_id(key)).index
@@ -204,6 +212,7 @@ async def predict_batch(request: web.Request) -> web.Response:
             digest,
             body.webhook,
             events,
+            priority=priority,
         )
         for index, value in enumerate(inputs)
     ]

@@ -1,13 +1,14 @@
 -- replay: dead-lettered jobs go back on the queue (an operator's admin call).
 --
--- KEYS: the stream, the dead-letter stream, the backlog hash (jobs queued or running, by
---   model), then one record key per job.
+-- KEYS: the normal-priority stream, the dead-letter stream, the backlog hash (jobs queued
+--   or running, by model), the high- and the low-priority streams, then one record key per
+--   job.
 -- ARGV: now, record TTL (s), then two per job: its dead-letter entry id, its prediction id.
 -- Per job:
 --   its dead-letter entry is still there (XDEL removes it) and its record is failed:
 --     the record is queued again (attempts 0, requeued_at now: the job time limit counts
---     from here; result, error and the times of the last run removed), a new stream entry
---     is added and the backlog raised: 'replayed';
+--     from here; result, error and the times of the last run removed), a new entry is
+--     added to the stream of its priority and the backlog raised: 'replayed';
 --   its dead-letter entry is still there but the record is gone (expired), or no longer
 --     failed: the entry is removed, nothing queued: 'gone' or 'stale';
 --   its dead-letter entry is gone (replayed or purged already): nothing: 'no'.
@@ -16,13 +17,14 @@
 --   or run by two callers at once queues it once), or touches a key it was not given.
 local now, ttl = ARGV[1], ARGV[2]
 local out = {}
-for i = 4, #KEYS do
-  local key, at = KEYS[i], 3 + (i - 4) * 2
+local streams = {high = KEYS[4], low = KEYS[5]}
+for i = 6, #KEYS do
+  local key, at = KEYS[i], 3 + (i - 6) * 2
   local dead_entry, id = ARGV[at], ARGV[at + 1]
   if redis.call('XDEL', KEYS[2], dead_entry) == 0 then
     out[#out + 1] = 'no'
   else
-    local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id')
+    local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id', 'priority')
     if not f[1] then
       out[#out + 1] = 'gone'
     elseif f[1] ~= 'failed' then
@@ -31,7 +33,7 @@ for i = 4, #KEYS do
       redis.call('HDEL', key, 'result', 'error', 'started_at', 'finished_at', 'dead_entry')
       redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'requeued_at', now)
       redis.call('EXPIRE', key, ttl)
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'model', f[2], 'input', f[3],
+      redis.call('XADD', streams[f[5]] or KEYS[1], '*', 'id', id, 'model', f[2], 'input', f[3],
                  'rid', f[4] or '', 'at', now)
       redis.call('HINCRBY', KEYS[3], f[2], 1)
       out[#out + 1] = 'replayed'

@@ -1,10 +1,12 @@
 -- submit: queue jobs (one coalesced call for many concurrent submits, or one bulk submit).
 --
--- KEYS: the stream; then one record key per job (N jobs); then the idempotency keys of the
---   jobs that carry one, in job order; last, the backlog hash (jobs queued or running, by
---   model).
--- ARGV: record TTL (s), queue limit (0: none), '1' for all-or-none (a bulk submit), the
---   created time of every job; then five per job: prediction id, model, input (JSON),
+-- KEYS: the stream of the jobs' priority, then the partition's two other priority streams
+--   (counted against the limit); then one record key per job (N jobs); then the
+--   idempotency keys of the jobs that carry one, in job order; last, the backlog hash (jobs
+--   queued or running, by model).
+-- ARGV: record TTL (s), queue limit (0: none; for the three streams together), '1' for
+--   all-or-none (a bulk submit), the created time of every job, their priority ('' for
+--   normal, else kept in each record for a replay); then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
 --   body digest, webhook URL or '', webhook events 'done,failed']); optionally four more
 --   for the direct lane: group, lane consumer, started channel, the command to announce
@@ -12,19 +14,26 @@
 -- Per job, in order:
 --   its record exists already (a client retry of this very call): 'ok', left as it is;
 --   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
---   the stream holds `limit` entries: 'full';
+--   the partition's streams hold `limit` entries: 'full';
 --   else: record (queued), stream entry and idempotency key written: 'ok'.
 -- Nothing is written for a job that is not 'ok'; all-or-none writes nothing unless every
--- job is new and fits. With the lane arguments and nothing waiting undelivered, the jobs
--- are started (start_job) and delivered to the lane consumer in the same call.
+-- job is new and fits. With the lane arguments and nothing waiting undelivered in any of
+-- the three streams, the jobs are started (start_job) and delivered to the lane consumer
+-- in the same call.
 -- Returns: the number of jobs when all are 'ok', else the list of answers; with the lane,
 --   {that, entry ids ('' for a job not written)}.
 -- Never: rewrites an existing record, or touches a key it was not given.
 --! include no_backlog.lua
 --! include start_job.lua
 local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
-local jobs = #ARGV >= 4 and math.floor((#ARGV - 4) / 5) or 0
-local function arg(i, k) return ARGV[4 + (i - 1) * 5 + k] end
+local priority = ARGV[5]
+local jobs = #ARGV >= 5 and math.floor((#ARGV - 5) / 5) or 0
+local function arg(i, k) return ARGV[5 + (i - 1) * 5 + k] end
+-- Jobs in the partition's three streams, counted once; the loop below adds its own.
+local waiting = 0
+if limit > 0 then
+  waiting = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3])
+end
 local function extras(i)
   local raw = arg(i, 5)
   if raw == '' then return 0, '', '', '' end
@@ -52,22 +61,27 @@ if whole then
     end
   end
   if known_any then return answers end
-  if limit > 0 and redis.call('XLEN', KEYS[1]) + jobs > limit then
+  if limit > 0 and waiting + jobs > limit then
     for i = 1, jobs do out[i] = 'full' end
     return out
   end
 end
 
-local lane = #ARGV > 4 + 5 * jobs
+local lane = #ARGV > 5 + 5 * jobs
 local group, consumer, started_channel, publish
 if lane then
-  local b = 5 + 5 * jobs
+  local b = 6 + 5 * jobs
   group, consumer, started_channel, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  -- Straight to the lane only while none of the partition's streams has jobs waiting: a
+  -- job never overtakes one of its own or a higher priority this way.
   lane = no_backlog(KEYS[1], group)
+  for k = 2, 3 do
+    lane = lane and (redis.call('EXISTS', KEYS[k]) == 0 or no_backlog(KEYS[k], group))
+  end
 end
 local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
-  local key = KEYS[i + 1]
+  local key = KEYS[i + 3]
   local idem, digest, webhook, events = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
@@ -83,7 +97,7 @@ for i = 1, jobs do
       out[i] = 'conflict'
     end
     all_ok = false
-  elseif limit > 0 and redis.call('XLEN', KEYS[1]) >= limit then
+  elseif limit > 0 and waiting >= limit then
     out[i] = 'full'
     all_ok = false
   else
@@ -93,6 +107,7 @@ for i = 1, jobs do
     if webhook ~= '' then
       redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
     end
+    if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
     redis.call('EXPIRE', key, ttl)
     if lane then
       start_job(key, now)
@@ -100,6 +115,7 @@ for i = 1, jobs do
     end
     entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
                               'input', input, 'rid', rid, 'at', now)
+    waiting = waiting + 1
     if not queued[model] then models[#models + 1] = model end
     queued[model] = (queued[model] or 0) + 1
     if idem > 0 then redis.call('SET', KEYS[idem], id .. '|' .. digest, 'EX', ttl) end

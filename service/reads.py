@@ -1,0 +1,170 @@
+"""What a worker reads next from its partition's streams: after a (re)start its own
+unacked entries, now and then entries other consumers left idle, else new ones by
+priority."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from .job import Entry, deleted_ids, parse_entries, script_entries, stream_entries
+from .keys import Keys
+
+log = logging.getLogger(__name__)
+
+#: Entries to run, each list with the keys of the stream it came from.
+Batches = list[tuple[Keys, list[Entry]]]
+
+
+class Reader:
+    """The reads of one consumer of one partition (``next()``), and what decides them.
+
+    New entries are read by priority: a batch is filled from the high stream, then the
+    normal one, then the low one (take.lua, one round trip), except that one turn in eight
+    starts from normal and one from low, so a steady flow of higher-priority jobs slows the
+    lower ones without stopping them: each gets at least one batch in eight of every worker
+    while it has jobs. When a read comes back short, the next one waits on all three
+    streams at once (one blocking XREADGROUP, up to a batch from each).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        take: AsyncScript,
+        partition: Keys,
+        consumer: str,
+        *,
+        batch_size: int,
+        block_ms: int,
+        visibility_ms: int,
+    ) -> None:
+        self._redis = redis
+        self._take = take
+        self._streams = partition.priorities
+        self.consumer = consumer
+        self._size = batch_size
+        self._block_ms = block_ms
+        self._visibility_ms = visibility_ms
+        self._reclaim_every = visibility_ms / 2000
+        self._next_reclaim = 0.0
+        self._own_pending_done = False
+        self._turn = 0
+        self._backlog = True  # until a read comes back short
+
+    def restart(self) -> None:
+        """Reads this consumer's own pending entries first again (a batch left pending, or
+        the streams recreated)."""
+        self._own_pending_done = False
+
+    async def next(self) -> Batches:
+        """The next entries to run ([] for none): own pending ones until there are none
+        (that pass answers []), idle ones of others every half visibility timeout, else
+        new ones."""
+        if not self._own_pending_done:
+            for keys in self._streams:
+                entries = await self._own_pending(keys)
+                if entries:
+                    return [(keys, entries)]
+            self._own_pending_done = True
+            return []
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self._reclaim_every
+            batches = [(keys, await self._reclaim(keys)) for keys in self._streams]
+            batches = [(keys, entries) for keys, entries in batches if entries]
+            if batches:
+                return batches
+        batches = await self._fill(self._order()) if self._backlog else []
+        if not batches:
+            batches = await self._wait()
+        self._backlog = sum(len(entries) for _, entries in batches) >= self._size
+        return batches
+
+    def _order(self) -> tuple[Keys, ...]:
+        """The streams in the order the next batch is filled from (see the class)."""
+        self._turn = turn = (self._turn + 1) % 8
+        high, normal, low = self._streams
+        if turn == 3:
+            return (normal, high, low)
+        if turn == 7:
+            return (low, normal, high)
+        return self._streams
+
+    async def _fill(self, streams: tuple[Keys, ...]) -> Batches:
+        """Up to a batch in all, from the first of ``streams`` on; never blocks."""
+        reply: Any = await self._take(
+            keys=[k.stream for k in streams], args=[streams[0].group, self.consumer, self._size]
+        )
+        return await self._parse(streams, [script_entries(r) for r in reply])
+
+    async def _wait(self) -> Batches:
+        """Waits up to the block time for any stream; up to a batch from each."""
+        streams = self._streams
+        reply = await self._redis.xreadgroup(
+            streams[0].group,
+            self.consumer,
+            {k.stream: ">" for k in streams},
+            count=self._size,
+            block=self._block_ms,
+        )
+        if not reply:
+            return []
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        found = {name if isinstance(name, bytes) else name.encode(): raw for name, raw in pairs}
+        return await self._parse(streams, [found.get(k.stream.encode(), []) for k in streams])
+
+    async def _parse(self, streams: tuple[Keys, ...], raws: list[list[Any]]) -> Batches:
+        out = []
+        for keys, raw in zip(streams, raws, strict=True):
+            if raw:
+                await self._ack_deleted(keys, raw)
+                entries = parse_entries(raw)
+                if entries:
+                    out.append((keys, entries))
+        return out
+
+    async def _ack_deleted(self, keys: Keys, raw: list[Any]) -> None:
+        """Acks entries deleted while pending (a read shows them without fields)."""
+        gone = deleted_ids(raw)
+        if gone:
+            await self._redis.xack(keys.stream, keys.group, *gone)
+
+    async def _own_pending(self, keys: Keys) -> list[Entry]:
+        """This consumer's entries of one stream delivered and never acked (a restart)."""
+        reply = await self._redis.xreadgroup(
+            keys.group, self.consumer, {keys.stream: "0"}, count=self._size
+        )
+        raw = stream_entries(reply)
+        await self._ack_deleted(keys, raw)
+        return parse_entries(raw)
+
+    async def _reclaim(self, keys: Keys) -> list[Entry]:
+        """Takes over entries of one stream that other consumers left idle longer than the
+        visibility timeout.
+
+        XAUTOCLAIM answers [cursor, entries] on Redis 6.2 and [cursor, entries, deleted ids]
+        on 7.x; the cursor is followed until a batch is found or it returns to 0.
+        """
+        claimed: list[Entry] = []
+        cursor: Any = "0-0"
+        while len(claimed) < self._size:
+            reply = await self._redis.xautoclaim(
+                keys.stream,
+                keys.group,
+                self.consumer,
+                self._visibility_ms,
+                start_id=cursor,
+                count=self._size - len(claimed),
+            )
+            cursor, raw = reply[0], reply[1]
+            await self._ack_deleted(keys, raw)
+            claimed.extend(parse_entries(raw))
+            if cursor in (b"0-0", "0-0"):
+                break
+        if claimed:
+            log.info("%s reclaimed %d idle entries", self.consumer, len(claimed))
+        return claimed
