@@ -242,6 +242,9 @@ class Worker:
                             "%s: %s (%s); retrying with backoff", self.consumer, reason, exc
                         )
                     outage = True
+                    # A read whose answer was lost (Redis went away, or failed over, as it
+                    # answered) left entries pending on this consumer: read them first.
+                    self._reader.restart()
                 elif stream_gone(exc):
                     log.warning("%s: stream or group was deleted; recreating it", self.consumer)
                     with contextlib.suppress(RedisError, OSError):

@@ -17,12 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connection import connect
 from service.embedded import RedisServer, free_port
 from service.redis_url import parse as parse_redis_url
+from service.resources import make_worker
 
 from .helpers import ClientFactory, poll, submit, wait_final
 
@@ -67,6 +69,36 @@ async def test_a_redis_outage_is_503_then_everything_works_again(
             if "Redis is unreachable" in r.getMessage() and r.name == "service.worker"
         ]
         assert len(outage_lines) == 1, "one line per outage, not per attempt"
+    finally:
+        server.stop()
+
+
+async def test_entries_of_a_read_whose_answer_was_lost_run_after_the_outage(
+    make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "redis", free_port())
+    url = server.start()
+    try:
+        client = await make_client(redis_url=url, model="tests.models:echo", workers=0)
+        worker = make_worker(client.server.app, "w", block_ms=50, visibility_timeout=60)
+        assert await worker.step() == 0  # its own pending entries: none
+        prediction_id = await submit(client, "delivered, answer lost")
+        # A read delivered it to this worker, and the answer never arrived: it is pending
+        # on the worker's consumer, and idle for far less than the visibility timeout.
+        async with Redis.from_url(url) as rds:
+            await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+        caplog.set_level(logging.WARNING, logger="service.worker")
+        running = asyncio.create_task(worker.run())
+        server.stop()
+
+        async def outage_seen() -> bool:
+            return any("unreachable" in r.getMessage() for r in caplog.records)
+
+        await poll(outage_seen)
+        server.start()
+        assert (await wait_final(client, prediction_id))["status"] == "done"
+        worker.stop()
+        await running
     finally:
         server.stop()
 
