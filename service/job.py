@@ -52,10 +52,12 @@ class Status(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELED = "canceled"
+    #: Its Cancel-After passed before it started: it never ran.
+    ABORTED = "aborted"
 
     @property
     def final(self) -> bool:
-        return self in (Status.DONE, Status.FAILED, Status.CANCELED)
+        return self in (Status.DONE, Status.FAILED, Status.CANCELED, Status.ABORTED)
 
 
 #: Statuses before a mark after which a job (re)runs: queued, or processing when it is
@@ -82,6 +84,9 @@ class NewJob:
     waited: bool = False
     #: "high", "normal" or "low": which of its partition's streams it is queued on.
     priority: str = "normal"
+    #: Seconds from submission after which, if it has not started, it never runs and ends
+    #: aborted (Cancel-After); 0: none.
+    cancel_after: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

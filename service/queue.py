@@ -156,12 +156,13 @@ class JobQueue:
         for job in jobs:
             keys.append(partition.record(job.prediction_id))
             args += (job.prediction_id, job.model, job.input_json, job.request_id)
-            if job.idempotency_key or job.webhook:
+            if job.idempotency_key or job.webhook or job.cancel_after:
                 index = 0
                 if job.idempotency_key:
                     idempotency.append(partition.idempotency(job.idempotency_key))
                     index = len(jobs) + 3 + len(idempotency)  # its place in KEYS (from 1)
-                extras = [index, job.body_digest, job.webhook, job.webhook_events]
+                cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
+                extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
                 args.append(orjson.dumps(extras))
             else:
                 args.append("")

@@ -41,6 +41,13 @@ _HOST = r"([A-Za-z0-9.-]+|\[" + _ipv6() + r"\])"
 #: pattern from here.
 WEBHOOK_URL = r"^https?://" + _HOST + r"(:" + _PORT + r")?([/?#][^\s]*)?$"
 
+#: A Cancel-After duration: a number above zero (a digit other than 0 in it) and a unit.
+#: The OpenAPI spec's CancelAfter parameter takes its pattern from here.
+CANCEL_AFTER = (
+    r"^([0-9]{0,8}[1-9][0-9]{0,8}(\.[0-9]{1,6})?|[0-9]{1,9}\.[0-9]{0,5}[1-9][0-9]{0,5})"
+    r"(ms|s|m|h)$"
+)
+
 
 class WebhookFields(BaseModel):
     """The optional webhook of a submit (POST /predict and POST /predict/batch)."""
@@ -49,7 +56,7 @@ class WebhookFields(BaseModel):
 
     # "" (the default, never validated) means none; a given URL, null included, is checked.
     webhook: Annotated[str, StringConstraints(max_length=2048, pattern=WEBHOOK_URL)] = ""
-    webhook_events: Annotated[list[Literal["done", "failed"]], Field(min_length=1)] = [
+    webhook_events: Annotated[list[Literal["done", "failed", "aborted"]], Field(min_length=1)] = [
         "done",
         "failed",
     ]
@@ -82,7 +89,7 @@ def prediction_view(record: JobRecord) -> dict[str, Any]:
     """The GET /predict/{id} answer for a record, shaped as docs/api.md says."""
     if record.status is Status.DONE:
         result = record.result
-    elif record.status in (Status.FAILED, Status.CANCELED):
+    elif record.status in (Status.FAILED, Status.CANCELED, Status.ABORTED):
         result = None
     else:
         result = "processing"

@@ -167,6 +167,8 @@ class Worker:
                 self._metrics.count_prediction(entry.model, "async", False)
                 reason = "timed out" if status == b"expired" else "dead-lettered"
                 self._log(logging.WARNING, entry, "failed", reason)
+            elif status == b"aborted":
+                self._log(logging.INFO, entry, "aborted", "aborted: Cancel-After passed")
 
     def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
         """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from service.http.docs import resolved
+from service.job import Status
 from service.settings import Settings, load_settings
 
 from .helpers import ROOT, ClientFactory
@@ -51,13 +52,10 @@ async def test_spec_documents_every_route_header_and_error(make_client: ClientFa
     assert {"200", "404"} <= set(get["responses"])
     schemas = spec["components"]["schemas"]
     assert schemas["PredictRequest"]["additionalProperties"] is False
-    assert set(schemas["Prediction"]["properties"]["status"]["enum"]) == {
-        "queued",
-        "processing",
-        "done",
-        "failed",
-        "canceled",
-    }
+    assert set(schemas["Prediction"]["properties"]["status"]["enum"]) == {s.value for s in Status}
+    for path in ("/predict", "/models/{name}/predict", "/predict/batch"):
+        names = [p["$ref"] for p in spec["paths"][path]["post"]["parameters"]]
+        assert "#/components/parameters/CancelAfter" in names, path
 
 
 def test_settings_come_from_env_and_flags_override(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,7 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
     assert await r.hget(BACKLOG, "m") == b"2"
     assert 0 < await r.ttl(rec("a")) <= 60
     assert await r.get("predictions:idem:k") == b"b|digest"
+    assert "cancel_at" not in await record(r, "a")
     entries = await r.xrange(STREAM)
     assert [e[1][b"id"] for e in entries] == [b"a", b"b"]
     assert entries[0][1] == {
@@ -213,6 +214,13 @@ async def test_the_lane_waits_behind_a_backlog_of_another_priority(r: Redis) -> 
     assert (await r.xpending(STREAM, GROUP))["pending"] == 0
 
 
+async def test_submit_keeps_the_time_a_cancel_after_passes(r: Redis) -> None:
+    extras = json.dumps([0, "", "", "", "160.5"])
+    keys = [STREAM, HIGH, LOW, rec("a"), BACKLOG]
+    assert await call(r, "submit", keys, submit_args([("a", extras)])) == 1
+    assert (await record(r, "a"))["cancel_at"] == "160.5"
+
+
 async def test_submit_at_a_priority_writes_its_stream_and_counts_every_stream(r: Redis) -> None:
     keys = [HIGH, STREAM, LOW, rec("a"), BACKLOG]
     assert await call(r, "submit", keys, submit_args([("a", "")], priority="high")) == 1
@@ -301,6 +309,20 @@ def mark_args(entry_ids: list[bytes], *, now: float = 200, timeout: float = 0) -
             b"dead",
             {"status": "failed", "error": "gave up after 3 deliveries"},
         ),
+        (
+            "queued",
+            {"cancel_at": "199.5"},  # its Cancel-After passed: never started
+            50,
+            b"aborted",
+            {"status": "aborted", "finished_at": "200", "attempts": "0", "started_at": None},
+        ),
+        (
+            "queued",
+            {"cancel_at": "200.5"},  # not yet: it starts
+            0,
+            b"queued",
+            {"status": "processing", "attempts": "1", "started_at": "200"},
+        ),
     ],
 )
 async def test_mark_moves_a_job_on(
@@ -336,6 +358,20 @@ async def test_mark_queues_the_webhook_of_a_job_it_ends_when_its_events_say_fail
     timeout = 50 if attempts == 0 else 0
     reply = await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry], timeout=timeout))
     assert reply == [b"expired" if attempts == 0 else b"dead"]
+    deliveries = [fields for _, fields in await r.xrange(HOOKS)]
+    assert deliveries == ([{b"key": rec(1).encode()}] if posted else [])
+
+
+@pytest.mark.parametrize(
+    ("events", "posted"),
+    [("done,failed", True), ("aborted", True), ("failed", True), ("done", False), (None, False)],
+)
+async def test_mark_queues_the_webhook_of_a_job_it_aborts_when_its_events_say_so(
+    r: Redis, events: str | None, posted: bool
+) -> None:
+    hook = {"webhook": "http://h/x", "webhook_events": events} if events else {}
+    entry = await add_job(r, 1, "queued", cancel_at="150", **hook)
+    assert await call(r, "mark", [DEAD, HOOKS, rec(1)], mark_args([entry])) == [b"aborted"]
     deliveries = [fields for _, fields in await r.xrange(HOOKS)]
     assert deliveries == ([{b"key": rec(1).encode()}] if posted else [])
 
@@ -574,11 +610,12 @@ def replay_keys(*jobs: int) -> list[str]:
 
 async def test_replay_queues_a_dead_job_again_once_under_its_id(r: Redis) -> None:
     letter = await dead_job(r, 1)
+    await r.hset(rec(1), "cancel_at", "150")
     args = [300, 60, letter, "1"]
     assert await call(r, "replay", replay_keys(1), args) == [b"replayed"]
     got = await record(r, 1)
     assert got["status"] == "queued" and got["attempts"] == "0" and got["requeued_at"] == "300"
-    for gone in ("error", "result", "finished_at", "started_at", "dead_entry"):
+    for gone in ("error", "result", "finished_at", "started_at", "dead_entry", "cancel_at"):
         assert gone not in got
     assert got["created_at"] == "100", "the submission time stays"
     ((_, fields),) = await r.xrange(STREAM)

@@ -48,7 +48,8 @@ class Job:
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 (public API)
         """The model's output once the job is done (long-polls; no busy loop).
 
-        Raises PredictionFailedError if it failed, JobCanceledError if it was canceled,
+        Raises PredictionFailedError if it failed, JobCanceledError if it was canceled (or
+        aborted by its Cancel-After),
         PredictionTimeoutError if it is not final within ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -62,8 +63,8 @@ class Job:
                 return record["output"]["result"]
             if status == "failed":
                 raise PredictionFailedError(200, record.get("error") or "failed", record)
-            if status == "canceled":
-                raise JobCanceledError(200, "The job was canceled.", record)
+            if status in ("canceled", "aborted"):
+                raise JobCanceledError(200, f"The job was {status}.", record)
             if deadline is not None and time.monotonic() >= deadline:
                 raise PredictionTimeoutError(
                     200, f"Job {self.prediction_id} is still {status}.", record
@@ -161,13 +162,21 @@ class AsyncClient:
         idempotency_key: str | None = None,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
+        priority: str | None = None,
+        cancel_after: str | None = None,
     ) -> Job:
         """Queues a prediction; answers its Job. With ``webhook``, the final record is also
-        POSTed there (for the outcomes in ``webhook_events``: "done", "failed")."""
+        POSTed there (for the outcomes in ``webhook_events``: "done", "failed", "aborted").
+        ``priority``: "high", "normal" or "low"; ``cancel_after``: a duration ("30s") after
+        which, if it has not started, it never runs (status "aborted")."""
         headers = {"Async-Mode": "true"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        if cancel_after:
+            headers["Cancel-After"] = cancel_after
         payload: dict[str, Any] = {"input": value, **_webhook_fields(webhook, webhook_events)}
+        if priority:
+            payload["priority"] = priority
         body = await self._call("POST", self._path(model), payload, headers)
         return Job(self, body["prediction_id"])
 
@@ -177,11 +186,17 @@ class AsyncClient:
         *,
         webhook: str | None = None,
         webhook_events: list[str] | None = None,
+        priority: str | None = None,
+        cancel_after: str | None = None,
     ) -> list[Job]:
         """Queues many inputs for the default model in one request (all or none); a
-        ``webhook`` gets each job's final record."""
+        ``webhook`` gets each job's final record; ``priority`` and ``cancel_after`` apply
+        to every job, as in ``submit``."""
         payload: dict[str, Any] = {"inputs": values, **_webhook_fields(webhook, webhook_events)}
-        body = await self._call("POST", "/predict/batch", payload)
+        if priority:
+            payload["priority"] = priority
+        headers = {"Cancel-After": cancel_after} if cancel_after else None
+        body = await self._call("POST", "/predict/batch", payload, headers)
         return [Job(self, prediction_id) for prediction_id in body["prediction_ids"]]
 
     async def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
@@ -252,11 +267,12 @@ class Client:
         return self._run(self._async.predict(value, model=model))
 
     def submit(self, value: Any, **options: Any) -> SyncJob:
-        """As AsyncClient.submit: model, idempotency_key, webhook, webhook_events."""
+        """As AsyncClient.submit: model, idempotency_key, webhook, webhook_events, priority,
+        cancel_after."""
         return SyncJob(self, self._run(self._async.submit(value, **options)))
 
     def submit_many(self, values: list[Any], **options: Any) -> list[SyncJob]:
-        """As AsyncClient.submit_many: webhook, webhook_events."""
+        """As AsyncClient.submit_many: webhook, webhook_events, priority, cancel_after."""
         jobs = self._run(self._async.submit_many(values, **options))
         return [SyncJob(self, job) for job in jobs]
 

@@ -13,7 +13,7 @@ from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
 
 from .. import __version__
 from ..models import ModelRegistry
-from ..schemas import WEBHOOK_URL
+from ..schemas import CANCEL_AFTER, WEBHOOK_URL
 
 _COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
 
@@ -46,6 +46,7 @@ def setup_docs(
     )
     spec = docs.spec
     spec["components"]["schemas"]["Webhook"]["pattern"] = WEBHOOK_URL  # one source
+    spec["components"]["parameters"]["CancelAfter"]["schema"]["pattern"] = CANCEL_AFTER
     docs.add_routes(routes)
     # The spec was validated as each route was added; the compiled validator is large and
     # no longer needed.

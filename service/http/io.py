@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
-from ..schemas import BulkRequest, PredictRequest
+from ..schemas import CANCEL_AFTER, BulkRequest, PredictRequest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,6 +67,26 @@ def async_mode(request: web.Request, respond_async: bool = False) -> bool:
     if value not in ("true", "false"):
         raise BadRequest(f"Async-Mode must be 'true' or 'false', not {raw!r}.")
     return value == "true"
+
+
+_DURATION = re.compile(CANCEL_AFTER)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def cancel_after(request: web.Request) -> float:
+    """The Cancel-After header in seconds (0.0 when absent); 400 unless it is a duration
+    above zero: a number and a unit (250ms, 30s, 5m, 1.5h)."""
+    raw = request.headers.get("Cancel-After")
+    if raw is None:
+        return 0.0
+    value = raw.strip()
+    if not _DURATION.fullmatch(value):
+        raise BadRequest(
+            "Cancel-After must be a duration above zero: a number and a unit, ms, s, m or h "
+            f"(250ms, 30s, 5m, 1.5h); not {raw!r}."
+        )
+    number = value.rstrip("mhs")
+    return float(number) * _UNIT_SECONDS[value[len(number) :]]
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from .. import state
 from ..errors import (
+    BadRequest,
     InvalidInput,
     Overloaded,
     PredictionFailed,
@@ -19,6 +20,7 @@ from ..webhooks import check_url
 from .io import (
     async_mode,
     body_digest,
+    cancel_after,
     check_json,
     client_gone,
     idempotency_key,
@@ -39,10 +41,16 @@ async def predict(request: web.Request) -> web.Response:
     respond_async, wait = prefer(request, settings.max_wait_seconds)
     queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
+    deadline = cancel_after(request)
     check_json(request)
     body = parse_predict_body(await read_body(request, settings.body_timeout_seconds))
     raw = body.input
     value = model.validate(raw)
+    if deadline and not queued:
+        raise BadRequest(
+            "Cancel-After is a deadline for queued jobs (Async-Mode: true); a sync request "
+            f"runs at once, within JOB_TIMEOUT_SECONDS ({settings.job_timeout_seconds:g} s)."
+        )
     if body.priority and not queued:
         raise InvalidInput(
             "A priority orders queued jobs; a sync request (Async-Mode: false) runs at once.",
@@ -70,6 +78,7 @@ async def predict(request: web.Request) -> web.Response:
             events,
             waited=wait > 0,
             priority=priority,
+            cancel_after=deadline,
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)
@@ -128,6 +137,7 @@ _PREDICT_SPEC_TAIL = (
       - $ref: "#/components/parameters/AsyncMode"
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/Prefer"
+      - $ref: "#/components/parameters/CancelAfter"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     callbacks:
       predictionEnded: {$ref: "#/components/callbacks/PredictionEnded"}
@@ -177,6 +187,7 @@ async def predict_batch(request: web.Request) -> web.Response:
     app = request.app
     model = app[state.MODELS].get()
     key = idempotency_key(request)
+    deadline = cancel_after(request)
     check_json(request)
     settings = app[state.SETTINGS]
     raw_body = await read_body(request, settings.body_timeout_seconds)
@@ -213,6 +224,7 @@ async def predict_batch(request: web.Request) -> web.Response:
             body.webhook,
             events,
             priority=priority,
+            cancel_after=deadline,
         )
         for index, value in enumerate(inputs)
     ]
@@ -234,6 +246,7 @@ predict_batch.__doc__ = (
     tags: [predictions]
     parameters:
       - $ref: "#/components/parameters/IdempotencyKey"
+      - $ref: "#/components/parameters/CancelAfter"
     requestBody:
       required: true
       content:

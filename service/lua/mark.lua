@@ -7,6 +7,8 @@
 --   channel, started channel, the command to announce with (PUBLISH, or SPUBLISH on a
 --   cluster), then per job its stream entry id.
 -- Per job, by its status:
+--   queued/processing, past its Cancel-After (cancel_at): aborted, never started
+--     ('aborted');
 --   queued/processing, past its deadline (from submission): failed "timed out" ('expired');
 --   queued/processing, started max-deliveries times already: failed "gave up after N
 --     deliveries", with a dead-letter entry giving the reason, whose id the record keeps
@@ -14,8 +16,10 @@
 --   queued/processing otherwise: started (start_job); answers its status before;
 --   done/failed/canceled (a re-delivery, or canceled while queued), or gone: untouched.
 -- Jobs it ends are announced on the completions channel (and get a webhook delivery when
--- they have a webhook whose events name 'failed'), jobs it starts on the started channel.
--- Returns: per job its status before ('' when the record is gone), or 'expired'/'dead'.
+-- they have a webhook whose events name 'failed', or for an aborted one 'aborted' or
+-- 'failed'), jobs it starts on the started channel.
+-- Returns: per job its status before ('' when the record is gone), or
+--   'aborted'/'expired'/'dead'.
 -- Never: touches a final record.
 --! include start_job.lua
 local now, ttl = tonumber(ARGV[1]), ARGV[2]
@@ -23,12 +27,19 @@ local max_deliveries, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out, ended, started = {}, {}, {}
 for i = 3, #KEYS do
   local key = KEYS[i]
-  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at')
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at',
+                       'cancel_at')
   local status = f[1]
   if status == 'queued' or status == 'processing' then
     local attempts = tonumber(f[2]) or 0
+    local cancel_at = tonumber(f[5])
+    if cancel_at and now >= cancel_at then
+      redis.call('HSET', key, 'status', 'aborted', 'result', 'null', 'finished_at', ARGV[1])
+      redis.call('EXPIRE', key, ttl)
+      status = 'aborted'
+      ended[#ended + 1] = key
     -- The time limit counts from submission, or from a replay of a dead letter.
-    if timeout > 0 and now - (tonumber(f[4] or f[3]) or now) > timeout then
+    elseif timeout > 0 and now - (tonumber(f[4] or f[3]) or now) > timeout then
       redis.call('HSET', key, 'status', 'failed', 'result', 'null',
                  'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
                  'finished_at', ARGV[1])
@@ -50,9 +61,11 @@ for i = 3, #KEYS do
       started[#started + 1] = key
     end
   end
-  if status == 'expired' or status == 'dead' then
+  if status == 'expired' or status == 'dead' or status == 'aborted' then
     local hook = redis.call('HMGET', key, 'webhook', 'webhook_events')
-    if hook[1] and string.find(',' .. (hook[2] or '') .. ',', ',failed,', 1, true) then
+    local events = ',' .. (hook[2] or '') .. ','
+    if hook[1] and (string.find(events, ',failed,', 1, true)
+                    or (status == 'aborted' and string.find(events, ',aborted,', 1, true))) then
       redis.call('XADD', KEYS[2], '*', 'key', key)
     end
   end

@@ -7,7 +7,8 @@
 -- Per job:
 --   its dead-letter entry is still there (XDEL removes it) and its record is failed:
 --     the record is queued again (attempts 0, requeued_at now: the job time limit counts
---     from here; result, error and the times of the last run removed), a new entry is
+--     from here; result, error, the times of the last run and its Cancel-After removed:
+--     the operator asks for it to run), a new entry is
 --     added to the stream of its priority and the backlog raised: 'replayed';
 --   its dead-letter entry is still there but the record is gone (expired), or no longer
 --     failed: the entry is removed, nothing queued: 'gone' or 'stale';
@@ -30,7 +31,8 @@ for i = 6, #KEYS do
     elseif f[1] ~= 'failed' then
       out[#out + 1] = 'stale'
     else
-      redis.call('HDEL', key, 'result', 'error', 'started_at', 'finished_at', 'dead_entry')
+      redis.call('HDEL', key, 'result', 'error', 'started_at', 'finished_at', 'dead_entry',
+                 'cancel_at')
       redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'requeued_at', now)
       redis.call('EXPIRE', key, ttl)
       redis.call('XADD', streams[f[5]] or KEYS[1], '*', 'id', id, 'model', f[2], 'input', f[3],

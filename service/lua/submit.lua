@@ -8,7 +8,8 @@
 --   all-or-none (a bulk submit), the created time of every job, their priority ('' for
 --   normal, else kept in each record for a replay); then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
---   body digest, webhook URL or '', webhook events 'done,failed']); optionally four more
+--   body digest, webhook URL or '', webhook events 'done,failed', and optionally the
+--   time (Unix s) its Cancel-After passes, or '']); optionally four more
 --   for the direct lane: group, lane consumer, started channel, the command to announce
 --   with (PUBLISH, or SPUBLISH on a cluster).
 -- Per job, in order:
@@ -36,9 +37,9 @@ if limit > 0 then
 end
 local function extras(i)
   local raw = arg(i, 5)
-  if raw == '' then return 0, '', '', '' end
+  if raw == '' then return 0, '', '', '', '' end
   local x = cjson.decode(raw)
-  return x[1], x[2], x[3], x[4]
+  return x[1], x[2], x[3], x[4], x[5] or ''
 end
 local out, all_ok = {}, true
 
@@ -82,7 +83,7 @@ end
 local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
-  local idem, digest, webhook, events = extras(i)
+  local idem, digest, webhook, events, cancel_at = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
   if redis.call('EXISTS', key) == 1 then
@@ -108,6 +109,7 @@ for i = 1, jobs do
       redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
     end
     if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
+    if cancel_at ~= '' then redis.call('HSET', key, 'cancel_at', cancel_at) end
     redis.call('EXPIRE', key, ttl)
     if lane then
       start_job(key, now)

@@ -1,0 +1,84 @@
+"""Cancel-After: a queued job whose deadline passes before it starts never runs and ends
+`aborted`; a sync request with it, or a value that is not a duration, is a 400. On one
+node and on a cluster."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from . import models
+from .helpers import ClientFactory, worker_for
+
+MODES = pytest.mark.modes("single", "cluster")
+
+
+async def submit_within(client: TestClient, value: str, within: str) -> str:
+    resp = await client.post(
+        "/predict", json={"input": value}, headers={"Async-Mode": "true", "Cancel-After": within}
+    )
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["prediction_id"]  # type: ignore[no-any-return]
+
+
+@MODES
+async def test_a_job_not_started_within_its_cancel_after_never_runs(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:echo", workers=0, queue_partitions=1)
+    stale = await submit_within(client, "stale", "1ms")
+    fresh = await submit_within(client, "fresh", "1h")
+    worker = worker_for(client, "w")
+    await worker.step()  # its own pending entries: none
+    assert await worker.step() == 2
+    record = await (await client.get(f"/predict/{stale}")).json()
+    assert record["status"] == "aborted"
+    assert record["output"] == {"input": "stale", "result": None}
+    assert record["started_at"] is None and record["attempts"] == 0
+    assert record["finished_at"] is not None
+    assert (await (await client.get(f"/predict/{fresh}")).json())["status"] == "done"
+    assert models.calls == {repr("fresh"): 1}, "the stale job never reached the model"
+    # The events stream reports it, then ends.
+    events = await client.get(f"/predict/{stale}/events")
+    text = await events.text()
+    assert '"status":"aborted"' in text.replace(" ", "")
+
+
+@MODES
+async def test_a_bulk_submit_gives_every_job_its_cancel_after(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:echo", workers=0, queue_partitions=1)
+    resp = await client.post(
+        "/predict/batch", json={"inputs": ["a", "b"]}, headers={"Cancel-After": "1ms"}
+    )
+    assert resp.status == 202, await resp.text()
+    ids = (await resp.json())["prediction_ids"]
+    worker = worker_for(client, "w")
+    await worker.step()
+    assert await worker.step() == 2
+    for prediction_id in ids:
+        assert (await (await client.get(f"/predict/{prediction_id}")).json())["status"] == "aborted"
+    assert models.calls == {}
+
+
+@pytest.mark.parametrize(
+    "value", ["5 minutes", "0s", "0ms", "00.0h", "-1s", "10x", "", "1e3s", "2.5.1s", "ms"]
+)
+async def test_a_cancel_after_that_is_not_a_duration_is_a_400_giving_the_format(
+    make_client: ClientFactory, value: str
+) -> None:
+    client = await make_client(model="tests.models:echo", workers=0)
+    for path, body in (("/predict", {"input": "x"}), ("/predict/batch", {"inputs": ["x"]})):
+        resp = await client.post(
+            path, json=body, headers={"Async-Mode": "true", "Cancel-After": value}
+        )
+        assert resp.status == 400, await resp.text()
+        assert "250ms, 30s, 5m" in (await resp.json())["error"]
+
+
+async def test_a_sync_request_with_a_cancel_after_is_a_400(make_client: ClientFactory) -> None:
+    client = await make_client(model="tests.models:echo")
+    resp = await client.post("/predict", json={"input": "x"}, headers={"Cancel-After": "30s"})
+    assert resp.status == 400, await resp.text()
+    assert "queued jobs" in (await resp.json())["error"]
