@@ -63,7 +63,13 @@ class Batcher:
         futures: list[asyncio.Future[Outcome]] = [loop.create_future() for _ in values]
         for value, future in zip(values, futures, strict=True):
             self._add(loop, value, future)
-        return [await future for future in futures]
+        try:
+            return [await future for future in futures]
+        except asyncio.CancelledError:
+            # The caller gave up (a deadline): none of these outcomes is wanted any more.
+            for future in futures:
+                future.cancel()
+            raise
 
     def run_one(self, value: Any, give_up_after: float = 0.0) -> asyncio.Future[Outcome]:
         """A future of the outcome of one input; TimeoutError after ``give_up_after`` seconds
@@ -127,6 +133,14 @@ class Batcher:
         began = time.perf_counter()
         futures = [future for _, future in batch]
         self._running.update(futures)
+        if self.model.execution == "process":
+            # A process call whose callers all gave up is cut short: its process is ended.
+            def unwanted(_: asyncio.Future[Outcome]) -> None:
+                if all(f.cancelled() for f in futures):
+                    self._executor.interrupt()
+
+            for future in futures:
+                future.add_done_callback(unwanted)
         try:
             outcomes, call_seconds = await self._executor.run_batch(
                 self.model, [value for value, _ in batch]

@@ -47,6 +47,7 @@ class Executor:
         self._process_models = list(process_models)
         self._loop = BoundLoop()
         self._rebuilding: asyncio.Task[None] | None = None
+        self._interrupted: ProcessPoolExecutor | None = None
         if process_models:
             self._processes = self._new_pool()
 
@@ -85,13 +86,29 @@ class Executor:
             return outcomes, float("inf")
         return await self.run(_timed_call, model, values)
 
+    def interrupt(self) -> None:
+        """Ends the pool's processes in the middle of a call no one waits for any more
+        (every caller's deadline passed). The call then sees the pool broken, which is
+        replaced as after a crash; calls running beside it in the pool fail too, and their
+        jobs run again."""
+        pool = self._processes
+        if pool is None:
+            return
+        self._interrupted = pool
+        for process in list((pool._processes or {}).values()):
+            if process.is_alive():
+                process.terminate()
+
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """A process of the pool died (killed, out of memory): the whole pool is unusable
         from then on, so a new one takes its place and is warmed up (readiness is false
         meanwhile). The batches it held fail; queued jobs among them run again later."""
         if self._processes is not broken:
             return  # replaced already, by another batch that saw it broken
-        log.error("a model process died; starting a new process pool")
+        if self._interrupted is broken:
+            log.info("a model call no one waits for was cut short; starting a new process pool")
+        else:
+            log.error("a model process died; starting a new process pool")
         self._processes = self._new_pool()
         broken.shutdown(wait=False, cancel_futures=True)
         self._rebuilding = self._loop().create_task(self._warm_after_rebuild())

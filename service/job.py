@@ -99,6 +99,8 @@ class Entry:
     input_json: bytes
     request_id: str = ""
     created_at: float = 0.0
+    #: When its Cancel-After passes (Unix seconds); 0.0: none.
+    cancel_at: float = 0.0
 
 
 def entry_fields(job: NewJob, created_at: str) -> dict[str, Any]:
@@ -148,7 +150,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
     for entry_id, fields in raw:
         if not fields:
             continue
-        rid, at = fields.get(b"rid"), fields.get(b"at")
+        rid, at, cancel = fields.get(b"rid"), fields.get(b"at"), fields.get(b"cancel")
         out.append(
             Entry(
                 entry_id,
@@ -157,6 +159,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
                 fields[b"input"],
                 rid.decode() if rid else "",
                 float(at) if at else 0.0,
+                float(cancel) if cancel else 0.0,
             )
         )
     return out
@@ -228,7 +231,9 @@ class JobRecord(BaseModel):
         _, started_at, attempts, created_at, webhook = flat
         return cls(
             prediction_id=entry.prediction_id,
-            status=Status.DONE if outcome.ok else Status.FAILED,
+            status=Status.DONE
+            if outcome.ok
+            else (Status.CANCELED if outcome.canceled else Status.FAILED),
             model=entry.model,
             input=orjson.loads(entry.input_json),
             created_at=float(created_at),
@@ -236,7 +241,7 @@ class JobRecord(BaseModel):
             finished_at=now,
             attempts=int(attempts or 0),
             result=orjson.loads(outcome.payload) if outcome.ok else None,
-            error=None if outcome.ok else outcome.error,
+            error=None if outcome.ok or outcome.canceled else outcome.error,
             request_id=entry.request_id or None,
             webhook=webhook.decode() if webhook else None,
         )

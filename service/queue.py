@@ -186,7 +186,15 @@ class JobQueue:
             lane.take(
                 partition,
                 [
-                    Entry(entry_id, j.prediction_id, j.model, j.input_json, j.request_id, now)
+                    Entry(
+                        entry_id,
+                        j.prediction_id,
+                        j.model,
+                        j.input_json,
+                        j.request_id,
+                        now,
+                        now + j.cancel_after if j.cancel_after else 0.0,
+                    )
                     for j, entry_id in zip(jobs, entry_ids, strict=True)
                     if entry_id
                 ],

@@ -87,7 +87,10 @@ class ResultStore:
         ]
         for entry, outcome in finished:
             keys.append(partition.record(entry.prediction_id))
-            args.append(b"R" + outcome.payload if outcome.ok else "E" + outcome.error)
+            if outcome.ok:
+                args.append(b"R" + outcome.payload)
+            else:
+                args.append(("C" if outcome.canceled else "E") + outcome.error)
         for entry in entries:
             args += (entry.entry_id, entry.model)
         replies = await self._finish(keys=keys, args=args)

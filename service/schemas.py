@@ -56,7 +56,9 @@ class WebhookFields(BaseModel):
 
     # "" (the default, never validated) means none; a given URL, null included, is checked.
     webhook: Annotated[str, StringConstraints(max_length=2048, pattern=WEBHOOK_URL)] = ""
-    webhook_events: Annotated[list[Literal["done", "failed", "aborted"]], Field(min_length=1)] = [
+    webhook_events: Annotated[
+        list[Literal["done", "failed", "aborted", "canceled"]], Field(min_length=1)
+    ] = [
         "done",
         "failed",
     ]

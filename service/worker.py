@@ -25,6 +25,8 @@ from .waiting import Completions
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
+#: The outcome of a job still running when its Cancel-After passed (its result dropped).
+_CANCELED = Outcome(ok=False, error="canceled: ran past its Cancel-After", canceled=True)
 
 
 class Worker:
@@ -174,6 +176,9 @@ class Worker:
         """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
         logs = log.isEnabledFor(logging.INFO)
         for entry, outcome in zip(entries, outcomes, strict=True):
+            if outcome.canceled:
+                self._log(logging.INFO, entry, "canceled", outcome.error)
+                continue
             self._metrics.count_prediction(entry.model, "async", outcome.ok)
             if not outcome.ok:
                 self._log(logging.WARNING, entry, "failed", f"failed: {outcome.error}")
@@ -210,19 +215,33 @@ class Worker:
             values.append(value)
         for name, (slots, values) in groups.items():
             now = time.time()
-            deadline = min(entries[i].created_at or now for i in slots) + self._job_timeout
+            # Waited for until JOB_TIMEOUT_SECONDS from the oldest one's submission, and no
+            # longer than every job's Cancel-After, when each has one.
+            limit = due = 0.0
+            if self._job_timeout > 0:
+                created = min(entries[i].created_at or now for i in slots)
+                limit = max(created + self._job_timeout - now, 0.001)
+            cancels = [entries[i].cancel_at for i in slots]
+            if all(cancels):
+                due = max(max(cancels) - now, 0.001)
             try:
-                if self._job_timeout <= 0:
+                if not (limit or due):
                     results = await self._batchers[name].run(values)
                 else:
-                    remaining = max(deadline - now, 0.001)
-                    results = await asyncio.wait_for(self._batchers[name].run(values), remaining)
+                    wait = min(limit or due, due or limit)
+                    results = await asyncio.wait_for(self._batchers[name].run(values), wait)
             except TimeoutError:
-                # The model call is abandoned (its thread cannot be stopped); the jobs fail.
-                error = f"timed out: not finished within {self._job_timeout:g} s of submission"
-                results = [Outcome(ok=False, error=error)] * len(values)
+                # No one waits for the call any more: a process model's is cut short, a
+                # thread model's runs on (a thread cannot be stopped), its results dropped.
+                if due and (not limit or due <= limit):
+                    results = [_CANCELED] * len(values)
+                else:
+                    error = f"timed out: not finished within {self._job_timeout:g} s of submission"
+                    results = [Outcome(ok=False, error=error)] * len(values)
+            now = time.time()
             for i, outcome in zip(slots, results, strict=True):
-                outcomes[i] = outcome
+                cancel_at = entries[i].cancel_at
+                outcomes[i] = _CANCELED if cancel_at and now >= cancel_at else outcome
         return outcomes
 
     async def run(self) -> None:

@@ -4,11 +4,15 @@ node and on a cluster."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
 import pytest
 from aiohttp.test_utils import TestClient
 
 from . import models
-from .helpers import ClientFactory, worker_for
+from .helpers import ClientFactory, poll, worker_for
 
 MODES = pytest.mark.modes("single", "cluster")
 
@@ -82,3 +86,69 @@ async def test_a_sync_request_with_a_cancel_after_is_a_400(make_client: ClientFa
     resp = await client.post("/predict", json={"input": "x"}, headers={"Cancel-After": "30s"})
     assert resp.status == 400, await resp.text()
     assert "queued jobs" in (await resp.json())["error"]
+
+
+@MODES
+async def test_a_job_running_past_its_cancel_after_ends_canceled_its_result_dropped(
+    make_client: ClientFactory,
+) -> None:
+    # Thread execution: the call cannot be stopped; its result is dropped.
+    client = await make_client(model="tests.models:slow", workers=0, queue_partitions=1)
+    late = await submit_within(client, "late", "300ms")
+    resp = await client.post("/predict", json={"input": "kept"}, headers={"Async-Mode": "true"})
+    kept = (await resp.json())["prediction_id"]
+    worker = worker_for(client, "w")
+    await worker.step()
+    assert await worker.step() == 2  # one batch: both started, the model ran both
+    record = await (await client.get(f"/predict/{late}")).json()
+    assert record["status"] == "canceled", record
+    assert record["output"]["result"] is None and record["started_at"] is not None
+    assert "error" not in record
+    assert (await (await client.get(f"/predict/{kept}")).json())["status"] == "done"
+
+
+async def test_a_process_model_call_past_every_cancel_after_is_cut_short(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal"
+    monkeypatch.setenv("TEST_JOURNAL", str(journal))
+    client = await make_client(
+        model="tests.models:journaled", execution="process", process_workers=1, workers=0
+    )
+    resp = await client.post(
+        "/predict/batch",
+        json={"inputs": [{"tag": "long", "seconds": 120}, {"tag": "second", "seconds": 0}]},
+        headers={"Cancel-After": "1s"},
+    )
+    jobs = (await resp.json())["prediction_ids"]
+    worker = worker_for(client, "w", job=jobs[0])
+    await worker.step()
+    assert await worker.step() == 2  # one model call; back at the deadline, not after 120 s
+    for prediction_id in jobs:
+        assert (await (await client.get(f"/predict/{prediction_id}")).json())["status"] == (
+            "canceled"
+        )
+    ((_, tag, pid),) = [line.split() for line in journal.read_text().splitlines()]
+    assert tag == "long", "the call started and never ended"
+
+    def gone() -> bool:  # the process that ran it (or a zombie of it)
+        status = Path(f"/proc/{pid}/status")
+        return not status.exists() or "State:\tZ" in status.read_text()
+
+    async def ended() -> bool:
+        return await asyncio.to_thread(gone)
+
+    await poll(ended)
+    # A new pool process takes the next job.
+    resp = await client.post(
+        "/predict", json={"input": {"tag": "next", "seconds": 0}}, headers={"Async-Mode": "true"}
+    )
+    next_job = (await resp.json())["prediction_id"]
+
+    async def next_done() -> dict[str, Any] | None:
+        await worker.step()
+        record = await (await client.get(f"/predict/{next_job}")).json()
+        return record if record["status"] == "done" else None
+
+    record = await poll(next_done, 30)
+    assert record["output"]["result"]["pid"] != int(pid)

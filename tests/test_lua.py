@@ -454,6 +454,9 @@ async def test_finish_writes_each_final_record_once_and_acks_only_what_it_is_giv
         ("failed", "R1", False),
         ("done", "Ex", False),
         ("failed", "Ex", True),
+        ("canceled", "Cran past", True),
+        ("failed", "Cran past", True),
+        ("done", "Cran past", False),
     ],
 )
 async def test_finish_queues_a_webhook_only_for_its_events(
@@ -463,6 +466,14 @@ async def test_finish_queues_a_webhook_only_for_its_events(
     await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args([outcome], [entry]))
     hooks = await r.xrange(HOOKS)
     assert [h[1][b"key"] for h in hooks] == ([rec(1).encode()] if delivered else [])
+
+
+async def test_finish_writes_canceled_for_a_job_past_its_cancel_after(r: Redis) -> None:
+    entry = await add_job(r, 1, "processing", started_at=250)
+    await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args(["Cwhy"], [entry]))
+    got = await record(r, 1)
+    assert (got["status"], got["result"], got["finished_at"]) == ("canceled", "null", "300")
+    assert "error" not in got and await r.xlen(STREAM) == 0
 
 
 async def test_finish_answers_the_records_asked_for(r: Redis) -> None:

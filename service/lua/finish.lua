@@ -6,9 +6,11 @@
 -- ARGV: group, finished time, record TTL (s), completions channel, the command to
 --   announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
 --   record; '' for no records at all), then one outcome per job ('R' + the result as JSON
---   when done, 'E' + the error when failed), then per entry to ack: its id and its model.
+--   when done, 'E' + the error when failed, 'C' + why when canceled: it ran past its
+--   Cancel-After), then per entry to ack: its id and its model.
 -- Per job: a record that is queued or processing gets its final status, result or error
--- and finished time, and a webhook delivery when its events name that status; a record
+-- and finished time, and a webhook delivery when its events name that status (or, for
+-- canceled, 'failed'); a record
 -- that is final already keeps its value; a record that is gone is not recreated.
 -- The jobs it ends are announced on the completions channel; then the entries are acked
 -- (each one leaves its model's backlog, once; a model at 0 leaves the hash) and deleted (the stream keeps only work that
@@ -27,11 +29,14 @@ for i = 1, jobs do
   local written, f = status == 'queued' or status == 'processing', nil
   if written then
     local outcome = ARGV[6 + i]
-    local final = 'failed'
-    if string.sub(outcome, 1, 1) == 'R' then
+    local final, kind = 'failed', string.sub(outcome, 1, 1)
+    if kind == 'R' then
       final = 'done'
       redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
                  'finished_at', now)
+    elseif kind == 'C' then
+      final = 'canceled'
+      redis.call('HSET', key, 'status', 'canceled', 'result', 'null', 'finished_at', now)
     else
       redis.call('HSET', key, 'status', 'failed', 'result', 'null',
                  'error', string.sub(outcome, 2), 'finished_at', now)
@@ -40,7 +45,9 @@ for i = 1, jobs do
     ended[#ended + 1] = key
     f = redis.call('HMGET', key, 'webhook', 'webhook_events', 'started_at', 'attempts',
                    'created_at')
-    if f[1] and string.find(',' .. (f[2] or '') .. ',', ',' .. final .. ',', 1, true) then
+    local events = ',' .. (f[2] or '') .. ','
+    if f[1] and (string.find(events, ',' .. final .. ',', 1, true)
+                 or (final == 'canceled' and string.find(events, ',failed,', 1, true))) then
       redis.call('XADD', KEYS[2], '*', 'key', key)
     end
   end

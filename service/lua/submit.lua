@@ -16,7 +16,8 @@
 --   its record exists already (a client retry of this very call): 'ok', left as it is;
 --   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
 --   the partition's streams hold `limit` entries: 'full';
---   else: record (queued), stream entry and idempotency key written: 'ok'.
+--   else: record (queued), stream entry (with 'cancel', the time its Cancel-After passes,
+--     when it has one) and idempotency key written: 'ok'.
 -- Nothing is written for a job that is not 'ok'; all-or-none writes nothing unless every
 -- job is new and fits. With the lane arguments and nothing waiting undelivered in any of
 -- the three streams, the jobs are started (start_job) and delivered to the lane consumer
@@ -115,8 +116,13 @@ for i = 1, jobs do
       start_job(key, now)
       started[#started + 1] = key
     end
-    entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
-                              'input', input, 'rid', rid, 'at', now)
+    if cancel_at == '' then
+      entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
+                                'input', input, 'rid', rid, 'at', now)
+    else
+      entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
+                                'input', input, 'rid', rid, 'at', now, 'cancel', cancel_at)
+    end
     waiting = waiting + 1
     if not queued[model] then models[#models + 1] = model end
     queued[model] = (queued[model] or 0) + 1

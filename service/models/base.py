@@ -21,11 +21,13 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One item's result: ``payload`` is the output as JSON when ``ok``, else ``error`` says why."""
+    """One item's result: ``payload`` is the output as JSON when ``ok``, else ``error`` says
+    why; ``canceled``: its job ran past its Cancel-After (whatever the model answered)."""
 
     ok: bool
     payload: bytes = b"null"
     error: str = ""
+    canceled: bool = False
 
 
 def file_digest(path: Path) -> str:
