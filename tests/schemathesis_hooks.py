@@ -17,8 +17,8 @@ import schemathesis
 def map_case(ctx: Any, case: Any) -> Any:
     headers = case.headers if case.headers is not None else {}
     in_body = isinstance(case.body, dict) and ("webhook" in case.body or "priority" in case.body)
-    if in_body or "Cancel-After" in headers:
-        if str(headers.get("Async-Mode", "false")).lower() == "false":
-            headers["Async-Mode"] = "true"
-            case.headers = headers
+    sync = str(headers.get("Async-Mode", "false")).lower() == "false"
+    if sync and (in_body or "Cancel-After" in headers):
+        headers["Async-Mode"] = "true"
+        case.headers = headers
     return case
