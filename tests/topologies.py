@@ -49,7 +49,15 @@ def until(check: Callable[[], Any], within: float = 30.0, what: str = "") -> Any
 
 def _port_below(highest: int) -> int:
     """A free port no higher than ``highest`` whose cluster bus port (10,000 higher) is
-    free too."""
+    free too; both below the kernel's range of ports for outgoing connections when there
+    is room, so that no connection takes one between this choice and the server's bind
+    (a node then exits 1 at start)."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 0
+    if first_ephemeral - 10_001 > 20_100:
+        highest = min(highest, first_ephemeral - 10_001)
     for _ in range(1000):
         port = random.randint(20_000, highest)
         with socket.socket() as sock, socket.socket() as bus:
@@ -107,22 +115,30 @@ class Cluster:
 
 def start_cluster(folder: Path) -> Cluster:
     binary, cli = redis7()
+    extra = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "2000",
+        "--appendonly",
+        "no",
+    ]
     servers = []
     for _ in range(6):
-        port = _port_below(55_535)  # Redis 7.0 refuses higher ones for cluster nodes
-        extra = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-            "--appendonly",
-            "no",
-        ]
-        servers.append(RedisServer(folder / str(port), port, binary, extra))
-    for server in servers:
-        server.start()
+        for attempt in range(3):  # a port taken after all since it was chosen: another one
+            port = _port_below(55_535)  # Redis 7.0 refuses higher ones for cluster nodes
+            server = RedisServer(folder / str(port), port, binary, extra)
+            try:
+                server.start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    for started in servers:  # none is left running behind the error
+                        started.stop()
+                    raise
+        servers.append(server)
     addresses = [f"127.0.0.1:{s.port}" for s in servers]
     subprocess.run(
         [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
