@@ -20,6 +20,7 @@ from .logs import setup_logging
 from .loop import use_event_loop
 from .partitioning import PartitionMismatch
 from .settings import load_settings
+from .tenants import KeysFileError
 
 
 async def _run_without_http(app: web.Application) -> None:
@@ -45,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: bad settings: {problems}", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except KeysFileError as exc:
+        print(f"error: cannot start: API_KEYS_FILE: {exc}", file=sys.stderr)
+        sys.exit(2)
     use_event_loop(settings.loop)
     try:
         if not settings.serve_http:

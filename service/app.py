@@ -13,6 +13,7 @@ from .lifecycle import Lifecycle, SyncGate
 from .metrics import Metrics
 from .resources import embedded_redis_ctx, models_ctx, redis_ctx, webhooks_ctx, workers_ctx
 from .settings import Settings
+from .tenants import Tenants, tenants_ctx
 
 #: Sync calls still running this long before the shutdown deadline are answered 503, so
 #: that their clients get an answer before the server closes the connections.
@@ -53,7 +54,11 @@ def create_app(settings: Settings) -> web.Application:
     else:
         app.cleanup_ctx.append(embedded_redis_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    keys = None
+    if settings.api_key or settings.api_keys_file:
+        keys = app[state.TENANTS] = Tenants(settings.api_key or "", settings.api_keys_file or "")
+        app.cleanup_ctx.append(tenants_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
-    add_routes(app, key=settings.api_key or "", admin_key=settings.admin_api_key or "")
+    add_routes(app, keys=keys, admin_key=settings.admin_api_key or "")
     return app

@@ -92,16 +92,30 @@ class DeadLetters:
         replay.lua)."""
         if not letters:
             return []
-        args: list[Any] = [repr(now), self._ttl]
-        for entry, prediction_id in letters:
-            args += [entry, prediction_id]
-        answers = await self._replay(
-            keys=[keys.stream, keys.dead_letters, keys.backlog]
-            + [keys.priorities[0].stream, keys.priorities[2].stream]
-            + [keys.record(p) for _, p in letters],
-            args=args,
-        )
-        return [a.decode() for a in answers]
+        # Each job goes back on its own tenant's streams: one script call per tenant.
+        owners: list[Any] = [""] * len(letters)
+        if self._partitions.tenanted:
+            pipe = self._redis.pipeline(transaction=False)
+            for _, prediction_id in letters:
+                pipe.hget(keys.record(prediction_id), "tenant")
+            owners = await pipe.execute()
+        by_tenant: dict[str, list[int]] = {}
+        for at, owner in enumerate(owners):
+            by_tenant.setdefault(owner.decode() if owner else "", []).append(at)
+        out = [""] * len(letters)
+        for tenant, positions in by_tenant.items():
+            high, normal, low = keys.of_tenant(tenant).priorities
+            args: list[Any] = [repr(now), self._ttl]
+            for at in positions:
+                args += letters[at]
+            answers = await self._replay(
+                keys=[normal.stream, keys.dead_letters, keys.backlog, high.stream, low.stream]
+                + [keys.record(letters[at][1]) for at in positions],
+                args=args,
+            )
+            for at, answer in zip(positions, answers, strict=True):
+                out[at] = answer.decode()
+        return out
 
     async def replay_one(self, prediction_id: str, now: float) -> str | None:
         """Replays one job by its id; None when it has no record."""

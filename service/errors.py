@@ -74,6 +74,16 @@ class QueueFull(ServiceError):
     retry_after = 1
 
 
+class RateLimited(ServiceError):
+    """The tenant sent more requests than its rate allows; retry after ``retry_after``."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PredictionTimeout(ServiceError):
     """A sync prediction ran past JOB_TIMEOUT."""
 

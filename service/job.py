@@ -87,6 +87,8 @@ class NewJob:
     #: Seconds from submission after which, if it has not started, it never runs and ends
     #: aborted (Cancel-After); 0: none.
     cancel_after: float = 0.0
+    #: Its owner ("": the default tenant): the tenant's streams take it.
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,8 @@ class JobRecord(BaseModel):
     error: str | None = None
     request_id: str | None = None
     webhook: str | None = None
+    #: The tenant that submitted it ("": the default one); only it may see the job.
+    tenant: str = ""
 
     @classmethod
     def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
@@ -210,6 +214,7 @@ class JobRecord(BaseModel):
             error=_text(fields.get(b"error")),
             request_id=_text(fields.get(b"request_id")) or None,
             webhook=_text(fields.get(b"webhook")) or None,
+            tenant=_text(fields.get(b"tenant")) or "",
         )
 
     @classmethod

@@ -5,7 +5,11 @@ and every key a script touches for the jobs of that partition: their records, th
 idempotency keys, its dead letters and webhook deliveries, its channels. All of them
 share one hash tag, so on a Redis Cluster each script call stays in one slot. A partition
 has three streams, one per priority (`PRIORITIES`: high, normal, low), read through
-consumer groups of the same name; every other key of the partition serves all three. A job's
+consumer groups of the same name; every other key of the partition serves all three. With
+tenants (API_KEYS_FILE), each tenant has its own three streams in every partition
+(`<base>:t:<name>`, `...:high`, `...:low`): its quota counts them, and the workers read the
+tenants in weighted turns (`service.reads`). The default tenant (no keys file, or API_KEY)
+keeps the plain streams. A job's
 partition is a pure function of its prediction id (`Partitions.of`), so any replica
 finds its record without a look-up.
 
@@ -15,8 +19,9 @@ earlier versions (`predictions`, `prediction:<id>`), so an existing queue is kep
 
 from __future__ import annotations
 
+import functools
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .ids import new_id
 from .settings import Settings
@@ -39,16 +44,27 @@ class Keys:
     index: int = 0
     #: "normal" (the stream named ``base``, as before priorities), "high" or "low".
     priority: str = "normal"
+    #: The tenant whose streams these are ("": the default tenant, the plain streams).
+    tenant: str = ""
+    #: The stream's name (set from the fields above).
+    stream: str = field(init=False, default="")
 
-    @property
-    def stream(self) -> str:
-        """The stream of queued jobs of this priority."""
-        return self.base if self.priority == "normal" else f"{self.base}:{self.priority}"
+    def __post_init__(self) -> None:
+        name = f"{self.base}:t:{self.tenant}" if self.tenant else self.base
+        if self.priority != "normal":
+            name = f"{name}:{self.priority}"
+        object.__setattr__(self, "stream", name)
 
     @property
     def priorities(self) -> tuple[Keys, Keys, Keys]:
-        """The partition seen from each of its priorities, highest first."""
-        return tuple(replace(self, priority=p) for p in PRIORITIES)  # type: ignore[return-value]
+        """The partition seen from each of its tenant's priorities, highest first."""
+        return _priorities(self)
+
+    def of_tenant(self, tenant: str) -> Keys:
+        """The partition seen from ``tenant``'s normal stream."""
+        if tenant == self.tenant and self.priority == "normal":
+            return self
+        return _of_tenant(self, tenant)
 
     @property
     def backlog(self) -> str:
@@ -97,6 +113,16 @@ class Keys:
         return self.record_prefix + prediction_id
 
 
+@functools.lru_cache(maxsize=4096)
+def _priorities(keys: Keys) -> tuple[Keys, Keys, Keys]:
+    return tuple(replace(keys, priority=p) for p in PRIORITIES)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4096)
+def _of_tenant(keys: Keys, tenant: str) -> Keys:
+    return replace(keys, priority="normal", tenant=tenant)
+
+
 def meta_key(settings: Settings) -> str:
     """JSON of what the stored queue was made with: partition count and hash tags."""
     return f"{settings.stream}:meta"
@@ -128,6 +154,28 @@ class Partitions:
             ]
         self.tags = tags
         self.sharded = sharded
+        #: Every tenant whose streams are read, with its weight: the default tenant ("")
+        #: first, then those of the keys file. It only grows while the process runs (a
+        #: tenant taken out of the file still has its queued jobs run).
+        self.tenants: dict[str, int] = {"": 1}
+        #: Raised at every change of ``tenants`` (readers then read the new streams).
+        self.version = 0
+
+    def add_tenants(self, weights: dict[str, int]) -> None:
+        """Reads these tenants too, or with these weights now."""
+        merged = {**self.tenants, **weights}
+        if merged != self.tenants:
+            self.tenants = merged
+            self.version += 1
+
+    @property
+    def tenanted(self) -> bool:
+        """Whether any tenant besides the default one exists."""
+        return len(self.tenants) > 1
+
+    def streams(self, partition: Keys) -> list[Keys]:
+        """Every stream of ``partition``: each tenant's three."""
+        return [k for t in self.tenants for k in partition.of_tenant(t).priorities]
 
     @classmethod
     def single(cls, settings: Settings) -> Partitions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
 
-from .keys import Keys
+from .keys import Keys, Partitions
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -34,6 +34,9 @@ class Metrics:
         # Per model, the same layout: call durations, and inputs per call.
         self._batch_times: dict[str, list[Any]] = {}
         self._batch_sizes: dict[str, list[Any]] = {}
+        # Per (tenant, status): requests of the tenants of the keys file (their number
+        # bounds the labels).
+        self._tenant_requests: dict[tuple[str, int], int] = {}
         r.register(self)
         # Queue figures: totals (what to scale and alert on), and per partition.
         self.stream_length = Gauge("queue_stream_length", "Entries in the job streams.", registry=r)
@@ -81,6 +84,13 @@ class Metrics:
         self.partition_dead = Gauge(
             "queue_partition_dead_letters", "Dead letters of one partition.", label, registry=r
         )
+        self.tenant_queued = Gauge(
+            "tenant_queued_jobs",
+            "Jobs queued or running, by tenant (the default tenant is 'default'): what its "
+            "max_queued bounds.",
+            ["tenant"],
+            registry=r,
+        )
         self._queue_read: asyncio.Future[None] | None = None
         self._queue_read_at = 0.0
 
@@ -100,6 +110,11 @@ class Metrics:
         self._requests[key] = self._requests.get(key, 0) + 1
         _observe(self._timings, (route, method), _LATENCY_BUCKETS, seconds)
 
+    def observe_tenant(self, tenant: str, status: int) -> None:
+        """Counts one answered request of a tenant of the keys file."""
+        key = (tenant, status)
+        self._tenant_requests[key] = self._tenant_requests.get(key, 0) + 1
+
     def collect(self) -> Iterator[Metric]:
         """The figures counted in plain dicts, for the registry at scrape time."""
         predictions = CounterMetricFamily(
@@ -116,6 +131,16 @@ class Metrics:
         for (route, method, status), count in self._requests.items():
             requests.add_metric([route, method, str(status)], count)
         yield requests
+        if self._tenant_requests:
+            tenants = CounterMetricFamily(
+                "tenant_requests",
+                "HTTP requests answered, by tenant (of the keys file) and status; 429s are "
+                "requests over the tenant's rate or queue quota.",
+                labels=["tenant", "status"],
+            )
+            for (tenant, status), count in self._tenant_requests.items():
+                tenants.add_metric([tenant, str(status)], count)
+            yield tenants
         yield _histogram(
             "http_request_duration_seconds",
             "Time to answer an HTTP request.",
@@ -138,7 +163,7 @@ class Metrics:
             _BATCH_BUCKETS,
         )
 
-    async def queue_figures(self, redis: Redis, partitions: Sequence[Keys], max_age: float) -> None:
+    async def queue_figures(self, redis: Redis, partitions: Partitions, max_age: float) -> None:
         """Refreshes the queue figures unless they are younger than ``max_age`` seconds;
         concurrent scrapes share one read."""
         read = self._queue_read
@@ -147,14 +172,20 @@ class Metrics:
             read = self._queue_read = asyncio.ensure_future(self.refresh_queue(redis, partitions))
         await asyncio.shield(read)
 
-    async def refresh_queue(self, redis: Redis, partitions: Sequence[Keys]) -> None:
+    async def refresh_queue(self, redis: Redis, partitions: Partitions) -> None:
         """Reads the queue figures of every partition from Redis: per partition one
-        pipelined round trip of eleven O(1) calls, whatever the backlog, all at once."""
-        figures = await asyncio.gather(*(_partition_figures(redis, keys) for keys in partitions))
+        pipelined round trip of O(1) calls (three per stream, and two), whatever the
+        backlog, all at once."""
+        figures = await asyncio.gather(
+            *(_partition_figures(redis, partitions, keys) for keys in partitions.all)
+        )
         totals = [0, 0, 0, 0]
         oldest = 0.0
         self.model_backlog.clear()
-        for keys, (values, by_model, age) in zip(partitions, figures, strict=True):
+        queued: dict[str, int] = {}
+        for keys, (values, by_model, age, by_tenant) in zip(partitions.all, figures, strict=True):
+            for tenant, count in by_tenant.items():
+                queued[tenant] = queued.get(tenant, 0) + count
             name = str(keys.index)
             for gauge, value in zip(
                 (
@@ -179,18 +210,22 @@ class Metrics:
             gauge.set(value)
         self.backlog.set(totals[1] + totals[2])
         self.oldest_age.set(oldest)
+        if partitions.tenanted:
+            for tenant, count in queued.items():
+                self.tenant_queued.labels(tenant or "default").set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 async def _partition_figures(
-    redis: Redis, keys: Keys
-) -> tuple[tuple[int, int, int, int], dict[str, int], float]:
-    """(stream length, lag, pending, dead letters) of its three priority streams
-    together, the backlog by model, and the age of the oldest entry, of one partition."""
+    redis: Redis, partitions: Partitions, keys: Keys
+) -> tuple[tuple[int, int, int, int], dict[str, int], float, dict[str, int]]:
+    """(stream length, lag, pending, dead letters) of its streams (every tenant's three
+    priorities) together, the backlog by model, and the age of the oldest entry, of one
+    partition; and the stream lengths by tenant."""
     pipe = redis.pipeline(transaction=False)
-    streams = keys.priorities
+    streams = partitions.streams(keys)
     for one in streams:
         pipe.xlen(one.stream)
         pipe.xinfo_groups(one.stream)
@@ -204,11 +239,14 @@ async def _partition_figures(
     by_model = {_text(k): max(0, int(v)) for k, v in counts.items()}
     length = lag = pending = 0
     age = 0.0
+    by_tenant: dict[str, int] = {}
     for at in range(0, len(per_stream), 3):
         size, groups, first = per_stream[at : at + 3]
         if isinstance(groups, Exception):  # no such stream: nothing queued there
             continue
         length += int(size)
+        tenant = streams[at // 3].tenant
+        by_tenant[tenant] = by_tenant.get(tenant, 0) + int(size)
         if first:
             born = int(_text(first[0][0]).split("-")[0]) / 1000
             age = max(age, time.time() - born)
@@ -224,7 +262,7 @@ async def _partition_figures(
             # that acks them), so what is not pending has not been delivered.
             behind = max(0, int(size) - int(group["pending"]))
         lag += int(behind)
-    return (length, lag, pending, int(dead)), by_model, age
+    return (length, lag, pending, int(dead)), by_model, age, by_tenant
 
 
 def _text(value: Any) -> str:

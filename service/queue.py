@@ -41,7 +41,9 @@ class JobQueue:
     the workers' readers (`service.reads`), keeps long jobs claimed. With a ``lane``, a
     submit holding a job someone here waits for may be delivered straight to this replica.
 
-    ``max_queue`` bounds each partition's stream (MAX_QUEUE divided among partitions)."""
+    ``max_queue`` bounds each partition's streams (MAX_QUEUE divided among partitions); a
+    tenant with a quota (``quotas``, its max_queued) is bounded by that instead, counted on
+    its own streams."""
 
     def __init__(
         self,
@@ -55,23 +57,46 @@ class JobQueue:
         durable: Durable | None = None,
     ) -> None:
         self._redis = redis
+        self.version = version
         self._durable = durable
         self.partitions = partitions
         self._ttl = ttl_seconds
-        count = len(partitions)
         self._max_queue = max_queue
-        self._limit = 0 if max_queue <= 0 else max(1, -(-max_queue // count))
         self._lane = lane
         self._submit_script = lua.register(redis, "submit", version)
         self._hand_back = lua.register(redis, "hand_back", version)
         self._retire = lua.register(redis, "retire", version)
         self._take = lua.register(redis, "take", version)
         self._submits: Coalescer[NewJob, str] = Coalescer(self._write_all)
+        #: Each tenant's max_queued, for those that have one.
+        self.quotas: dict[str, int] = {}
+
+    async def add_tenants(self, weights: dict[str, int], quotas: dict[str, int]) -> None:
+        """Makes the streams and groups of these tenants (if new), then reads them too, and
+        bounds each tenant's queued jobs by its quota (0: by MAX_QUEUE)."""
+        grown = {**self.partitions.tenants, **weights}
+        await self._ensure_groups(
+            [k for p in self.partitions.all for t in grown for k in p.of_tenant(t).priorities]
+        )
+        self.quotas = {name: q for name, q in quotas.items() if q > 0}
+        self.partitions.add_tenants(weights)
+
+    def _limit_of(self, tenant: str) -> tuple[int, int]:
+        """(the bound on one partition's streams of ``tenant``, the bound in all)."""
+        total = self.quotas.get(tenant, self._max_queue) if tenant else self._max_queue
+        if total <= 0:
+            return 0, 0
+        return max(1, -(-total // len(self.partitions))), total
 
     async def ensure_group(self) -> None:
         """Creates every partition's streams and groups if missing; from id 0 so no queued
         job is skipped."""
-        for keys in (k for p in self.partitions.all for k in p.priorities):
+        await self._ensure_groups(
+            [k for p in self.partitions.all for k in self.partitions.streams(p)]
+        )
+
+    async def _ensure_groups(self, streams: list[Keys]) -> None:
+        for keys in streams:
             try:
                 await self._redis.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
                 log.info("created consumer group %s on stream %s", keys.group, keys.stream)
@@ -94,7 +119,7 @@ class JobQueue:
         if reply.startswith("dup:"):
             return reply.removeprefix("dup:")
         if reply == "full":
-            raise QueueFull(f"The queue holds {self._max_queue} jobs; try again shortly.")
+            raise self._full(job.tenant, 1)
         raise IdempotencyConflict("This Idempotency-Key was used with a different request body.")
 
     async def submit_all(self, jobs: list[NewJob]) -> list[str]:
@@ -104,11 +129,11 @@ class JobQueue:
         partition = self.partitions.of(jobs[0].prediction_id)
         if any(self.partitions.of(job.prediction_id) is not partition for job in jobs):
             raise ValueError("a bulk submit's jobs must share one partition")
-        if any(job.priority != jobs[0].priority for job in jobs):
-            raise ValueError("a bulk submit's jobs must share one priority")
+        if any(j.priority != jobs[0].priority or j.tenant != jobs[0].tenant for j in jobs):
+            raise ValueError("a bulk submit's jobs must share one priority and tenant")
         replies = await self._write(partition, jobs, whole=True)
         if any(r == "full" for r in replies):
-            raise QueueFull(f"The queue cannot take {len(jobs)} more jobs; try again shortly.")
+            raise self._full(jobs[0].tenant, len(jobs))
         if any(r == "conflict" for r in replies):
             raise IdempotencyConflict(
                 "This Idempotency-Key was used with a different request body."
@@ -118,18 +143,30 @@ class JobQueue:
             for job, r in zip(jobs, replies, strict=True)
         ]
 
+    def _full(self, tenant: str, count: int) -> QueueFull:
+        if tenant not in self.quotas:
+            if count == 1:
+                return QueueFull(f"The queue holds {self._max_queue} jobs; try again shortly.")
+            return QueueFull(f"The queue cannot take {count} more jobs; try again shortly.")
+        per_partition, total = self._limit_of(tenant)
+        whose = f"Tenant {tenant!r} may have {total} jobs queued"
+        if len(self.partitions) > 1:
+            whose += f" ({per_partition} in each of {len(self.partitions)} partitions)"
+        more = "this job" if count == 1 else f"{count} more jobs"
+        return QueueFull(f"{whose}; there is no room for {more} now: try again shortly.")
+
     async def _write_all(self, jobs: list[NewJob]) -> list[str]:
-        """One flush of coalesced submits: one script call per partition and priority they
-        fall in."""
+        """One flush of coalesced submits: one script call per partition, tenant and
+        priority they fall in."""
         partitions = self.partitions
-        if len(partitions) == 1 and all(job.priority == "normal" for job in jobs):
+        if len(partitions) == 1 and all(j.priority == "normal" and not j.tenant for j in jobs):
             return await self._write(partitions[0], jobs)
-        groups: dict[tuple[int, str], list[int]] = {}
+        groups: dict[tuple[int, str, str], list[int]] = {}
         for position, job in enumerate(jobs):
-            where = (partitions.of(job.prediction_id).index, job.priority)
+            where = (partitions.of(job.prediction_id).index, job.tenant, job.priority)
             groups.setdefault(where, []).append(position)
         answers = await asyncio.gather(
-            *(self._write(partitions[p], [jobs[i] for i in at]) for (p, _), at in groups.items())
+            *(self._write(partitions[p], [jobs[i] for i in at]) for (p, _, _), at in groups.items())
         )
         out = [""] * len(jobs)
         for at, replies in zip(groups.values(), answers, strict=True):
@@ -138,19 +175,20 @@ class JobQueue:
         return out
 
     async def _write(self, partition: Keys, jobs: list[NewJob], whole: bool = False) -> list[str]:
-        """Queues ``jobs``, all of one partition and one priority: one script call."""
-        priority = jobs[0].priority
-        streams = partition.priorities
+        """Queues ``jobs``, all of one partition, tenant and priority: one script call."""
+        priority, tenant = jobs[0].priority, jobs[0].tenant
+        streams = partition.of_tenant(tenant).priorities
         chosen = streams[PRIORITIES.index(priority)]
         partition = chosen  # the direct lane acks on the stream the jobs are queued on
         keys = [chosen.stream] + [s.stream for s in streams if s is not chosen]
         now = time.time()
         args: list[Any] = [
             self._ttl,
-            self._limit,
+            self._limit_of(tenant)[0],
             "1" if whole else "0",
             repr(now),
             "" if priority == "normal" else priority,
+            tenant,
         ]
         idempotency: list[str] = []
         for job in jobs:
@@ -159,7 +197,9 @@ class JobQueue:
             if job.idempotency_key or job.webhook or job.cancel_after:
                 index = 0
                 if job.idempotency_key:
-                    idempotency.append(partition.idempotency(job.idempotency_key))
+                    # Each tenant has its own keys: another's never answers its ids.
+                    name = f"{tenant}/{job.idempotency_key}" if tenant else job.idempotency_key
+                    idempotency.append(partition.idempotency(name))
                     index = len(jobs) + 3 + len(idempotency)  # its place in KEYS (from 1)
                 cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
                 extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
@@ -169,9 +209,16 @@ class JobQueue:
         keys += idempotency
         keys.append(partition.backlog)
         # A flush with a job someone here waits for goes to the lane whole (the others
-        # would be run by a worker of some replica just as soon).
+        # would be run by a worker of some replica just as soon). Not with tenants: the
+        # lane sees only the jobs' own tenant's streams, and would overtake the others'.
         lane = self._lane
-        if lane is not None and not whole and lane.has_room() and any(j.waited for j in jobs):
+        if (
+            lane is not None
+            and not whole
+            and not self.partitions.tenanted
+            and lane.has_room()
+            and any(j.waited for j in jobs)
+        ):
             args += (partition.group, lane.consumer, partition.started, partition.publish)
         else:
             lane = None
@@ -210,6 +257,7 @@ class JobQueue:
         return Reader(
             self._redis,
             self._take,
+            self.partitions,
             partition,
             consumer,
             batch_size=batch_size,
@@ -243,6 +291,6 @@ class JobQueue:
                 *(
                     self._retire(keys=[keys.stream], args=[keys.group, *consumers])
                     for partition in self.partitions.all
-                    for keys in partition.priorities
+                    for keys in self.partitions.streams(partition)
                 )
             )

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from .job import Entry, deleted_ids, parse_entries, script_entries, stream_entries
-from .keys import Keys
+from .keys import Keys, Partitions
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,18 @@ class Reader:
     lower ones without stopping them: each gets at least one batch in eight of every worker
     while it has jobs. When a read comes back short, the next one waits on all three
     streams at once (one blocking XREADGROUP, up to a batch from each).
+
+    With tenants, each has its three streams; within each priority the tenants are read in
+    weighted turns (smooth weighted round robin): a tenant of weight w among tenants of
+    total weight W comes first in w turns of every W, so while another floods the queue
+    its jobs wait for about W/w batches, not for the whole backlog.
     """
 
     def __init__(
         self,
         redis: Redis,
         take: AsyncScript,
+        partitions: Partitions,
         partition: Keys,
         consumer: str,
         *,
@@ -44,7 +50,14 @@ class Reader:
     ) -> None:
         self._redis = redis
         self._take = take
-        self._streams = partition.priorities
+        self._partitions = partitions
+        self._partition = partition
+        self._version = -1
+        self._streams: tuple[Keys, ...] = ()
+        self._tenants: list[tuple[Keys, Keys, Keys]] = []
+        self._weights: list[int] = []
+        self._credit: list[int] = []
+        self._refresh()
         self.consumer = consumer
         self._size = batch_size
         self._block_ms = block_ms
@@ -60,10 +73,21 @@ class Reader:
         the streams recreated)."""
         self._own_pending_done = False
 
+    def _refresh(self) -> None:
+        """Follows the tenants (the keys file was reloaded)."""
+        self._version = self._partitions.version
+        tenants = self._partitions.tenants
+        self._tenants = [self._partition.of_tenant(t).priorities for t in tenants]
+        self._weights = [max(1, w) for w in tenants.values()]
+        self._credit = [0] * len(self._weights)
+        self._streams = tuple(k for p in range(3) for t in self._tenants for k in (t[p],))
+
     async def next(self) -> Batches:
         """The next entries to run ([] for none): own pending ones until there are none
         (that pass answers []), idle ones of others every half visibility timeout, else
         new ones."""
+        if self._version != self._partitions.version:
+            self._refresh()
         if not self._own_pending_done:
             for keys in self._streams:
                 entries = await self._own_pending(keys)
@@ -87,12 +111,17 @@ class Reader:
     def _order(self) -> tuple[Keys, ...]:
         """The streams in the order the next batch is filled from (see the class)."""
         self._turn = turn = (self._turn + 1) % 8
-        high, normal, low = self._streams
-        if turn == 3:
-            return (normal, high, low)
-        if turn == 7:
-            return (low, normal, high)
-        return self._streams
+        order = (1, 0, 2) if turn == 3 else (2, 1, 0) if turn == 7 else (0, 1, 2)
+        tenants = self._tenants
+        if len(tenants) == 1:
+            return tuple(tenants[0][p] for p in order)
+        credit, weights = self._credit, self._weights
+        for i, weight in enumerate(weights):
+            credit[i] += weight
+        first = max(range(len(credit)), key=credit.__getitem__)
+        credit[first] -= sum(weights)
+        turns = tenants[first:] + tenants[:first]
+        return tuple(t[p] for p in order for t in turns)
 
     async def _fill(self, streams: tuple[Keys, ...]) -> Batches:
         """Up to a batch in all, from the first of ``streams`` on; never blocks."""

@@ -101,13 +101,15 @@ class ResultStore:
             for (e, o), flat in zip(finished, replies, strict=True)
         ]
 
-    async def cancel(self, prediction_id: str, now: float) -> tuple[str, JobRecord | None]:
-        """Cancels the job if it is still queued; answers the status it had ('' if none)
-        and the record as it is now, in one round trip."""
+    async def cancel(
+        self, prediction_id: str, now: float, tenant: str = ""
+    ) -> tuple[str, JobRecord | None]:
+        """Cancels the job if it is still queued and ``tenant``'s; answers the status it had
+        ('' if none, or another tenant's) and the record as it is now, in one round trip."""
         partition = self._partitions.of(prediction_id)
         before, flat = await self._cancel(
             keys=[partition.record(prediction_id)],
-            args=[repr(now), partition.completions, partition.publish],
+            args=[repr(now), partition.completions, partition.publish, tenant],
         )
         return before.decode(), JobRecord.from_flat(prediction_id, flat)
 

@@ -162,6 +162,17 @@ class Settings(BaseSettings):
         description="If set, every route but health, metrics and docs needs "
         "'Authorization: Bearer <API_KEY>'.",
     )
+    api_keys_file: str | None = Field(
+        None,
+        description="A TOML file of tenants: their keys (SHA-256 digests), rate limits, "
+        "queue quotas and weights (see the README, 'Sharing one deployment'). Each tenant "
+        "sees only its own jobs; API_KEY, if also set, is one more tenant with no limits.",
+    )
+    api_keys_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the keys file is checked for changes (SIGHUP reloads it at once).",
+    )
     admin_api_key: str | None = Field(
         None,
         description="If set, the admin routes (/admin: dead letters) need "

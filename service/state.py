@@ -20,6 +20,7 @@ from .models import ModelRegistry
 from .queue import JobQueue
 from .results import ResultStore
 from .settings import Settings
+from .tenants import Limiter, Tenant, Tenants
 from .waiting import Completions
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,6 +28,8 @@ METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 SYNC_GATE = web.AppKey("sync_gate", SyncGate)
 REQUEST_ID = web.RequestKey("request_id", str)
+#: The caller's tenant (set when keys are checked; absent: the default tenant).
+TENANT = web.RequestKey("tenant", Tenant)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 PARTITIONS = web.AppKey("partitions", Partitions)
@@ -41,3 +44,5 @@ DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 COMPLETIONS = web.AppKey("completions", Completions)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])
+TENANTS = web.AppKey("tenants", Tenants)
+LIMITER = web.AppKey("limiter", Limiter)

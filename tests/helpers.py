@@ -164,8 +164,9 @@ def partitions_of(client: TestClient) -> Partitions:
 
 
 def streams_of(client: TestClient) -> list[Keys]:
-    """Every stream of the client's queue: each partition's, of each priority."""
-    return [keys for p in partitions_of(client).all for keys in p.priorities]
+    """Every stream of the client's queue: each partition's, of each tenant and priority."""
+    partitions = partitions_of(client)
+    return [keys for p in partitions.all for keys in partitions.streams(p)]
 
 
 async def queued(rds: Redis, client: TestClient) -> int:

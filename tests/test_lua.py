@@ -83,9 +83,10 @@ def submit_args(
     whole: bool = False,
     lane: bool = False,
     priority: str = "",
+    tenant: str = "",
 ) -> list[Any]:
     """ARGV of submit.lua for jobs given as (id, extras)."""
-    args: list[Any] = [60, limit, "1" if whole else "0", "100.5", priority]
+    args: list[Any] = [60, limit, "1" if whole else "0", "100.5", priority, tenant]
     for job_id, extras in jobs:
         args += [job_id, "m", f'"{job_id}"', "rid", extras]
     if lane:
@@ -235,6 +236,24 @@ async def test_submit_at_a_priority_writes_its_stream_and_counts_every_stream(r:
     keys = [STREAM, HIGH, LOW, rec("c"), rec("d"), BACKLOG]
     reply = await call(r, "submit", keys, submit_args([("c", ""), ("d", "")], limit=2))
     assert reply == [b"ok", b"full"] and await r.xlen(STREAM) == 1
+
+
+async def test_submit_of_a_tenant_keeps_its_owner_and_counts_only_its_streams(r: Redis) -> None:
+    mine = [f"{STREAM}:t:acme", f"{STREAM}:t:acme:high", f"{STREAM}:t:acme:low"]
+    # Another tenant's backlog (the default one's streams) does not count against acme.
+    await r.xadd(STREAM, {"id": "other"})
+    keys = [*mine, rec("a"), BACKLOG]
+    assert await call(r, "submit", keys, submit_args([("a", "")], limit=1, tenant="acme")) == 1
+    assert (await record(r, "a"))["tenant"] == "acme"
+    assert [f[b"id"] for _, f in await r.xrange(mine[0])] == [b"a"]
+    # Its own queued job does: the limit is the tenant's.
+    keys = [*mine, rec("b"), BACKLOG]
+    reply = await call(r, "submit", keys, submit_args([("b", "")], limit=1, tenant="acme"))
+    assert reply == [b"full"]
+    # The default tenant's record has no owner field.
+    keys = [STREAM, HIGH, LOW, rec("c"), BACKLOG]
+    assert await call(r, "submit", keys, submit_args([("c", "")])) == 1
+    assert "tenant" not in await record(r, "c")
 
 
 # -- take ------------------------------------------------------------------------------------
@@ -517,6 +536,15 @@ async def test_cancel_cancels_only_a_queued_job(
     assert (await record(r, 1))["status"] == after
 
 
+async def test_cancel_leaves_another_tenants_job_and_answers_it_as_gone(r: Redis) -> None:
+    await add_job(r, 1, tenant="acme")
+    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "other"]) == [b"", []]
+    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""]) == [b"", []]
+    assert (await record(r, 1))["status"] == "queued"
+    before, _ = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "acme"])
+    assert before == b"queued" and (await record(r, 1))["status"] == "canceled"
+
+
 async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
     assert await call(r, "cancel", [rec("gone")], ["300", DONE, "PUBLISH"]) == [b"", []]
     assert not await r.exists(rec("gone"))
@@ -657,3 +685,23 @@ async def test_replay_drops_the_letter_of_a_gone_or_no_longer_failed_record(r: R
     assert await r.xlen(DEAD) == 0 and await r.xlen(STREAM) == 0
     assert not await r.exists(rec(1)), "not recreated"
     assert await record(r, 2) == before, "a final record is not rewritten"
+
+
+# -- limit -----------------------------------------------------------------------------------
+
+
+async def test_limit_lets_a_burst_through_then_refills_at_the_rate(r: Redis) -> None:
+    bucket = "predictions:tenant:a:rate"
+    assert [await call(r, "limit", [bucket], ["0.5", "2"]) for _ in range(2)] == [0, 0]
+    wait_ms = await call(r, "limit", [bucket], ["0.5", "2"])
+    assert 1000 < wait_ms <= 2000, "one token comes back in 2 s at 0.5/s"
+    assert float((await r.hgetall(bucket))[b"tokens"]) < 1, "a refusal takes nothing"
+    assert 0 < await r.pttl(bucket) <= 5000
+    # Three seconds later (the bucket's clock moved back): one token again, not more.
+    at = float(await r.hget(bucket, "at"))
+    await r.hset(bucket, "at", repr(at - 3))
+    assert await call(r, "limit", [bucket], ["0.5", "2"]) == 0
+    assert await call(r, "limit", [bucket], ["0.5", "2"]) > 0
+    # A long pause refills to the burst, never beyond.
+    await r.hset(bucket, mapping={"at": repr(at - 3600), "tokens": "0"})
+    assert [await call(r, "limit", [bucket], ["0.5", "2"]) for _ in range(3)][2] > 0

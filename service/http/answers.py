@@ -4,7 +4,6 @@ exceptions become answers in the JSON error shape, the access log and the HTTP m
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from .. import state
 from ..connection import unavailable
 from ..errors import ServiceError, Unauthorized
 from ..ids import new_request_id
+from ..tenants import Tenants
 from .io import json_response
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,15 @@ access_log = logging.getLogger("service.access")
 UNMATCHED = "unmatched"
 
 
-def answered(handler: Handler, route: str, key: str = "") -> Handler:
+def answered(handler: Handler, route: str, keys: Tenants | None = None) -> Handler:
     """``handler`` as it is registered: every request gets its id (taken from X-Request-ID
-    or made), the API key check when ``key`` is set, the one place where exceptions become
-    JSON error answers, then the access log line and the HTTP metrics under ``route``.
+    or made), the key check when ``keys`` is given (the request's tenant, and its rate),
+    the one place where exceptions become JSON error answers, then the access log line and
+    the HTTP metrics under ``route``.
 
     A wrapper applied where routes are registered, not an aiohttp middleware: any
     middleware costs every request two more layers (aiohttp adds its own), this costs one.
     """
-    token_expected = key.encode()
 
     async def answer(request: web.Request) -> web.StreamResponse:
         given = request.headers.get("X-Request-ID")
@@ -62,8 +62,10 @@ def answered(handler: Handler, route: str, key: str = "") -> Handler:
         request[state.REQUEST_ID] = request_id
         began = time.perf_counter()
         try:
-            if token_expected:
-                _check_key(request, token_expected)
+            if keys is not None:
+                tenant = request[state.TENANT] = keys.check(request)
+                if tenant.rate:
+                    await request.app[state.LIMITER].take(tenant)
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect: aiohttp sends it as it is
@@ -76,12 +78,6 @@ def answered(handler: Handler, route: str, key: str = "") -> Handler:
         return response
 
     return functools.wraps(handler)(answer)  # keeps the docstring the OpenAPI spec is read from
-
-
-def _check_key(request: web.Request, expected: bytes) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
-        raise Unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
 
 
 async def unmatched(request: web.Request) -> web.StreamResponse:
@@ -107,7 +103,11 @@ def _observe(
 ) -> None:
     if not response.prepared:  # a stream sets its own before it starts
         response.headers["X-Request-ID"] = request_id
-    request.app[state.METRICS].observe_request(route, request.method, response.status, elapsed)
+    metrics = request.app[state.METRICS]
+    metrics.observe_request(route, request.method, response.status, elapsed)
+    tenant = request.get(state.TENANT)
+    if tenant is not None and tenant.name:
+        metrics.observe_tenant(tenant.name, response.status)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s %d %.1fms",

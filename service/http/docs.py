@@ -26,10 +26,12 @@ def setup_docs(
     *,
     auth: bool = False,
     admin_auth: bool = False,
+    rate_limited: bool = False,
 ) -> dict[str, Any]:
     """Adds ``routes`` with their docstring specs and the UI; answers the live spec dict.
     With ``auth`` every operation whose handler is neither ``public`` nor ``admin`` asks for
-    the bearer key, and with ``admin_auth`` the ``admin`` ones ask for the admin key;
+    the bearer key (and, with ``rate_limited``, may answer 429), and with ``admin_auth``
+    the ``admin`` ones ask for the admin key;
     without them the spec shows no such security (no Authorize button, no locks)."""
     docs = SwaggerDocs(
         app,
@@ -58,6 +60,10 @@ def setup_docs(
                 operation["security"] = [{"admin": []}]
         elif auth and route.handler not in public:
             operation["security"] = [{"bearer": []}]
+            if rate_limited:  # every tenant's request counts against its rate
+                operation["responses"].setdefault(
+                    "429", {"$ref": "#/components/responses/RateLimited"}
+                )
         # Callbacks inline, not as $refs: client generators (openapi-python-client) do not
         # follow a $ref there.
         for name, callback in operation.get("callbacks", {}).items():

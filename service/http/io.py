@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .. import state
 from ..errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
 from ..schemas import CANCEL_AFTER, BulkRequest, PredictRequest
 
@@ -90,6 +91,12 @@ def cancel_after(request: web.Request) -> float:
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def tenant_of(request: web.Request) -> str:
+    """The caller's tenant ("": the default one)."""
+    tenant = request.get(state.TENANT)
+    return tenant.name if tenant is not None else ""
 
 
 def idempotency_key(request: web.Request) -> str:

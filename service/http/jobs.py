@@ -13,7 +13,7 @@ from ..errors import BadRequest, NotFound
 from ..job import JobRecord, Status
 from ..schemas import NOT_FOUND_MESSAGE, prediction_view
 from ..waiting import wait_for_record
-from .io import client_gone, json_response
+from .io import client_gone, json_response, tenant_of
 
 
 def _wait_param(request: web.Request) -> float:
@@ -61,6 +61,10 @@ async def get_prediction(request: web.Request) -> web.Response:
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
     wait = _wait_param(request)
+    tenant = tenant_of(request)
+    if wait > 0 and request.app[state.PARTITIONS].tenanted:
+        # Another tenant's job is not waited for: it is unknown to this caller.
+        await _own_record(request, prediction_id, tenant)
     if wait > 0:
         app = request.app
         record = await wait_for_record(
@@ -74,9 +78,18 @@ async def get_prediction(request: web.Request) -> web.Response:
             return web.Response(status=CLIENT_CLOSED)  # for the logs and metrics only
     else:
         record = await request.app[state.RESULTS].get(prediction_id)
-    if record is None:
+    if record is None or record.tenant != tenant:
         raise NotFound(NOT_FOUND_MESSAGE)
     return json_response(prediction_view(record))
+
+
+async def _own_record(request: web.Request, prediction_id: str, tenant: str) -> JobRecord:
+    """The job's record, if the caller's tenant owns it; else NotFound, as for an unknown
+    id (another tenant's job is never shown, nor said to exist)."""
+    record = await request.app[state.RESULTS].get(prediction_id)
+    if record is None or record.tenant != tenant:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return record
 
 
 _KEEPALIVE_SECONDS = 15.0
@@ -111,10 +124,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
-    results = request.app[state.RESULTS]
-    record = await results.get(prediction_id)
-    if record is None:
-        raise NotFound(NOT_FOUND_MESSAGE)
+    record = await _own_record(request, prediction_id, tenant_of(request))
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -189,7 +199,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
     results = request.app[state.RESULTS]
-    before, record = await results.cancel(prediction_id, time.time())
+    before, record = await results.cancel(prediction_id, time.time(), tenant_of(request))
     if not before or record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     if before not in ("queued", "canceled"):

@@ -37,7 +37,7 @@ async def metrics(request: web.Request) -> web.Response:
     app = request.app
     registry = app[state.METRICS]
     if state.REDIS in app:
-        partitions = app[state.PARTITIONS].all
+        partitions = app[state.PARTITIONS]
         try:
             await registry.queue_figures(app[state.REDIS], partitions, QUEUE_FIGURES_MAX_AGE)
         except REDIS_FAILURES as exc:

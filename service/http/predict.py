@@ -29,6 +29,7 @@ from .io import (
     parse_predict_body,
     prefer,
     read_body,
+    tenant_of,
 )
 
 
@@ -79,6 +80,7 @@ async def predict(request: web.Request) -> web.Response:
             waited=wait > 0,
             priority=priority,
             cancel_after=deadline,
+            tenant=tenant_of(request),
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)
@@ -225,6 +227,7 @@ async def predict_batch(request: web.Request) -> web.Response:
             events,
             priority=priority,
             cancel_after=deadline,
+            tenant=tenant_of(request),
         )
         for index, value in enumerate(inputs)
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import state
+from ..tenants import Tenants
 from .admin import (
     admin_off,
     list_dead_letters,
@@ -48,11 +49,13 @@ ADMIN_ROUTES: list[web.RouteDef] = [
 ]
 
 
-def add_routes(app: web.Application, key: str = "", admin_key: str = "") -> None:
-    """Adds every route, the Swagger page (its spec security follows ``key``) and, last,
+def add_routes(app: web.Application, keys: Tenants | None = None, admin_key: str = "") -> None:
+    """Adds every route, the Swagger page (its spec security follows ``keys``) and, last,
     the route that answers what no other matches with a JSON 404 or 405; then wraps every
-    handler in ``answered``: request ids, errors as JSON, metrics, and the API key (when
-    ``key`` is set) on every route not marked public, ADMIN_API_KEY on the admin routes."""
+    handler in ``answered``: request ids, errors as JSON, metrics, and the key check (when
+    ``keys`` is given: API_KEY, or the tenants of API_KEYS_FILE) on every route not marked
+    public, ADMIN_API_KEY on the admin routes."""
+    admin = Tenants(api_key=admin_key) if admin_key else None
     public_handlers = {route.handler for route, public in ROUTES if public}
     admin_handlers = {route.handler for route in ADMIN_ROUTES}
     app[state.OPENAPI_SPEC] = setup_docs(
@@ -60,23 +63,24 @@ def add_routes(app: web.Application, key: str = "", admin_key: str = "") -> None
         [route for route, _ in ROUTES] + ADMIN_ROUTES,
         public_handlers,
         admin_handlers,
-        auth=bool(key),
+        auth=keys is not None,
+        rate_limited=keys is not None and bool(keys.keys_file),
         admin_auth=bool(admin_key),
     )
     app.router.add_route("*", "/{path:.*}", unmatched)
     for route in app.router.routes():
         resource = route.resource
         assert resource is not None
-        handler, needed = route.handler, key
+        handler, needed = route.handler, keys
         if handler is unmatched:
-            label, needed = UNMATCHED, ""
+            label, needed = UNMATCHED, None
         else:
             label = resource.canonical
             if handler in admin_handlers:
                 # Without ADMIN_API_KEY they are off: 403, whatever was sent.
-                handler, needed = (handler, admin_key) if admin_key else (admin_off, "")
+                handler, needed = (handler, admin) if admin_key else (admin_off, None)
             elif handler in public_handlers or label.startswith("/docs"):
-                needed = ""  # the Swagger page and its spec (under /docs) are public too
+                needed = None  # the Swagger page and its spec (under /docs) are public too
         # aiohttp has no public way to wrap a registered handler, and aiohttp-swagger3
         # registers its own routes; tests/test_ops.py checks that every route is wrapped.
         wrapped = answered(handler, label, needed)

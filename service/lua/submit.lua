@@ -1,12 +1,13 @@
 -- submit: queue jobs (one coalesced call for many concurrent submits, or one bulk submit).
 --
--- KEYS: the stream of the jobs' priority, then the partition's two other priority streams
---   (counted against the limit); then one record key per job (N jobs); then the
+-- KEYS: the stream of the jobs' tenant and priority, then the tenant's two other priority
+--   streams in the partition (counted against the limit); then one record key per job (N jobs); then the
 --   idempotency keys of the jobs that carry one, in job order; last, the backlog hash (jobs
 --   queued or running, by model).
 -- ARGV: record TTL (s), queue limit (0: none; for the three streams together), '1' for
 --   all-or-none (a bulk submit), the created time of every job, their priority ('' for
---   normal, else kept in each record for a replay); then five per job: prediction id, model, input (JSON),
+--   normal, else kept in each record for a replay), their tenant ('' for the default one,
+--   else kept in each record: its owner); then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
 --   body digest, webhook URL or '', webhook events 'done,failed', and optionally the
 --   time (Unix s) its Cancel-After passes, or '']); optionally four more
@@ -28,9 +29,9 @@
 --! include no_backlog.lua
 --! include start_job.lua
 local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
-local priority = ARGV[5]
-local jobs = #ARGV >= 5 and math.floor((#ARGV - 5) / 5) or 0
-local function arg(i, k) return ARGV[5 + (i - 1) * 5 + k] end
+local priority, tenant = ARGV[5], ARGV[6]
+local jobs = #ARGV >= 6 and math.floor((#ARGV - 6) / 5) or 0
+local function arg(i, k) return ARGV[6 + (i - 1) * 5 + k] end
 -- Jobs in the partition's three streams, counted once; the loop below adds its own.
 local waiting = 0
 if limit > 0 then
@@ -69,10 +70,10 @@ if whole then
   end
 end
 
-local lane = #ARGV > 5 + 5 * jobs
+local lane = #ARGV > 6 + 5 * jobs
 local group, consumer, started_channel, publish
 if lane then
-  local b = 6 + 5 * jobs
+  local b = 7 + 5 * jobs
   group, consumer, started_channel, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   -- Straight to the lane only while none of the partition's streams has jobs waiting: a
   -- job never overtakes one of its own or a higher priority this way.
@@ -110,6 +111,7 @@ for i = 1, jobs do
       redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
     end
     if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
+    if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
     if cancel_at ~= '' then redis.call('HSET', key, 'cancel_at', cancel_at) end
     redis.call('EXPIRE', key, ttl)
     if lane then
