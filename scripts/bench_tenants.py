@@ -141,9 +141,7 @@ def main() -> None:
         f"Tenant A's backlog of {args.jobs:,} jobs (instant model, one replica); tenant B "
         f"submits a job at a time, {args.rate:g}/s, while A's backlog lasts."
     )
-    print(
-        "| queue | A's backlog drained in s | B jobs | B wait p50 ms | B p99 ms | A wait p50 ms |"
-    )
+    print("| queue | A's backlog lasted s | B jobs | B wait p50 ms | B p99 ms | A wait p50 ms |")
     print("|---|---|---|---|---|---|")
     for name, label in (("one_queue", "no keys file (one queue)"), ("tenants", "tenants A, B")):
         row = results[name]

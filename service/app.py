@@ -14,6 +14,7 @@ from .metrics import Metrics
 from .resources import embedded_redis_ctx, models_ctx, redis_ctx, webhooks_ctx, workers_ctx
 from .settings import Settings
 from .tenants import Tenants, tenants_ctx
+from .tracing import from_env as tracing_from_env
 
 #: Sync calls still running this long before the shutdown deadline are answered 503, so
 #: that their clients get an answer before the server closes the connections.
@@ -60,5 +61,8 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(tenants_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
-    add_routes(app, keys=keys, admin_key=settings.admin_api_key or "")
+    tracing = tracing_from_env()
+    if tracing is not None:
+        app[state.TRACING] = tracing
+    add_routes(app, keys=keys, admin_key=settings.admin_api_key or "", tracing=tracing)
     return app

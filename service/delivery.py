@@ -31,6 +31,7 @@ from .keys import Keys, Partitions
 from .results import ResultStore
 from .schemas import prediction_view
 from .settings import Settings
+from .tracing import Tracing
 from .webhooks import PublicResolver, Unresolved, check_url, sign
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,15 @@ class Dispatcher:
     filled at once (a slow receiver holds its own slot, not the next deliveries)."""
 
     def __init__(
-        self, redis: Redis, partitions: Partitions, results: ResultStore, settings: Settings
+        self,
+        redis: Redis,
+        partitions: Partitions,
+        results: ResultStore,
+        settings: Settings,
+        tracing: Tracing | None = None,
     ) -> None:
         self._redis = redis
+        self._tracing = tracing
         self._partitions = partitions
         self._results = results
         self._settings = settings
@@ -176,7 +183,13 @@ class Dispatcher:
             await self._ack(keys, entry_id)
             return
         body = orjson.dumps(prediction_view(record))
-        if await self._post(http, prediction_id, record.webhook, body):
+        if self._tracing is not None and record.traceparent:
+            headers: dict[str, Any] = {}
+            with self._tracing.webhook(record.traceparent, record.webhook, headers):
+                delivered = await self._post(http, prediction_id, record.webhook, body, headers)
+        else:
+            delivered = await self._post(http, prediction_id, record.webhook, body)
+        if delivered:
             await self._ack(keys, entry_id)
             return
         wait = min(self._settings.webhook_retry_seconds * 2 ** (attempt - 1), MAX_BACKOFF)
@@ -194,9 +207,15 @@ class Dispatcher:
         await self._settle(keys=[keys.webhook_retries, keys.webhooks], args=[GROUP, entry_id])
 
     async def _post(
-        self, http: aiohttp.ClientSession, prediction_id: str, url: str, body: bytes
+        self,
+        http: aiohttp.ClientSession,
+        prediction_id: str,
+        url: str,
+        body: bytes,
+        more_headers: dict[str, Any] | None = None,
     ) -> bool:
-        """True when delivered (2xx) or never deliverable; False to try again later."""
+        """True when delivered (2xx) or never deliverable; False to try again later.
+        ``more_headers``: the trace's, when traced."""
         try:
             await check_url(url, self._settings)  # again: DNS and settings may have changed
         except Unresolved as exc:  # perhaps a passing DNS fault: like any failed POST
@@ -210,6 +229,7 @@ class Dispatcher:
             "Content-Type": "application/json",
             "X-Prediction-ID": prediction_id,
             "X-Webhook-Timestamp": timestamp,
+            **(more_headers or {}),
         }
         if self._settings.webhook_secret:
             headers["X-Webhook-Signature"] = sign(self._settings.webhook_secret, timestamp, body)

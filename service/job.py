@@ -89,6 +89,8 @@ class NewJob:
     cancel_after: float = 0.0
     #: Its owner ("": the default tenant): the tenant's streams take it.
     tenant: str = ""
+    #: The W3C traceparent of the submitting request's span ('': not traced).
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,8 @@ class Entry:
     created_at: float = 0.0
     #: When its Cancel-After passes (Unix seconds); 0.0: none.
     cancel_at: float = 0.0
+    #: The submitting request's traceparent ('': not traced).
+    traceparent: str = ""
 
 
 def entry_fields(job: NewJob, created_at: str) -> dict[str, Any]:
@@ -153,6 +157,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
         if not fields:
             continue
         rid, at, cancel = fields.get(b"rid"), fields.get(b"at"), fields.get(b"cancel")
+        tp = fields.get(b"tp")
         out.append(
             Entry(
                 entry_id,
@@ -162,6 +167,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
                 rid.decode() if rid else "",
                 float(at) if at else 0.0,
                 float(cancel) if cancel else 0.0,
+                tp.decode() if tp else "",
             )
         )
     return out
@@ -197,6 +203,8 @@ class JobRecord(BaseModel):
     webhook: str | None = None
     #: The tenant that submitted it ("": the default one); only it may see the job.
     tenant: str = ""
+    #: The submitting request's traceparent ('': not traced).
+    traceparent: str = ""
 
     @classmethod
     def from_redis(cls, prediction_id: str, fields: Mapping[bytes, bytes]) -> JobRecord:
@@ -215,6 +223,7 @@ class JobRecord(BaseModel):
             request_id=_text(fields.get(b"request_id")) or None,
             webhook=_text(fields.get(b"webhook")) or None,
             tenant=_text(fields.get(b"tenant")) or "",
+            traceparent=_text(fields.get(b"traceparent")) or "",
         )
 
     @classmethod

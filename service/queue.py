@@ -194,7 +194,7 @@ class JobQueue:
         for job in jobs:
             keys.append(partition.record(job.prediction_id))
             args += (job.prediction_id, job.model, job.input_json, job.request_id)
-            if job.idempotency_key or job.webhook or job.cancel_after:
+            if job.idempotency_key or job.webhook or job.cancel_after or job.traceparent:
                 index = 0
                 if job.idempotency_key:
                     # Each tenant has its own keys: another's never answers its ids.
@@ -203,6 +203,8 @@ class JobQueue:
                     index = len(jobs) + 3 + len(idempotency)  # its place in KEYS (from 1)
                 cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
                 extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
+                if job.traceparent:
+                    extras.append(job.traceparent)
                 args.append(orjson.dumps(extras))
             else:
                 args.append("")
@@ -241,6 +243,7 @@ class JobQueue:
                         j.request_id,
                         now,
                         now + j.cancel_after if j.cancel_after else 0.0,
+                        j.traceparent,
                     )
                     for j, entry_id in zip(jobs, entry_ids, strict=True)
                     if entry_id

@@ -213,6 +213,7 @@ def make_worker(
         visibility_timeout=visibility_timeout or settings.visibility_timeout_seconds,
         job_timeout=settings.job_timeout_seconds,
         completions=app[state.COMPLETIONS],
+        tracing=app.get(state.TRACING),
     )
 
 
@@ -260,7 +261,13 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.webhook_deliveries == 0:
         yield
         return
-    dispatcher = Dispatcher(app[state.REDIS], app[state.PARTITIONS], app[state.RESULTS], settings)
+    dispatcher = Dispatcher(
+        app[state.REDIS],
+        app[state.PARTITIONS],
+        app[state.RESULTS],
+        settings,
+        tracing=app.get(state.TRACING),
+    )
     task = asyncio.create_task(dispatcher.run(), name="webhooks")
     lifecycle = app[state.LIFECYCLE]
     lifecycle.on_stop.append(dispatcher.stop)

@@ -21,6 +21,7 @@ from .queue import JobQueue
 from .results import ResultStore
 from .settings import Settings
 from .tenants import Limiter, Tenant, Tenants
+from .tracing import Tracing
 from .waiting import Completions
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -46,3 +47,5 @@ COMPLETIONS = web.AppKey("completions", Completions)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])
 TENANTS = web.AppKey("tenants", Tenants)
 LIMITER = web.AppKey("limiter", Limiter)
+#: Present only when traces are on (`service.tracing`).
+TRACING = web.AppKey("tracing", Tracing)

@@ -15,11 +15,13 @@ from .batching import Batchers
 from .connection import REDIS_FAILURES, stream_gone, unavailable
 from .errors import InvalidInput, ModelUnavailable, NotFound, ShuttingDown
 from .job import RUNNABLE, Entry
+from .job_reports import report, report_given_up
 from .keys import Keys
 from .metrics import Metrics
 from .models import ModelRegistry, Outcome
 from .queue import JobQueue
 from .results import ResultStore
+from .tracing import Tracing
 from .waiting import Completions
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_SECONDS = 5.0
 #: The outcome of a job still running when its Cancel-After passed (its result dropped).
 _CANCELED = Outcome(ok=False, error="canceled: ran past its Cancel-After", canceled=True)
+_NO_SPAN = contextlib.nullcontext()
 
 
 class Worker:
@@ -48,6 +51,7 @@ class Worker:
         visibility_timeout: float,
         job_timeout: float = 0.0,
         completions: Completions | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.partition = partition
         self._queue = queue
@@ -59,6 +63,7 @@ class Worker:
         self._visibility_ms = int(visibility_timeout * 1000)
         self._job_timeout = job_timeout
         self._completions = completions
+        self._tracing = tracing
         self._reader = queue.reader(partition, consumer, batch_size, block_ms, self._visibility_ms)
         self._stopping = asyncio.Event()
 
@@ -79,7 +84,7 @@ class Worker:
             partition, [(e.prediction_id, e.entry_id) for e in entries], time.time()
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
-        self._report_given_up(entries, prior)
+        report_given_up(self.consumer, self._metrics, entries, prior)
         # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
         await self._run(partition, runnable, entries)
 
@@ -93,6 +98,8 @@ class Worker:
         # task per batch (made and cancelled) costs more than most batches take.
         interval = self._visibility_ms / 3000
         ids = [e.entry_id for e in runnable]
+        if self._tracing is not None:
+            self._tracing.jobs_started(runnable, time.time())
         beats: list[asyncio.Task[None]] = []
         timer = asyncio.get_running_loop().call_later(
             interval,
@@ -111,7 +118,7 @@ class Worker:
             for beat in beats:
                 beat.cancel()
         await self._store(partition, list(zip(runnable, outcomes, strict=True)), batch)
-        self._report(runnable, outcomes)
+        report(self.consumer, self._metrics, runnable, outcomes)
 
     async def _hand_back(self, partition: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         handed = await self._queue.hand_back(partition, self.consumer, runnable)
@@ -163,39 +170,6 @@ class Worker:
                 log.warning("%s: heartbeat failed: %s", self.consumer, exc)
             await asyncio.sleep(interval)
 
-    def _report_given_up(self, entries: list[Entry], prior: list[bytes]) -> None:
-        for entry, status in zip(entries, prior, strict=True):
-            if status in (b"dead", b"expired"):
-                self._metrics.count_prediction(entry.model, "async", False)
-                reason = "timed out" if status == b"expired" else "dead-lettered"
-                self._log(logging.WARNING, entry, "failed", reason)
-            elif status == b"aborted":
-                self._log(logging.INFO, entry, "aborted", "aborted: Cancel-After passed")
-
-    def _report(self, entries: list[Entry], outcomes: list[Outcome]) -> None:
-        """Counts each job outcome and logs one line per job (INFO; failures WARNING)."""
-        logs = log.isEnabledFor(logging.INFO)
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            if outcome.canceled:
-                self._log(logging.INFO, entry, "canceled", outcome.error)
-                continue
-            self._metrics.count_prediction(entry.model, "async", outcome.ok)
-            if not outcome.ok:
-                self._log(logging.WARNING, entry, "failed", f"failed: {outcome.error}")
-            elif logs:
-                self._log(logging.INFO, entry, "done", "done")
-
-    def _log(self, level: int, entry: Entry, outcome: str, message: str) -> None:
-        """One line about one job, with the fields a log search filters on."""
-        extra = {
-            "prediction_id": entry.prediction_id,
-            "model": entry.model,
-            "outcome": outcome,
-            "request_id": entry.request_id or None,
-            "consumer": self.consumer,
-        }
-        log.log(level, "job %s %s", entry.prediction_id, message, extra=extra)
-
     async def _predict(self, entries: list[Entry]) -> list[Outcome]:
         """Outcomes in entry order; entries are grouped per model, one batch call per model."""
         outcomes: list[Outcome] = [Outcome(ok=False)] * len(entries)
@@ -224,12 +198,15 @@ class Worker:
             cancels = [entries[i].cancel_at for i in slots]
             if all(cancels):
                 due = max(max(cancels) - now, 0.001)
+            traced = self._tracing
+            span = traced.batch(name, [entries[i] for i in slots]) if traced else _NO_SPAN
             try:
-                if not (limit or due):
-                    results = await self._batchers[name].run(values)
-                else:
-                    wait = min(limit or due, due or limit)
-                    results = await asyncio.wait_for(self._batchers[name].run(values), wait)
+                with span:
+                    if not (limit or due):
+                        results = await self._batchers[name].run(values)
+                    else:
+                        wait = min(limit or due, due or limit)
+                        results = await asyncio.wait_for(self._batchers[name].run(values), wait)
             except TimeoutError:
                 # No one waits for the call any more: a process model's is cut short, a
                 # thread model's runs on (a thread cannot be stopped), its results dropped.

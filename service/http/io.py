@@ -99,6 +99,12 @@ def tenant_of(request: web.Request) -> str:
     return tenant.name if tenant is not None else ""
 
 
+def traced(request: web.Request) -> str:
+    """The request span's traceparent, kept with a queued job ('' when traces are off)."""
+    tracing = request.app.get(state.TRACING)
+    return tracing.traceparent() if tracing is not None else ""
+
+
 def idempotency_key(request: web.Request) -> str:
     """The Idempotency-Key header ('' when absent); 400 when it is not 1-255 visible ASCII."""
     raw = request.headers.get("Idempotency-Key")

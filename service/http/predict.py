@@ -30,6 +30,7 @@ from .io import (
     prefer,
     read_body,
     tenant_of,
+    traced,
 )
 
 
@@ -81,6 +82,7 @@ async def predict(request: web.Request) -> web.Response:
             priority=priority,
             cancel_after=deadline,
             tenant=tenant_of(request),
+            traceparent=traced(request),
         )
         if wait <= 0:
             prediction_id = await app[state.QUEUE].submit(job)
@@ -140,6 +142,7 @@ _PREDICT_SPEC_TAIL = (
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/Prefer"
       - $ref: "#/components/parameters/CancelAfter"
+      - $ref: "#/components/parameters/Traceparent"
     requestBody: {$ref: "#/components/requestBodies/Predict"}
     callbacks:
       predictionEnded: {$ref: "#/components/callbacks/PredictionEnded"}
@@ -228,6 +231,7 @@ async def predict_batch(request: web.Request) -> web.Response:
             priority=priority,
             cancel_after=deadline,
             tenant=tenant_of(request),
+            traceparent=traced(request),
         )
         for index, value in enumerate(inputs)
     ]
@@ -250,6 +254,7 @@ predict_batch.__doc__ = (
     parameters:
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/CancelAfter"
+      - $ref: "#/components/parameters/Traceparent"
     requestBody:
       required: true
       content:

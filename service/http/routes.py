@@ -6,6 +6,7 @@ from aiohttp import web
 
 from .. import state
 from ..tenants import Tenants
+from ..tracing import Tracing
 from .admin import (
     admin_off,
     list_dead_letters,
@@ -49,12 +50,17 @@ ADMIN_ROUTES: list[web.RouteDef] = [
 ]
 
 
-def add_routes(app: web.Application, keys: Tenants | None = None, admin_key: str = "") -> None:
+def add_routes(
+    app: web.Application,
+    keys: Tenants | None = None,
+    admin_key: str = "",
+    tracing: Tracing | None = None,
+) -> None:
     """Adds every route, the Swagger page (its spec security follows ``keys``) and, last,
     the route that answers what no other matches with a JSON 404 or 405; then wraps every
     handler in ``answered``: request ids, errors as JSON, metrics, and the key check (when
     ``keys`` is given: API_KEY, or the tenants of API_KEYS_FILE) on every route not marked
-    public, ADMIN_API_KEY on the admin routes."""
+    public, ADMIN_API_KEY on the admin routes; with ``tracing``, each in a server span."""
     admin = Tenants(api_key=admin_key) if admin_key else None
     public_handlers = {route.handler for route, public in ROUTES if public}
     admin_handlers = {route.handler for route in ADMIN_ROUTES}
@@ -84,4 +90,6 @@ def add_routes(app: web.Application, keys: Tenants | None = None, admin_key: str
         # aiohttp has no public way to wrap a registered handler, and aiohttp-swagger3
         # registers its own routes; tests/test_ops.py checks that every route is wrapped.
         wrapped = answered(handler, label, needed)
+        if tracing is not None:
+            wrapped = tracing.traced(wrapped, label)
         route._handler = wrapped  # type: ignore[assignment]

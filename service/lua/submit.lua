@@ -10,7 +10,7 @@
 --   else kept in each record: its owner); then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
 --   body digest, webhook URL or '', webhook events 'done,failed', and optionally the
---   time (Unix s) its Cancel-After passes, or '']); optionally four more
+--   time (Unix s) its Cancel-After passes, or '', and optionally its W3C traceparent]); optionally four more
 --   for the direct lane: group, lane consumer, started channel, the command to announce
 --   with (PUBLISH, or SPUBLISH on a cluster).
 -- Per job, in order:
@@ -18,7 +18,8 @@
 --   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
 --   the partition's streams hold `limit` entries: 'full';
 --   else: record (queued), stream entry (with 'cancel', the time its Cancel-After passes,
---     when it has one) and idempotency key written: 'ok'.
+--     when it has one; with 'tp', its traceparent, also kept in the record) and
+--     idempotency key written: 'ok'.
 -- Nothing is written for a job that is not 'ok'; all-or-none writes nothing unless every
 -- job is new and fits. With the lane arguments and nothing waiting undelivered in any of
 -- the three streams, the jobs are started (start_job) and delivered to the lane consumer
@@ -39,9 +40,9 @@ if limit > 0 then
 end
 local function extras(i)
   local raw = arg(i, 5)
-  if raw == '' then return 0, '', '', '', '' end
+  if raw == '' then return 0, '', '', '', '', '' end
   local x = cjson.decode(raw)
-  return x[1], x[2], x[3], x[4], x[5] or ''
+  return x[1], x[2], x[3], x[4], x[5] or '', x[6] or ''
 end
 local out, all_ok = {}, true
 
@@ -85,7 +86,7 @@ end
 local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
-  local idem, digest, webhook, events, cancel_at = extras(i)
+  local idem, digest, webhook, events, cancel_at, tp = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
   if redis.call('EXISTS', key) == 1 then
@@ -113,17 +114,20 @@ for i = 1, jobs do
     if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
     if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
     if cancel_at ~= '' then redis.call('HSET', key, 'cancel_at', cancel_at) end
+    if tp ~= '' then redis.call('HSET', key, 'traceparent', tp) end
     redis.call('EXPIRE', key, ttl)
     if lane then
       start_job(key, now)
       started[#started + 1] = key
     end
-    if cancel_at == '' then
+    if cancel_at == '' and tp == '' then
       entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
                                 'input', input, 'rid', rid, 'at', now)
     else
-      entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
-                                'input', input, 'rid', rid, 'at', now, 'cancel', cancel_at)
+      local fields = {'id', id, 'model', model, 'input', input, 'rid', rid, 'at', now}
+      if cancel_at ~= '' then fields[#fields + 1] = 'cancel'; fields[#fields + 1] = cancel_at end
+      if tp ~= '' then fields[#fields + 1] = 'tp'; fields[#fields + 1] = tp end
+      entry_ids[i] = redis.call('XADD', KEYS[1], '*', unpack(fields))
     end
     waiting = waiting + 1
     if not queued[model] then models[#models + 1] = model end
