@@ -52,16 +52,24 @@ def enqueue_low(redis_url: str, count: int) -> list[str]:
     return ids
 
 
-async def submit_high(port: int, redis_url: str, rate: float) -> list[str]:
-    """High jobs at ``rate`` a second until the normal stream is empty."""
+async def trickle(
+    port: int,
+    redis_url: str,
+    stream: str,
+    rate: float,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> list[str]:
+    """Async submits of ``body``, one at a time at ``rate`` a second, until ``stream`` (a
+    backlog) is empty; answers their ids."""
     ids: list[str] = []
     watch = redis.asyncio.Redis.from_url(redis_url)
     url = f"http://127.0.0.1:{port}/predict"
-    body = {"input": "urgent", "priority": "high"}
+    headers = {"Async-Mode": "true", **(headers or {})}
     async with aiohttp.ClientSession() as http:
         next_at = time.monotonic()
-        while await watch.xlen("predictions"):
-            async with http.post(url, json=body, headers={"Async-Mode": "true"}) as resp:
+        while await watch.xlen(stream):
+            async with http.post(url, json=body, headers=headers) as resp:
                 assert resp.status == 202, await resp.text()
                 ids.append((await resp.json())["prediction_id"])
             next_at += 1 / rate
@@ -109,7 +117,8 @@ def main() -> None:
             low = enqueue_low(url, args.low)
             with server(url, model=INSTANT) as (port, _):
                 started = time.monotonic()
-                high = asyncio.run(submit_high(port, url, args.rate))
+                urgent = {"input": "urgent", "priority": "high"}
+                high = asyncio.run(trickle(port, url, "predictions", args.rate, urgent))
                 flood_s = time.monotonic() - started
                 client = redis.Redis.from_url(url)
                 statuses = [client.hget(f"prediction:{p}", "status") for p in low]

@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import redis
 
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import INSTANT, progress, server  # noqa: E402
-from scripts.bench_priority import summary, waits  # noqa: E402
+from scripts.bench_priority import summary, trickle, waits  # noqa: E402
 from service.embedded import RedisServer  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
 
@@ -61,24 +60,6 @@ def flood(redis_url: str, stream: str, tenant: str, count: int) -> list[str]:
     return ids
 
 
-async def quiet_tenant(port: int, redis_url: str, stream: str, rate: float, key: str) -> list[str]:
-    """B's jobs, one at a time at ``rate`` a second, until A's stream is empty."""
-    ids: list[str] = []
-    watch = redis.asyncio.Redis.from_url(redis_url)
-    url = f"http://127.0.0.1:{port}/predict"
-    headers = {"Async-Mode": "true", "Authorization": f"Bearer {key}"}
-    async with aiohttp.ClientSession() as http:
-        next_at = time.monotonic()
-        while await watch.xlen(stream):
-            async with http.post(url, json={"input": "quiet"}, headers=headers) as resp:
-                assert resp.status == 202, await resp.text()
-                ids.append((await resp.json())["prediction_id"])
-            next_at += 1 / rate
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    await watch.aclose()
-    return ids
-
-
 def drained(client: redis.Redis, ids: list[str], within: float = 600) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -103,7 +84,8 @@ def run(redis_url: str, jobs: int, rate: float, keys_file: Path | None) -> dict[
         env["api_key"] = "b-key"
     with server(redis_url, **env) as (port, _):
         started = time.monotonic()
-        quiet = asyncio.run(quiet_tenant(port, redis_url, stream, rate, "b-key"))
+        b_key = {"Authorization": "Bearer b-key"}
+        quiet = asyncio.run(trickle(port, redis_url, stream, rate, {"input": "quiet"}, b_key))
         flood_s = time.monotonic() - started
         client = redis.Redis.from_url(redis_url)
         drained(client, quiet + flood_ids[-1:])
