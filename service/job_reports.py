@@ -23,6 +23,7 @@ def report_given_up(
             reason = "timed out" if status == b"expired" else "dead-lettered"
             _log(consumer, logging.WARNING, entry, "failed", reason)
         elif status == b"aborted":
+            metrics.count_prediction(entry.model, "async", "aborted")
             _log(consumer, logging.INFO, entry, "aborted", "aborted: Cancel-After passed")
 
 
@@ -31,6 +32,7 @@ def report(consumer: str, metrics: Metrics, entries: list[Entry], outcomes: list
     logs = log.isEnabledFor(logging.INFO)
     for entry, outcome in zip(entries, outcomes, strict=True):
         if outcome.canceled:
+            metrics.count_prediction(entry.model, "async", "canceled")
             _log(consumer, logging.INFO, entry, "canceled", outcome.error)
             continue
         metrics.count_prediction(entry.model, "async", outcome.ok)

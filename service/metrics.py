@@ -30,7 +30,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, int], int] = {}
         # Per (route, method): a count per latency bucket, then +Inf, then the sum.
         self._timings: dict[tuple[str, str], list[Any]] = {}
-        self._predictions: dict[tuple[str, str, bool], int] = {}
+        self._predictions: dict[tuple[str, str, str], int] = {}
         # Per model, the same layout: call durations, and inputs per call.
         self._batch_times: dict[str, list[Any]] = {}
         self._batch_sizes: dict[str, list[Any]] = {}
@@ -94,9 +94,11 @@ class Metrics:
         self._queue_read: asyncio.Future[None] | None = None
         self._queue_read_at = 0.0
 
-    def count_prediction(self, model: str, mode: str, ok: bool) -> None:
-        """One finished prediction."""
-        key = (model, mode, ok)
+    def count_prediction(self, model: str, mode: str, ok: bool | str) -> None:
+        """One finished prediction: ``ok`` True (done), False (failed), or the final status
+        of a job that ended otherwise ('aborted', 'canceled')."""
+        status = ok if isinstance(ok, str) else "done" if ok else "failed"
+        key = (model, mode, status)
         self._predictions[key] = self._predictions.get(key, 0) + 1
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
@@ -119,11 +121,12 @@ class Metrics:
         """The figures counted in plain dicts, for the registry at scrape time."""
         predictions = CounterMetricFamily(
             "predictions",
-            "Predictions finished, by model, mode (sync/async) and status.",
+            "Predictions finished, by model, mode (sync/async) and status (done, failed; "
+            "aborted and canceled: their Cancel-After passed before or while they ran).",
             labels=["model", "mode", "status"],
         )
-        for (model, mode, ok), count in self._predictions.items():
-            predictions.add_metric([model, mode, "done" if ok else "failed"], count)
+        for key, count in self._predictions.items():
+            predictions.add_metric(list(key), count)
         yield predictions
         requests = CounterMetricFamily(
             "http_requests", "HTTP requests answered.", labels=["route", "method", "status"]

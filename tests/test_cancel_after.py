@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from . import models
-from .helpers import ClientFactory, poll, worker_for
+from .helpers import ClientFactory, figure, poll, scrape, worker_for
 
 MODES = pytest.mark.modes("single", "cluster")
 
@@ -46,6 +46,13 @@ async def test_a_job_not_started_within_its_cancel_after_never_runs(
     events = await client.get(f"/predict/{stale}/events")
     text = await events.text()
     assert '"status":"aborted"' in text.replace(" ", "")
+    # Counted as what it is: neither done nor failed.
+    counts = await scrape(client)
+    labels = {"model": "default", "mode": "async"}
+    assert figure(counts, "predictions_total", status="aborted", **labels) == 1
+    assert figure(counts, "predictions_total", status="done", **labels) == 1
+    with pytest.raises(AssertionError, match="no sample"):
+        figure(counts, "predictions_total", status="failed", **labels)
 
 
 @MODES
@@ -105,6 +112,10 @@ async def test_a_job_running_past_its_cancel_after_ends_canceled_its_result_drop
     assert record["output"]["result"] is None and record["started_at"] is not None
     assert "error" not in record
     assert (await (await client.get(f"/predict/{kept}")).json())["status"] == "done"
+    counts = await scrape(client)
+    labels = {"model": "default", "mode": "async"}
+    assert figure(counts, "predictions_total", status="canceled", **labels) == 1
+    assert figure(counts, "predictions_total", status="done", **labels) == 1
 
 
 async def test_a_process_model_call_past_every_cancel_after_is_cut_short(
