@@ -133,7 +133,7 @@ class Tenants:
     def __init__(self, api_key: str = "", keys_file: str = "") -> None:
         self._api_key = hashlib.sha256(api_key.encode()).digest() if api_key else b""
         self.keys_file = keys_file
-        self._by_digest: dict[bytes, Tenant] = {}
+        #: (key digest, its tenant) for every key that may call.
         self._keys: list[tuple[bytes, Tenant]] = []
         self.version = 0  # raised at every change: the queue then follows (add_tenants)
         self._mtime = os.stat(keys_file).st_mtime if keys_file else 0.0
@@ -142,15 +142,15 @@ class Tenants:
     def _install(self, by_digest: dict[bytes, Tenant]) -> None:
         if self._api_key:
             by_digest = {**by_digest, self._api_key: DEFAULT}
-        if by_digest != self._by_digest:
-            self._by_digest = by_digest
-            self._keys = list(by_digest.items())
+        keys = list(by_digest.items())
+        if keys != self._keys:
+            self._keys = keys
             self.version += 1
 
     @property
     def named(self) -> list[Tenant]:
         """The tenants of the keys file, each once."""
-        return list({t.name: t for t in self._by_digest.values() if t.name}.values())
+        return list({t.name: t for _, t in self._keys if t.name}.values())
 
     def check(self, request: web.Request) -> Tenant:
         """The tenant of the request's bearer key; Unauthorized for a missing or unknown
