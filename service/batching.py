@@ -9,7 +9,7 @@ from typing import Any
 
 from .deadlines import Deadlines
 from .executor import Executor
-from .inline import InlinePolicy
+from .inline import InlinePolicy, own_time, usage
 from .loop import BoundLoop
 from .metrics import Metrics
 from .models import Model, Outcome
@@ -159,10 +159,10 @@ class Batcher:
 
     def _run_inline(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         """Calls the model here, on the loop (run_batch turns model errors into outcomes)."""
-        began = time.perf_counter()
+        began, before = time.perf_counter(), usage()
         outcomes = self.model.run_batch([value for value, _ in batch])
         seconds = time.perf_counter() - began
-        self._inline.observe(seconds)
+        self._inline.observe(own_time(seconds, before, usage()))
         self._settle(batch, outcomes, seconds)
 
     def _settle(

@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from .errors import ModelUnavailable
+from .inline import own_time, usage
 from .loop import BoundLoop
 from .models import Model, ModelConfig, Outcome, load_model
 
@@ -70,8 +71,8 @@ class Executor:
 
     async def run_batch(self, model: Model, values: list[Any]) -> tuple[list[Outcome], float]:
         """Predicts ``values`` with ``model`` wherever that model runs; answers the outcomes
-        and how long a thread model's call itself took (not the hand-over; inf for a
-        process model)."""
+        and how long a thread model's call took by its own doing (`inline.own_time`; not the
+        hand-over; inf for a process model)."""
         if model.execution == "process" and self._processes is not None:
             pool = self._processes
             try:
@@ -155,9 +156,9 @@ def _timed_call(model: Model, values: list[Any]) -> tuple[list[Outcome], float]:
     with _calls_lock:
         _calls_running += 1
     try:
-        began = time.perf_counter()
+        began, before = time.perf_counter(), usage()
         outcomes = model.run_batch(values)
-        return outcomes, time.perf_counter() - began
+        return outcomes, own_time(time.perf_counter() - began, before, usage())
     finally:
         with _calls_lock:
             _calls_running -= 1

@@ -6,7 +6,11 @@ declares its calls cheap and bounded (`Model.inline`), and whose batch calls kee
 finishing within INLINE_MAX_MS, is therefore called on the event loop itself; one inline
 call slower than that sends it back to threads (and is logged as a warning: it held up
 the whole replica), and the fast streak it then needs before it is trusted again doubles
-each time. A model that did not declare itself cheap always runs in threads: a call
+each time. A call is judged by its own time (`own_time`): its CPU time, or its wall time
+if it blocked. While the thread stood preempted (another process had the core, or the
+container's CPU quota throttled it) the replica was held up all the same, but not by the
+model: moving the model to threads would not have helped, only cost every later call the
+hop. A model that did not declare itself cheap always runs in threads: a call
 whose duration depends on its input could otherwise stall every request, heartbeat and
 notification of the replica for as long as it runs.
 """
@@ -14,11 +18,33 @@ notification of the replica for as long as it runs.
 from __future__ import annotations
 
 import logging
+import resource
 
 log = logging.getLogger(__name__)
 
+#: Linux: CPU time and context switches of the calling thread alone.
+_THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
 FIRST_STREAK = 50
 LONGEST_STREAK = 1 << 20
+
+
+def usage() -> tuple[float, int]:
+    """This thread's CPU seconds so far and how often it blocked (voluntary context
+    switches); (0, 0) where the system does not count them per thread."""
+    if _THREAD is None:
+        return 0.0, 0
+    now = resource.getrusage(_THREAD)
+    return now.ru_utime + now.ru_stime, now.ru_nvcsw
+
+
+def own_time(wall: float, before: tuple[float, int], after: tuple[float, int]) -> float:
+    """The part of a call's ``wall`` seconds that was its own doing, from `usage()` taken
+    before and after it in its thread: all of them if it blocked (slept, waited on I/O, a
+    lock or another thread), else its CPU time."""
+    if _THREAD is None or after[1] > before[1]:
+        return wall
+    return min(wall, after[0] - before[0])
 
 
 class InlinePolicy:
@@ -32,7 +58,8 @@ class InlinePolicy:
         self.inline = False
 
     def observe(self, call_seconds: float) -> None:
-        """Records how long one batch call took (the call alone, not the hop)."""
+        """Records how long one batch call took by its own doing (`own_time`; the call
+        alone, not the hop)."""
         if self._limit <= 0:
             return
         if call_seconds <= self._limit:

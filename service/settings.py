@@ -74,8 +74,9 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         description="A thread model that declares itself cheap (inline) and whose batch calls "
-        "keep finishing within this many ms is called on the event loop (cheaper than the "
-        "thread hop); one slower call sends it back. 0: always threads.",
+        "keep finishing within this many ms of their own time (CPU, or wall time when they "
+        "block) is called on the event loop (cheaper than the thread hop); one slower call "
+        "sends it back. 0: always threads.",
     )
     max_batch_delay_ms: float = Field(
         2.0,

@@ -68,10 +68,18 @@ def whoami(value: Any) -> dict[str, int]:
     return {"pid": os.getpid(), "value": value}
 
 
-def where(value: Any) -> dict[str, str]:
-    """Answers the thread it ran in; "slow" takes 30 ms first. Declares itself cheap."""
+def where(value: Any) -> dict[str, Any]:
+    """Answers the thread it ran in; "slow" waits 30 ms first, and ["cpu", ms] computes
+    for that many ms of its thread's CPU time (answering the wall time it took too).
+    Declares itself cheap."""
     if value == "slow":
         threading.Event().wait(0.03)
+    if isinstance(value, list):
+        began, cpu = time.perf_counter(), time.thread_time()
+        while time.thread_time() - cpu < value[1] / 1000:
+            pass
+        wall_ms = (time.perf_counter() - began) * 1000
+        return {"thread": threading.current_thread().name, "wall_ms": wall_ms}
     return {"thread": threading.current_thread().name}
 
 

@@ -5,17 +5,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 
 from service import state
 from service.deadlines import Deadlines
-from service.inline import FIRST_STREAK, InlinePolicy
+from service.inline import FIRST_STREAK, InlinePolicy, own_time, usage
 
 from .helpers import ClientFactory
+from .models import where
+
+needs_thread_usage = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="per-thread CPU time and switches: Linux"
+)
+
+
+@contextmanager
+def crowded_core() -> Iterator[None]:
+    """Pins this thread to one core and keeps three processes busy on that core: the
+    kernel then preempts this thread every few ms, as a container's CPU quota or a noisy
+    neighbour would."""
+    saved = os.sched_getaffinity(0)
+    core = min(saved)
+    os.sched_setaffinity(0, {core})
+    spin = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        os.sched_setaffinity(0, saved)
 
 
 async def test_a_fast_model_moves_onto_the_loop_and_back_after_a_slow_call(
@@ -86,6 +116,53 @@ async def test_inline_calling_can_be_turned_off(make_client: ClientFactory) -> N
     for _ in range(FIRST_STREAK + 5):
         outcome = await batcher.run_one("x")
         assert threading.current_thread().name not in outcome.payload.decode()
+
+
+@needs_thread_usage
+def test_a_calls_own_time_leaves_out_preemption_but_not_blocking() -> None:
+    with crowded_core():
+        deadline = time.monotonic() + 20
+        while True:  # until a call of 3 ms of CPU is preempted to twice that
+            began, before = time.perf_counter(), usage()
+            where(["cpu", 3])
+            wall = time.perf_counter() - began
+            own = own_time(wall, before, usage())
+            if wall > 0.006:
+                break
+            assert time.monotonic() < deadline, "the crowded core never preempted the call"
+    assert 0.003 <= own < 0.0045, f"{own * 1000:.2f} ms of its own in {wall * 1000:.2f} ms"
+    began, before = time.perf_counter(), usage()
+    where("slow")  # waits 30 ms, using next to no CPU: all of it is the call's own
+    wall = time.perf_counter() - began
+    assert own_time(wall, before, usage()) == wall >= 0.03
+
+
+@needs_thread_usage
+async def test_a_cheap_model_preempted_mid_call_stays_on_the_loop(
+    make_client: ClientFactory,
+) -> None:
+    """A call that takes longer only because the machine ran something else meanwhile
+    does not send the model back to threads (they would not have made it faster)."""
+    client = await make_client(model="tests.models:where", inline_max_ms=5)
+    batcher = client.server.app[state.BATCHERS]["default"]
+    loop_thread = threading.current_thread().name
+    for _ in range(FIRST_STREAK):
+        await batcher.run_one("x")
+    with crowded_core():
+        deadline = time.monotonic() + 20
+        while True:  # until a call of 2 ms of CPU is preempted past the 5 ms limit
+            outcome = await batcher.run_one(["cpu", 2])
+            answer = orjson.loads(outcome.payload)
+            assert answer["thread"] == loop_thread, "sent back to threads by a preempted call"
+            if answer["wall_ms"] > 5:
+                break
+            assert time.monotonic() < deadline, "the crowded core never preempted the call"
+    answer = orjson.loads((await batcher.run_one("x")).payload)
+    assert answer["thread"] == loop_thread, "sent back to threads by a preempted call"
+    outcome = await batcher.run_one(["cpu", 20])  # 20 ms of CPU: slow by its own doing
+    assert orjson.loads(outcome.payload)["thread"] == loop_thread
+    answer = orjson.loads((await batcher.run_one("x")).payload)
+    assert answer["thread"] != loop_thread, "a call slow by its own CPU time sends it back"
 
 
 def test_each_demotion_doubles_the_fast_streak_needed() -> None:
