@@ -675,6 +675,16 @@ async def test_replay_queues_a_job_on_the_stream_of_its_priority(r: Redis) -> No
     assert await r.xlen(STREAM) == 0 and await r.xlen(HIGH) == 0
 
 
+async def test_replay_keeps_the_jobs_traceparent_on_its_new_entry(r: Redis) -> None:
+    letter = await dead_job(r, 1)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await r.hset(rec(1), "traceparent", traceparent)
+    assert await call(r, "replay", replay_keys(1), [300, 60, letter, "1"]) == [b"replayed"]
+    ((_, fields),) = await r.xrange(STREAM)
+    assert fields[b"tp"] == traceparent.encode(), "the run shows in the request's trace"
+    assert (await record(r, 1))["traceparent"] == traceparent
+
+
 async def test_replay_drops_the_letter_of_a_gone_or_no_longer_failed_record(r: Redis) -> None:
     gone, moved = await dead_job(r, 1), await dead_job(r, 2)
     await r.delete(rec(1))

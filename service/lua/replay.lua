@@ -9,7 +9,9 @@
 --     the record is queued again (attempts 0, requeued_at now: the job time limit counts
 --     from here; result, error, the times of the last run and its Cancel-After removed:
 --     the operator asks for it to run), a new entry is
---     added to the stream of its priority and the backlog raised: 'replayed';
+--     added to the stream of its priority (with 'tp', its traceparent, when the record
+--     keeps one: the run shows in the submitting request's trace) and the backlog
+--     raised: 'replayed';
 --   its dead-letter entry is still there but the record is gone (expired), or no longer
 --     failed: the entry is removed, nothing queued: 'gone' or 'stale';
 --   its dead-letter entry is gone (replayed or purged already): nothing: 'no'.
@@ -25,7 +27,8 @@ for i = 6, #KEYS do
   if redis.call('XDEL', KEYS[2], dead_entry) == 0 then
     out[#out + 1] = 'no'
   else
-    local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id', 'priority')
+    local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id', 'priority',
+                         'traceparent')
     if not f[1] then
       out[#out + 1] = 'gone'
     elseif f[1] ~= 'failed' then
@@ -35,8 +38,9 @@ for i = 6, #KEYS do
                  'cancel_at')
       redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'requeued_at', now)
       redis.call('EXPIRE', key, ttl)
-      redis.call('XADD', streams[f[5]] or KEYS[1], '*', 'id', id, 'model', f[2], 'input', f[3],
-                 'rid', f[4] or '', 'at', now)
+      local fields = {'id', id, 'model', f[2], 'input', f[3], 'rid', f[4] or '', 'at', now}
+      if f[6] then fields[#fields + 1] = 'tp'; fields[#fields + 1] = f[6] end
+      redis.call('XADD', streams[f[5]] or KEYS[1], '*', unpack(fields))
       redis.call('HINCRBY', KEYS[3], f[2], 1)
       out[#out + 1] = 'replayed'
     end
