@@ -13,6 +13,7 @@ from .inline import InlinePolicy, own_time, usage
 from .loop import BoundLoop
 from .metrics import Metrics
 from .models import Model, Outcome
+from .processes import Call
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +134,20 @@ class Batcher:
         began = time.perf_counter()
         futures = [future for _, future in batch]
         self._running.update(futures)
+        call: Call | None = None
         if self.model.execution == "process":
             # A process call whose callers all gave up is cut short: its process is ended.
+            call = process_call = Call()
+
             def unwanted(_: asyncio.Future[Outcome]) -> None:
                 if all(f.cancelled() for f in futures):
-                    self._executor.interrupt()
+                    self._executor.interrupt(process_call)
 
             for future in futures:
                 future.add_done_callback(unwanted)
         try:
             outcomes, call_seconds = await self._executor.run_batch(
-                self.model, [value for value, _ in batch]
+                self.model, [value for value, _ in batch], call
             )
         except BaseException as exc:  # the executor failed (not the model): fail the callers
             for _, future in batch:

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
         "'process' (pure-Python, GIL-bound models).",
     )
     process_workers: int = Field(
-        2, ge=1, description="Processes of the pool for models with execution 'process'."
+        2,
+        ge=1,
+        description="Model processes for models with execution 'process' (ending one for "
+        "a call past its deadline, or losing one, touches no call in the others).",
     )
     workers: int = Field(
         2, ge=0, description="Queue worker tasks in this process; 0 makes an API-only replica."

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from service import state
+
 from . import models
 from .helpers import ClientFactory, figure, poll, scrape, worker_for
 
@@ -165,3 +167,47 @@ async def test_a_process_model_call_past_every_cancel_after_is_cut_short(
 
     record = await poll(next_done, 30)
     assert record["output"]["result"]["pid"] != int(pid)
+
+
+async def test_cutting_a_call_short_leaves_the_calls_of_other_processes_alone(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two model processes: a job past its Cancel-After ends the process running it, and
+    only that one; a sync request running in the other process meanwhile gets its answer."""
+    journal = tmp_path / "journal"
+    monkeypatch.setenv("TEST_JOURNAL", str(journal))
+    client = await make_client(
+        model="tests.models:journaled", execution="process", process_workers=2, workers=0
+    )
+    processes = client.server.app[state.EXECUTOR].processes
+
+    async def started(tag: str) -> int | None:
+        lines = journal.read_text().splitlines() if journal.exists() else []
+        starts = [line.split() for line in lines if line.startswith(f"start {tag} ")]
+        return int(starts[0][2]) if starts else None
+
+    beside = asyncio.ensure_future(
+        client.post("/predict", json={"input": {"tag": "beside", "seconds": 3}})
+    )
+    beside_pid = await poll(lambda: started("beside"))
+    resp = await client.post(
+        "/predict",
+        json={"input": {"tag": "long", "seconds": 120}},
+        headers={"Async-Mode": "true", "Cancel-After": "1s"},
+    )
+    job = (await resp.json())["prediction_id"]
+    worker = worker_for(client, "w", job=job)
+    await worker.step()
+    assert await worker.step() == 1  # back at the deadline, while "beside" still runs
+    assert (await (await client.get(f"/predict/{job}")).json())["status"] == "canceled"
+    long_pid = await started("long")
+    assert long_pid is not None and long_pid != beside_pid
+    answer = await beside
+    assert answer.status == 200, await answer.text()
+    assert (await answer.json())["result"] == {"pid": beside_pid, "tag": "beside"}
+    assert beside_pid in processes.pids(), "the other process lives on"
+
+    async def long_gone() -> bool:
+        return long_pid not in processes.pids()
+
+    await poll(long_gone)

@@ -118,7 +118,7 @@ async def ready(request: web.Request) -> web.Response:
     if state.MODELS not in app:
         checks["models"] = "not loaded"
     elif not app[state.EXECUTOR].healthy:
-        checks["models"] = "a model process died; the process pool is being restarted"
+        checks["models"] = "the model processes died; they are being restarted"
     else:
         checks["models"] = "ok"
     checks["shutting_down"] = "no" if not app[state.LIFECYCLE].stopping else "yes"

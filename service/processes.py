@@ -1,0 +1,198 @@
+"""The model processes (execution 'process'): each is a pool of its own, so ending one
+fails no call running in another.
+
+A process pool of N workers is broken as a whole when one of its processes dies: every
+call it holds fails with it. A call no one waits for any more (every caller's deadline
+passed) is cut short by ending its process, and a process may be killed (out of memory);
+with one pool for all, either failed the calls running beside it in the other processes,
+and their callers saw 503s. Here a call takes an idle process, and only that process is
+ended or replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .errors import ModelUnavailable
+from .loop import BoundLoop
+from .models import Model, ModelConfig, Outcome, load_model
+
+log = logging.getLogger(__name__)
+
+# Models of a pool process, loaded once by its initializer.
+_CHILD_MODELS: dict[str, Model] = {}
+
+
+def _child_init(configs: list[ModelConfig]) -> None:
+    for config in configs:
+        _CHILD_MODELS[config.name] = load_model(config.name, config.spec, "process")
+
+
+def _child_run_batch(name: str, values: list[Any]) -> list[Outcome]:
+    return _CHILD_MODELS[name].run_batch(values)
+
+
+def _noop() -> None:
+    return None
+
+
+def _none_left() -> ModelUnavailable:
+    return ModelUnavailable("No model process could be restarted; see the log.")
+
+
+class Call:
+    """One batch call in a process, for `Processes.interrupt`."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = False  # no one waits for it any more: it is not started
+
+
+class Processes:
+    """``count`` model processes, each loading ``models`` when it starts."""
+
+    def __init__(self, count: int, models: list[ModelConfig]) -> None:
+        self._models = models
+        self._pools = [self._new_pool() for _ in range(count)]
+        self._idle = list(range(count))
+        self._waiters: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._calls: dict[int, Call] = {}  # the call each busy process runs
+        self._rebuilding: dict[int, asyncio.Task[None]] = {}
+        self._dead: set[int] = set()  # replaced by a process that failed to start
+        self._interrupted: set[int] = set()  # processes ended on purpose, not crashed
+        self._loop = BoundLoop()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1,
+            # spawn: a fresh interpreter, not a fork of a process with threads and a loop.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
+            initargs=(self._models,),
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """False while no process can take a call (each is being replaced, or failed to)."""
+        return len(self._rebuilding) + len(self._dead) < len(self._pools)
+
+    def pids(self) -> set[int]:
+        """The live processes' ids."""
+        return {
+            pid
+            for pool in self._pools
+            for pid, process in (pool._processes or {}).items()
+            if process.is_alive()
+        }
+
+    async def run_batch(self, model: str, values: list[Any], call: Call) -> list[Outcome]:
+        slot = await self._take()
+        if call.dropped:
+            self._give_back(slot)
+            raise ModelUnavailable("No one waits for this model call any more.")
+        pool = self._pools[slot]
+        self._calls[slot] = call
+        try:
+            return await self._loop().run_in_executor(pool, _child_run_batch, model, values)
+        except BrokenProcessPool:
+            self._replace(slot, pool)
+            raise ModelUnavailable(
+                f"The process running model {model!r} died; it is being restarted."
+            ) from None
+        finally:
+            del self._calls[slot]
+            if slot not in self._rebuilding:
+                self._give_back(slot)
+
+    def interrupt(self, call: Call) -> None:
+        """Ends the process running ``call`` (its callers all gave up); the call sees its
+        process gone, which is replaced as after a crash. A call not started yet never
+        starts. No other call is touched."""
+        for slot, running in self._calls.items():
+            if running is call:
+                self._interrupted.add(slot)
+                for process in list((self._pools[slot]._processes or {}).values()):
+                    if process.is_alive():
+                        process.terminate()
+                return
+        call.dropped = True
+
+    async def _take(self) -> int:
+        """An idle process; else the next one to become idle, or to be ready again after
+        it was replaced (a call never fails only because the processes are restarting:
+        a queued job would spend a delivery on it)."""
+        if self._idle:
+            return self._idle.pop()
+        if len(self._dead) == len(self._pools):
+            raise _none_left()
+        waiter: asyncio.Future[int] = self._loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(waiter.result())  # handed over just as the caller left
+            raise
+
+    def _give_back(self, slot: int) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        self._idle.append(slot)
+
+    def _replace(self, slot: int, broken: ProcessPoolExecutor) -> None:
+        """A new process takes the place of one that died; it takes calls once it has
+        loaded its models (readiness is false while no process can take one)."""
+        if self._pools[slot] is not broken:
+            return
+        if slot in self._interrupted:
+            self._interrupted.discard(slot)
+            log.info("a model call no one waits for was cut short; starting a new process")
+        else:
+            log.error("a model process died; starting a new one")
+        self._pools[slot] = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._rebuilding[slot] = self._loop().create_task(self._warm(slot))
+
+    async def _warm(self, slot: int) -> None:
+        try:
+            await self._loop().run_in_executor(self._pools[slot], _noop)
+        except Exception:
+            log.exception("a new model process failed to start; it stays out of service")
+            del self._rebuilding[slot]
+            self._dead.add(slot)
+            if len(self._dead) == len(self._pools):
+                while self._waiters:
+                    waiter = self._waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_exception(_none_left())
+            return
+        del self._rebuilding[slot]
+        self._give_back(slot)
+        log.warning("the new model process is ready")
+
+    async def warm_up(self) -> None:
+        """Starts every process now (each loads its models) rather than on first use."""
+        loop = self._loop()
+        await asyncio.gather(*(loop.run_in_executor(pool, _noop) for pool in self._pools))
+
+    def shutdown(self) -> None:
+        """Ends every process; a call still running is not waited for (its job is still
+        pending for another replica)."""
+        for task in self._rebuilding.values():
+            task.cancel()
+        for pool in self._pools:
+            processes = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
