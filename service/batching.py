@@ -9,7 +9,7 @@ from typing import Any
 
 from .deadlines import Deadlines
 from .executor import Executor
-from .inline import InlinePolicy, own_time, usage
+from .inline import InlinePolicy, timed
 from .loop import BoundLoop
 from .metrics import Metrics
 from .models import Model, Outcome
@@ -163,10 +163,8 @@ class Batcher:
 
     def _run_inline(self, batch: list[tuple[Any, asyncio.Future[Outcome]]]) -> None:
         """Calls the model here, on the loop (run_batch turns model errors into outcomes)."""
-        began, before = time.perf_counter(), usage()
-        outcomes = self.model.run_batch([value for value, _ in batch])
-        seconds = time.perf_counter() - began
-        self._inline.observe(own_time(seconds, before, usage()))
+        outcomes, seconds, own = timed(self.model.run_batch, [value for value, _ in batch])
+        self._inline.observe(own)
         self._settle(batch, outcomes, seconds)
 
     def _settle(

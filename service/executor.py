@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .inline import own_time, usage
+from .inline import timed
 from .loop import BoundLoop
 from .models import Model, ModelConfig, Outcome
 from .processes import Call, Processes
@@ -81,9 +80,8 @@ def _timed_call(model: Model, values: list[Any]) -> tuple[list[Outcome], float]:
     with _calls_lock:
         _calls_running += 1
     try:
-        began, before = time.perf_counter(), usage()
-        outcomes = model.run_batch(values)
-        return outcomes, own_time(time.perf_counter() - began, before, usage())
+        outcomes, _, own = timed(model.run_batch, values)
+        return outcomes, own
     finally:
         with _calls_lock:
             _calls_running -= 1

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import logging
 import resource
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 #: Linux: CPU time and context switches of the calling thread alone.
 _THREAD = getattr(resource, "RUSAGE_THREAD", None)
+
+T = TypeVar("T")
 
 FIRST_STREAK = 50
 LONGEST_STREAK = 1 << 20
@@ -45,6 +50,14 @@ def own_time(wall: float, before: tuple[float, int], after: tuple[float, int]) -
     if _THREAD is None or after[1] > before[1]:
         return wall
     return min(wall, after[0] - before[0])
+
+
+def timed(fn: Callable[[Any], T], arg: Any) -> tuple[T, float, float]:
+    """``fn(arg)``, its wall seconds and its own seconds (`own_time`), in this thread."""
+    began, before = time.perf_counter(), usage()
+    result = fn(arg)
+    wall = time.perf_counter() - began
+    return result, wall, own_time(wall, before, usage())
 
 
 class InlinePolicy:
