@@ -42,6 +42,11 @@ def _noop() -> None:
     return None
 
 
+def _alive(pool: ProcessPoolExecutor) -> list[Any]:
+    """The pool's processes still running (its process table is the executor's own)."""
+    return [p for p in list((pool._processes or {}).values()) if p.is_alive()]
+
+
 def _none_left() -> ModelUnavailable:
     return ModelUnavailable("No model process could be restarted; see the log.")
 
@@ -85,12 +90,7 @@ class Processes:
 
     def pids(self) -> set[int]:
         """The live processes' ids."""
-        return {
-            pid
-            for pool in self._pools
-            for pid, process in (pool._processes or {}).items()
-            if process.is_alive()
-        }
+        return {process.pid for pool in self._pools for process in _alive(pool)}
 
     async def run_batch(self, model: str, values: list[Any], call: Call) -> list[Outcome]:
         slot = await self._take()
@@ -118,9 +118,8 @@ class Processes:
         for slot, running in self._calls.items():
             if running is call:
                 self._interrupted.add(slot)
-                for process in list((self._pools[slot]._processes or {}).values()):
-                    if process.is_alive():
-                        process.terminate()
+                for process in _alive(self._pools[slot]):
+                    process.terminate()
                 return
         call.dropped = True
 
@@ -191,8 +190,7 @@ class Processes:
         for task in self._rebuilding.values():
             task.cancel()
         for pool in self._pools:
-            processes = list((pool._processes or {}).values())
+            processes = _alive(pool)
             pool.shutdown(wait=False, cancel_futures=True)
             for process in processes:
-                if process.is_alive():
-                    process.terminate()
+                process.terminate()
