@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .helpers import ClientFactory, figure, scrape
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ["single", "split", "scale-to-zero", "gpu"]
+#: Components an overlay may add (the ServiceMonitor is in every one already).
+OPTIONAL_COMPONENTS = ["networkpolicy", "tenants"]
 #: The Kubernetes version the core objects are validated against (kubernetes-validate).
 KUBERNETES_VERSION = "1.32.0"
 #: Kinds no Kubernetes schema covers (KEDA's and prometheus-operator's); checked below.
@@ -34,21 +37,56 @@ MARGIN = 5
 Manifest = dict[str, Any]
 
 
+def listed_components(overlay: str) -> set[str]:
+    kustomization = yaml.safe_load(
+        (KUBERNETES / "overlays" / overlay / "kustomization.yaml").read_text()
+    )
+    return {Path(c).name for c in kustomization.get("components", [])}
+
+
+def with_components(overlay: str) -> str:
+    """The name of `overlay` rendered with the optional components it does not list."""
+    return "+".join(
+        [overlay, *(c for c in OPTIONAL_COMPONENTS if c not in listed_components(overlay))]
+    )
+
+
+#: Every overlay, alone and with the optional components, as a user's overlay adds them.
+VARIANTS = OVERLAYS + [with_components(o) for o in OVERLAYS]
+
+
 @cache
-def render(overlay: str) -> list[Manifest]:
+def render(variant: str) -> list[Manifest]:
+    """`kubectl kustomize` of an overlay, or of 'overlay+component+...': the overlay with
+    those components added by a kustomization of its own, as a user would."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         if os.environ.get("REQUIRE_KUBECTL"):
             pytest.fail("kubectl is needed to render the manifests (REQUIRE_KUBECTL is set)")
         pytest.skip("kubectl not installed")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(KUBERNETES / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"kubectl kustomize {overlay}: {out.stderr}"
+    overlay, *components = variant.split("+")
+    with tempfile.TemporaryDirectory() as wrapper:
+        target = str(KUBERNETES / "overlays" / overlay)
+        if components:
+            # Kustomize takes no absolute path: name them relative to the wrapper.
+            here = os.path.relpath(KUBERNETES, wrapper)
+            kustomization = {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "model-service",
+                "resources": [f"{here}/overlays/{overlay}"],
+                "components": [f"{here}/components/{c}" for c in components],
+            }
+            Path(wrapper, "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+            target = wrapper
+        out = subprocess.run(
+            [kubectl, "kustomize", target],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    assert out.returncode == 0, f"kubectl kustomize {variant}: {out.stderr}"
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -93,7 +131,7 @@ def pod_labels(deployment: Manifest) -> dict[str, str]:
     return deployment["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=OVERLAYS)
+@pytest.fixture(params=VARIANTS)
 def objects(request: pytest.FixtureRequest) -> list[Manifest]:
     return render(request.param)
 
@@ -159,11 +197,15 @@ def test_every_environment_name_is_a_setting_with_a_valid_value(objects: list[Ma
         values = {k.lower(): v for k, v in env.items() if v != "<secret>"}
         Settings(**{"redis_url": "redis://unused:6379/0", **values})  # raises on a bad value
         secrets = {
-            e["name"]
+            e["name"]: e["valueFrom"]["secretKeyRef"]
             for e in container(deployment)["env"]
             if "secretKeyRef" in e.get("valueFrom", {})
         }
-        assert {"REDIS_URL", "API_KEY", "WEBHOOK_SECRET"} <= secrets, "secrets from a Secret"
+        assert {"REDIS_URL", "API_KEY", "WEBHOOK_SECRET", "ADMIN_API_KEY"} <= set(secrets)
+        for name, ref in secrets.items():
+            assert ref["name"] == "model-service-secrets" and ref["key"] == name
+            # A Secret with REDIS_URL alone must start the pods.
+            assert ref.get("optional", False) is (name != "REDIS_URL"), name
 
 
 def test_pods_are_locked_down_with_requests_limits_and_one_writable_folder(
@@ -183,6 +225,9 @@ def test_pods_are_locked_down_with_requests_limits_and_one_writable_folder(
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounts = {m["mountPath"]: m["name"] for m in spec["volumeMounts"]}
         assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp is an emptyDir"
+        for mount in spec["volumeMounts"]:
+            if "emptyDir" not in volumes[mount["name"]]:
+                assert mount.get("readOnly") is True, f"{mount['mountPath']} is read-only"
         data_dir = environment(objects, deployment).get("DATA_DIR", "data")
         assert any(data_dir.startswith(path + "/") for path in mounts), "DATA_DIR is writable"
 
@@ -225,9 +270,14 @@ def test_image_and_ports_agree_with_the_dockerfile_and_compose(objects: list[Man
     assert port_env is not None
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     image = compose["services"]["api"]["image"].split(":")[0]
-    for deployment in of_kind(objects, "Deployment"):
+    deployments = of_kind(objects, "Deployment")
+    if any("nvidia.com/gpu" in container(d)["resources"]["limits"] for d in deployments):
+        # The default image has no CUDA: a render asking for a GPU runs the GPU build, in
+        # every Deployment of it (one build of the model for API and workers).
+        image += "-gpu"
+    for deployment in deployments:
         spec = container(deployment)
-        assert spec["image"].split(":")[0] == image
+        assert spec["image"].split(":")[0] == image, deployment["metadata"]["name"]
         ports = {p["containerPort"] for p in spec["ports"]}
         assert ports == exposed == {int(port_env.group(1))}
         assert environment(objects, deployment).get("PORT", port_env.group(1)) == port_env.group(1)
@@ -255,6 +305,43 @@ def test_the_split_overlays_keep_api_and_workers_apart() -> None:
     assert container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert of_kind(render("gpu"), "NetworkPolicy"), "the example shows the optional policy"
+
+
+def test_the_servicemonitor_carries_the_label_prometheus_selects(objects: list[Manifest]) -> None:
+    # kube-prometheus-stack's Prometheus ignores a ServiceMonitor without it, and the
+    # scalers then read no backlog.
+    monitors = of_kind(objects, "ServiceMonitor")
+    assert monitors, "every overlay is scraped"
+    for monitor in monitors:
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_tenants_come_from_a_secret_folder_that_follows_its_changes() -> None:
+    for overlay in OVERLAYS:
+        for deployment in of_kind(render(overlay), "Deployment"):
+            # Without the component no keys file is named: the service refuses one it
+            # cannot read, and the Secret may not exist.
+            assert "API_KEYS_FILE" not in environment(render(overlay), deployment)
+        objects = render(f"{overlay}+tenants")
+        deployments = of_kind(objects, "Deployment")
+        assert deployments
+        for deployment in deployments:
+            keys_file = Path(environment(objects, deployment)["API_KEYS_FILE"])
+            spec = container(deployment)
+            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+            mounts = [m for m in spec["volumeMounts"] if keys_file.parent == Path(m["mountPath"])]
+            assert len(mounts) == 1, f"{keys_file}: its folder is mounted"
+            mount = mounts[0]
+            # The kubelet updates a mounted folder when the Secret changes; a subPath
+            # mount keeps the first version for the pod's life.
+            assert "subPath" not in mount and "subPathExpr" not in mount
+            assert mount.get("readOnly") is True
+            secret = volumes[mount["name"]]["secret"]
+            assert secret["secretName"] == "model-service-tenants"
+            # Required: a missing Secret holds the pod with an event, not a crash loop.
+            assert not secret.get("optional", False)
+            items = [i["path"] for i in secret.get("items", [])]
+            assert not items or keys_file.name in items, "the Secret holds the file"
 
 
 async def test_the_scalers_query_what_a_running_replica_exports(
