@@ -16,24 +16,45 @@ from .app import create_app
 from .embedded import DataDirMismatch, RedisBinaryNotFound
 from .errors import ModelLoadError
 from .executor import calls_running
+from .http import server
 from .logs import setup_logging
 from .loop import use_event_loop
 from .partitioning import PartitionMismatch
-from .settings import load_settings
+from .settings import Settings, load_settings
 from .tenants import KeysFileError
 
 
-async def _run_without_http(app: web.Application) -> None:
-    """A worker-only replica: the app's resources and workers, no listening socket."""
-    runner = web.AppRunner(app, handle_signals=False)
+class AddressInUse(RuntimeError):
+    """The HTTP port cannot be bound."""
+
+
+async def _serve(app: web.Application, settings: Settings) -> None:
+    """Runs the app until SIGTERM or SIGINT: its resources and workers, and (unless
+    SERVE_HTTP=false) the HTTP server; then stops it within SHUTDOWN_GRACE_SECONDS."""
+    log = logging.getLogger("service")
+    runner = server.runner(app, shutdown_timeout=settings.shutdown_grace_seconds)
     await runner.setup()  # runs start-up: models, Redis, workers
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("service").info("worker-only replica running (SERVE_HTTP=false)")
-    await stop.wait()
-    await runner.cleanup()
+    try:
+        if settings.serve_http:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise AddressInUse(
+                    f"cannot listen on {settings.host}:{settings.port}: {why} (another "
+                    "process has the port? choose another with PORT or --port)"
+                ) from None
+            log.info("serving on http://%s:%d (Ctrl+C to stop)", settings.host, settings.port)
+        else:
+            log.info("worker-only replica running (SERVE_HTTP=false)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -53,18 +74,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     use_event_loop(settings.loop)
     try:
-        if not settings.serve_http:
-            asyncio.run(_run_without_http(app))
-            return
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            access_log=None,
-            shutdown_timeout=settings.shutdown_grace_seconds,
-            print=lambda msg: logging.getLogger("service").info(msg.strip()),
-        )
-    except (ModelLoadError, DataDirMismatch, RedisBinaryNotFound, PartitionMismatch) as exc:
+        asyncio.run(_serve(app, settings))
+    except (
+        ModelLoadError,
+        DataDirMismatch,
+        RedisBinaryNotFound,
+        PartitionMismatch,
+        AddressInUse,
+    ) as exc:
         # One clear line naming what is wrong and the cause; no traceback.
         print(f"error: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -66,10 +66,15 @@ class Batcher:
             self._add(loop, value, future)
         try:
             return [await future for future in futures]
-        except asyncio.CancelledError:
-            # The caller gave up (a deadline): none of these outcomes is wanted any more.
+        except BaseException:
+            # The caller gave up (a deadline), or one outcome failed (the replica stops):
+            # the others are not wanted any more, and their failures are seen here (not
+            # logged as never retrieved).
             for future in futures:
-                future.cancel()
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()
             raise
 
     def run_one(self, value: Any, give_up_after: float = 0.0) -> asyncio.Future[Outcome]:
@@ -84,6 +89,10 @@ class Batcher:
         if give_up_after > 0:
             self._deadlines.expire_after(loop, future, give_up_after)
         return future
+
+    def started(self, future: asyncio.Future[Outcome]) -> bool:
+        """Whether the batch of this future (from `run_one`) is running now."""
+        return future in self._running
 
     def _add(
         self, loop: asyncio.AbstractEventLoop, value: Any, future: asyncio.Future[Outcome]
@@ -107,6 +116,11 @@ class Batcher:
                 return  # the next batch starts when a running one ends (_batch_done)
             batch, self._waiting = self._waiting[: self.max_size], self._waiting[self.max_size :]
             self._last_size = len(batch)
+            # A caller that gave up before its batch started (its deadline passed) is left
+            # out: its input never reaches the model.
+            batch = [item for item in batch if not item[1].done()]
+            if not batch:
+                continue
             if self._inline.inline:
                 self._run_inline(batch)
                 continue

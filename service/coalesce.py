@@ -19,11 +19,20 @@ class Coalescer(Generic[T, R]):
 
     Under light load each item is flushed alone at the next loop turn; under heavy load the
     batches grow by themselves, so round trips stay few. A flush that raises fails every
-    caller whose item it carried.
+    caller whose item it carried; so does one that takes longer than ``within`` seconds
+    (0: no bound), with ``too_slow()``: the callers are answered, and the next flush goes
+    out.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        within: float = 0.0,
+        too_slow: Callable[[], Exception] | None = None,
+    ) -> None:
         self._flush = flush
+        self._within = within
+        self._too_slow = too_slow or TimeoutError
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
         self._task: asyncio.Task[None] | None = None
@@ -45,7 +54,15 @@ class Coalescer(Generic[T, R]):
                 items, futures = self._items, self._futures
                 self._items, self._futures = [], []
                 try:
-                    results = await self._flush(items)
+                    if self._within:
+                        async with asyncio.timeout(self._within):
+                            results = await self._flush(items)
+                    else:
+                        results = await self._flush(items)
+                except TimeoutError:
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(self._too_slow())
                 except Exception as exc:
                     for future in futures:
                         if not future.done():

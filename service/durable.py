@@ -62,6 +62,21 @@ class Durable:
             )
         return reply
 
+    async def refused(self, key: str) -> str:
+        """Why a submit to the partition of ``key`` would be refused now ('' when a replica
+        confirms a write there in time): readiness' check (it writes ``key``, a probe)."""
+        client = self._redis if self._target.mode != "cluster" else self._node_for(key)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(key, "1", px=10_000)
+            pipe.execute_command("WAIT", self._replicas, WAIT_MS)
+            _, confirmed = await pipe.execute()
+        if int(confirmed) >= self._replicas:
+            return ""
+        return (
+            f"no replica confirmed a write within {WAIT_MS} ms: DURABLE_SUBMIT refuses "
+            "every submit until one does"
+        )
+
     def _node_for(self, key: str) -> Redis:
         node = self._redis.get_node_from_key(key)  # type: ignore[attr-defined]
         client = self._nodes.get(node.name)

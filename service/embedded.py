@@ -198,7 +198,7 @@ class RedisServer:
             self.binary,
             _text(version),
             self.port,
-            self.data_dir,
+            self.data_dir.resolve(),
         )
         return self.url
 

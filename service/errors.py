@@ -97,6 +97,16 @@ class Overloaded(ServiceError):
     retry_after = 1
 
 
+class RedisSlow(Overloaded):
+    """The Redis node of this job's partition did not answer within REDIS_TIMEOUT_SECONDS
+    (jobs of other partitions are not held up); retry later."""
+
+    def __init__(
+        self, message: str = "Redis did not answer in time for this job's partition; try again."
+    ) -> None:
+        super().__init__(message)
+
+
 class ShuttingDown(Overloaded):
     """The replica is stopping and the grace period is nearly over: a call still running is
     given up (a sync caller gets 503; a queued job is handed back for another replica)."""

@@ -76,6 +76,8 @@ class NewJob:
     #: written fails that request alone, never a submit call shared with others.
     input_json: bytes
     request_id: str = ""
+    #: Where its Idempotency-Key is stored ('': none), qualified by tenant and bulk item
+    #: (`keys.idempotency_name`): another tenant's key never answers its id.
     idempotency_key: str = ""
     body_digest: str = ""
     webhook: str = ""
@@ -235,11 +237,12 @@ class JobRecord(BaseModel):
 
     @classmethod
     def just_ended(
-        cls, entry: Entry, outcome: Outcome, now: float, flat: list[Any]
+        cls, entry: Entry, outcome: Outcome, now: float, flat: list[Any], tenant: str = ""
     ) -> JobRecord | None:
         """The record finish.lua answered for one job: read back whole, or (marked '=')
         written by that call, so all but four fields are what the worker sent it (half the
-        cost of parsing the whole hash, on every Prefer: wait answer)."""
+        cost of parsing the whole hash, on every Prefer: wait answer) and the tenant whose
+        stream it came from."""
         if not flat or flat[0] != b"=":
             return cls.from_flat(entry.prediction_id, flat)
         _, started_at, attempts, created_at, webhook = flat
@@ -258,4 +261,6 @@ class JobRecord(BaseModel):
             error=None if outcome.ok or outcome.canceled else outcome.error,
             request_id=entry.request_id or None,
             webhook=webhook.decode() if webhook else None,
+            tenant=tenant,
+            traceparent=entry.traceparent,
         )

@@ -123,6 +123,16 @@ def _of_tenant(keys: Keys, tenant: str) -> Keys:
     return replace(keys, priority="normal", tenant=tenant)
 
 
+def idempotency_name(tenant: str, key: str, item: int | None = None) -> str:
+    """What an Idempotency-Key is stored under (`Keys.idempotency`): the client's key (1-255
+    visible ASCII, so never a space) with its tenant and, for an input of a bulk submit, its
+    index, joined by spaces; no two (tenant, key, item) share a name. A single submit of the
+    default tenant keeps the bare key (no space)."""
+    if item is None:
+        return f"{tenant} {key}" if tenant else key
+    return f"{tenant} {key} {item}"
+
+
 def meta_key(settings: Settings) -> str:
     """JSON of what the stored queue was made with: partition count and hash tags."""
     return f"{settings.stream}:meta"
@@ -154,6 +164,9 @@ class Partitions:
             ]
         self.tags = tags
         self.sharded = sharded
+        #: Set: every tenant that ever had streams here (so that a tenant taken out of the
+        #: keys file still has its queued jobs read and counted after a restart).
+        self.registry = f"{settings.stream}:tenants"
         #: Every tenant whose streams are read, with its weight: the default tenant ("")
         #: first, then those of the keys file. It only grows while the process runs (a
         #: tenant taken out of the file still has its queued jobs run).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -25,16 +26,22 @@ from .models import Model, ModelConfig, Outcome, load_model
 
 log = logging.getLogger(__name__)
 
-# Models of a pool process, loaded once by its initializer.
+# Models of a pool process, loaded once by its initializer, and the number of the call it
+# started last (shared with the parent: a call whose process died before it started it
+# never ran, and is run again on the new process).
 _CHILD_MODELS: dict[str, Model] = {}
+_CHILD_STARTED: Any = None
 
 
-def _child_init(configs: list[ModelConfig]) -> None:
+def _child_init(configs: list[ModelConfig], started: Any) -> None:
+    global _CHILD_STARTED
+    _CHILD_STARTED = started
     for config in configs:
         _CHILD_MODELS[config.name] = load_model(config.name, config.spec, "process")
 
 
-def _child_run_batch(name: str, values: list[Any]) -> list[Outcome]:
+def _child_run_batch(name: str, values: list[Any], number: int) -> list[Outcome]:
+    _CHILD_STARTED.value = number
     return _CHILD_MODELS[name].run_batch(values)
 
 
@@ -51,13 +58,27 @@ def _none_left() -> ModelUnavailable:
     return ModelUnavailable("No model process could be restarted; see the log.")
 
 
+def _died(model: str) -> Outcome:
+    """The outcome of an input whose process died running it alone (lost: a queued job is
+    delivered again, up to MAX_DELIVERIES, then dead-lettered)."""
+    return Outcome(
+        ok=False,
+        error=f"The process running model {model!r} died on this input; it is being restarted.",
+        lost=True,
+    )
+
+
+class _Died(Exception):
+    """The process died while it ran the call."""
+
+
 class Call:
     """One batch call in a process, for `Processes.interrupt`."""
 
     __slots__ = ("dropped",)
 
     def __init__(self) -> None:
-        self.dropped = False  # no one waits for it any more: it is not started
+        self.dropped = False  # no one waits for it any more: what has not started never does
 
 
 class Processes:
@@ -65,7 +86,10 @@ class Processes:
 
     def __init__(self, count: int, models: list[ModelConfig]) -> None:
         self._models = models
-        self._pools = [self._new_pool() for _ in range(count)]
+        self._context = multiprocessing.get_context("spawn")
+        self._started = [self._context.Value("q", 0, lock=False) for _ in range(count)]
+        self._numbers = itertools.count(1)
+        self._pools = [self._new_pool(slot) for slot in range(count)]
         self._idle = list(range(count))
         self._waiters: collections.deque[asyncio.Future[int]] = collections.deque()
         self._calls: dict[int, Call] = {}  # the call each busy process runs
@@ -74,18 +98,23 @@ class Processes:
         self._interrupted: set[int] = set()  # processes ended on purpose, not crashed
         self._loop = BoundLoop()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, slot: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=1,
             # spawn: a fresh interpreter, not a fork of a process with threads and a loop.
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=self._context,
             initializer=_child_init,
-            initargs=(self._models,),
+            initargs=(self._models, self._started[slot]),
         )
 
     @property
     def healthy(self) -> bool:
-        """False while no process can take a call (each is being replaced, or failed to)."""
+        """False while no process can take a call (each is being replaced, or failed to).
+        An idle process found dead is replaced now (readiness asks this often)."""
+        for slot in list(self._idle):
+            if not _alive(self._pools[slot]):
+                self._idle.remove(slot)
+                self._replace(slot, self._pools[slot])
         return len(self._rebuilding) + len(self._dead) < len(self._pools)
 
     def pids(self) -> set[int]:
@@ -93,42 +122,83 @@ class Processes:
         return {process.pid for pool in self._pools for process in _alive(pool)}
 
     async def run_batch(self, model: str, values: list[Any], call: Call) -> list[Outcome]:
-        slot = await self._take()
-        if call.dropped:
-            self._give_back(slot)
-            raise ModelUnavailable("No one waits for this model call any more.")
-        pool = self._pools[slot]
-        self._calls[slot] = call
+        """The outcomes of ``values``. When the process dies running several, each is run
+        alone on a process of its own turn, so that one input that kills its process (a
+        poison input) fails alone (`_died`) and the others get their outcomes."""
         try:
-            return await self._loop().run_in_executor(pool, _child_run_batch, model, values)
-        except BrokenProcessPool:
-            self._replace(slot, pool)
-            raise ModelUnavailable(
-                f"The process running model {model!r} died; it is being restarted."
-            ) from None
-        finally:
-            del self._calls[slot]
-            if slot not in self._rebuilding:
+            return await self._run(model, values, call)
+        except _Died:
+            if call.dropped:
+                raise ModelUnavailable("No one waits for this model call any more.") from None
+            if len(values) == 1:
+                return [_died(model)]
+        log.warning(
+            "a model process died running a batch of %d; running each input alone", len(values)
+        )
+        alone = await asyncio.gather(
+            *(self._run(model, [value], call) for value in values), return_exceptions=True
+        )
+        out: list[Outcome] = []
+        for outcome in alone:
+            if isinstance(outcome, _Died):
+                out.append(_died(model))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                out.extend(outcome)
+        return out
+
+    async def _run(self, model: str, values: list[Any], call: Call) -> list[Outcome]:
+        """One call on an idle process; again on another one if its process was found dead
+        before the call started (it never ran); _Died if it died while the call ran."""
+        while True:
+            slot = await self._take()
+            if call.dropped:
                 self._give_back(slot)
+                raise ModelUnavailable("No one waits for this model call any more.")
+            pool = self._pools[slot]
+            number = next(self._numbers)
+            self._calls[slot] = call
+            try:
+                return await self._loop().run_in_executor(
+                    pool, _child_run_batch, model, values, number
+                )
+            except BrokenProcessPool:
+                interrupted = slot in self._interrupted
+                self._replace(slot, pool)
+                if interrupted or call.dropped:
+                    raise ModelUnavailable(
+                        f"The call of model {model!r} was cut short: no one waits for it."
+                    ) from None
+                if self._started[slot].value == number:
+                    raise _Died() from None
+                log.warning("a model process was found dead before a call; calling again")
+            finally:
+                del self._calls[slot]
+                if slot not in self._rebuilding:
+                    self._give_back(slot)
 
     def interrupt(self, call: Call) -> None:
         """Ends the process running ``call`` (its callers all gave up); the call sees its
         process gone, which is replaced as after a crash. A call not started yet never
         starts. No other call is touched."""
+        call.dropped = True  # and, when it ran in pieces (see run_batch), no piece starts
         for slot, running in self._calls.items():
             if running is call:
                 self._interrupted.add(slot)
                 for process in _alive(self._pools[slot]):
                     process.terminate()
-                return
-        call.dropped = True
 
     async def _take(self) -> int:
-        """An idle process; else the next one to become idle, or to be ready again after
-        it was replaced (a call never fails only because the processes are restarting:
-        a queued job would spend a delivery on it)."""
-        if self._idle:
-            return self._idle.pop()
+        """An idle live process; else the next one to become idle, or to be ready again
+        after it was replaced (a call never fails only because the processes are
+        restarting: a queued job would spend a delivery on it). A process found dead (killed
+        while idle) is replaced, never handed to a call."""
+        while self._idle:
+            slot = self._idle.pop()
+            if _alive(self._pools[slot]):
+                return slot
+            self._replace(slot, self._pools[slot])
         if len(self._dead) == len(self._pools):
             raise _none_left()
         waiter: asyncio.Future[int] = self._loop().create_future()
@@ -158,7 +228,7 @@ class Processes:
             log.info("a model call no one waits for was cut short; starting a new process")
         else:
             log.error("a model process died; starting a new one")
-        self._pools[slot] = self._new_pool()
+        self._pools[slot] = self._new_pool(slot)
         broken.shutdown(wait=False, cancel_futures=True)
         self._rebuilding[slot] = self._loop().create_task(self._warm(slot))
 

@@ -4,6 +4,7 @@ consumer groups."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from redis.exceptions import ResponseError
 from . import lua
 from .coalesce import Coalescer
 from .durable import Durable
-from .errors import IdempotencyConflict, QueueFull
+from .errors import IdempotencyConflict, QueueFull, RedisSlow
 from .job import Entry, NewJob
 from .keys import PRIORITIES, Keys, Partitions
 from .reads import Reader
@@ -55,6 +56,7 @@ class JobQueue:
         lane: Lane | None = None,
         version: tuple[int, ...] = (7,),
         durable: Durable | None = None,
+        timeout: float = 0.0,
     ) -> None:
         self._redis = redis
         self.version = version
@@ -67,7 +69,13 @@ class JobQueue:
         self._hand_back = lua.register(redis, "hand_back", version)
         self._retire = lua.register(redis, "retire", version)
         self._take = lua.register(redis, "take", version)
-        self._submits: Coalescer[NewJob, str] = Coalescer(self._write_all)
+        # One coalescer per partition: a partition whose node is slow (or stopped) holds up
+        # only its own submits, and answers them 503 after ``timeout`` seconds.
+        self._timeout = timeout
+        self._submits: list[Coalescer[NewJob, str]] = [
+            Coalescer(functools.partial(self._write_partition, p), timeout, RedisSlow)
+            for p in partitions.all
+        ]
         #: Each tenant's max_queued, for those that have one.
         self.quotas: dict[str, int] = {}
 
@@ -78,6 +86,8 @@ class JobQueue:
         await self._ensure_groups(
             [k for p in self.partitions.all for t in grown for k in p.of_tenant(t).priorities]
         )
+        if weights:
+            await self._redis.sadd(self.partitions.registry, *weights)
         self.quotas = {name: q for name, q in quotas.items() if q > 0}
         self.partitions.add_tenants(weights)
 
@@ -90,7 +100,12 @@ class JobQueue:
 
     async def ensure_group(self) -> None:
         """Creates every partition's streams and groups if missing; from id 0 so no queued
-        job is skipped."""
+        job is skipped. Every tenant that ever had streams is read (with weight 1 until
+        the keys file names it): one taken out of the file keeps its queued jobs run."""
+        known = {_text(name) for name in await self._redis.smembers(self.partitions.registry)}
+        self.partitions.add_tenants(
+            {name: 1 for name in known if name not in self.partitions.tenants}
+        )
         await self._ensure_groups(
             [k for p in self.partitions.all for k in self.partitions.streams(p)]
         )
@@ -113,7 +128,7 @@ class JobQueue:
         each job's record and stream entry are written together, and a busy server makes
         few round trips.
         """
-        reply = await self._submits.add(job)
+        reply = await self._submits[self.partitions.of(job.prediction_id).index].add(job)
         if reply == "ok":
             return job.prediction_id
         if reply.startswith("dup:"):
@@ -131,7 +146,11 @@ class JobQueue:
             raise ValueError("a bulk submit's jobs must share one partition")
         if any(j.priority != jobs[0].priority or j.tenant != jobs[0].tenant for j in jobs):
             raise ValueError("a bulk submit's jobs must share one priority and tenant")
-        replies = await self._write(partition, jobs, whole=True)
+        try:
+            async with asyncio.timeout(self._timeout or None):
+                replies = await self._write(partition, jobs, whole=True)
+        except TimeoutError:
+            raise RedisSlow() from None
         if any(r == "full" for r in replies):
             raise self._full(jobs[0].tenant, len(jobs))
         if any(r == "conflict" for r in replies):
@@ -155,18 +174,16 @@ class JobQueue:
         more = "this job" if count == 1 else f"{count} more jobs"
         return QueueFull(f"{whose}; there is no room for {more} now: try again shortly.")
 
-    async def _write_all(self, jobs: list[NewJob]) -> list[str]:
-        """One flush of coalesced submits: one script call per partition, tenant and
-        priority they fall in."""
-        partitions = self.partitions
-        if len(partitions) == 1 and all(j.priority == "normal" and not j.tenant for j in jobs):
-            return await self._write(partitions[0], jobs)
-        groups: dict[tuple[int, str, str], list[int]] = {}
+    async def _write_partition(self, partition: Keys, jobs: list[NewJob]) -> list[str]:
+        """One flush of coalesced submits of one partition: one script call per tenant and
+        priority they hold."""
+        if all(j.priority == "normal" and not j.tenant for j in jobs):
+            return await self._write(partition, jobs)
+        groups: dict[tuple[str, str], list[int]] = {}
         for position, job in enumerate(jobs):
-            where = (partitions.of(job.prediction_id).index, job.tenant, job.priority)
-            groups.setdefault(where, []).append(position)
+            groups.setdefault((job.tenant, job.priority), []).append(position)
         answers = await asyncio.gather(
-            *(self._write(partitions[p], [jobs[i] for i in at]) for (p, _, _), at in groups.items())
+            *(self._write(partition, [jobs[i] for i in at]) for at in groups.values())
         )
         out = [""] * len(jobs)
         for at, replies in zip(groups.values(), answers, strict=True):
@@ -197,9 +214,7 @@ class JobQueue:
             if job.idempotency_key or job.webhook or job.cancel_after or job.traceparent:
                 index = 0
                 if job.idempotency_key:
-                    # Each tenant has its own keys: another's never answers its ids.
-                    name = f"{tenant}/{job.idempotency_key}" if tenant else job.idempotency_key
-                    idempotency.append(partition.idempotency(name))
+                    idempotency.append(partition.idempotency(job.idempotency_key))
                     index = len(jobs) + 3 + len(idempotency)  # its place in KEYS (from 1)
                 cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
                 extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
@@ -297,3 +312,7 @@ class JobQueue:
                     for keys in self.partitions.streams(partition)
                 )
             )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -121,6 +121,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.max_deliveries,
         settings.job_timeout_seconds,
         version=version,
+        timeout=settings.redis_timeout_seconds,
     )
     # The lane has a consumer of its own: no worker's own-pending read may take its
     # batches while they run; after a crash they are reclaimed like any idle entries.
@@ -135,6 +136,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         lane=lane if settings.workers else None,
         version=version,
         durable=durable,
+        timeout=settings.redis_timeout_seconds,
     )
     # A Redis out of memory or read-only cannot create the groups yet: start anyway (not
     # ready), and keep trying in the background.
@@ -156,6 +158,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[state.QUEUE] = queue
     app[state.LANE] = lane
+    if durable is not None:
+        app[state.DURABLE] = durable
     app[state.COMPLETIONS] = completions
     yield
     if group is not None:
@@ -243,7 +247,12 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     lifecycle = app[state.LIFECYCLE]
     lifecycle.on_stop.append(stop_reading)
     if workers:
-        log.info("started %d workers as %s-*", len(workers), settings.consumer_name)
+        log.info(
+            "started %d worker%s as %s-*",
+            len(workers),
+            "" if len(workers) == 1 else "s",
+            settings.consumer_name,
+        )
     yield
     stop_reading()
     await _finish(tasks + lane_batches, lifecycle.left(settings.shutdown_grace_seconds))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from . import lua
 from .coalesce import Coalescer
+from .errors import RedisSlow
 from .job import Entry, JobRecord
 from .keys import Keys, Partitions
 from .models import Outcome
@@ -28,6 +30,7 @@ class ResultStore:
         job_timeout: float = 0.0,
         *,
         version: tuple[int, ...] = (7,),
+        timeout: float = 0.0,
     ) -> None:
         self._redis = redis
         self._partitions = partitions
@@ -41,7 +44,13 @@ class ResultStore:
         self._finish = lua.register(redis, "finish", version)
         self._cancel = lua.register(redis, "cancel", version)
         self._read = lua.register(redis, "read", version)
-        self._reads: Coalescer[str, JobRecord | None] = Coalescer(self._get_many)
+        self._keep_sync = lua.register(redis, "keep_sync", version)
+        # Reads that come together share a call, one coalescer per partition: a slow node
+        # holds up only the reads of its own partitions (503 after ``timeout`` seconds).
+        self._reads: list[Coalescer[str, JobRecord | None]] = [
+            Coalescer(functools.partial(self._read_partition, p), timeout, RedisSlow)
+            for p in partitions.all
+        ]
 
     async def mark_processing(
         self, partition: Keys, jobs: Sequence[tuple[str, bytes]], now: float
@@ -97,7 +106,7 @@ class ResultStore:
         if not any(wanted):
             return [None] * len(finished)
         return [
-            JobRecord.just_ended(e, o, now, flat)
+            JobRecord.just_ended(e, o, now, flat, partition.tenant)
             for (e, o), flat in zip(finished, replies, strict=True)
         ]
 
@@ -113,30 +122,42 @@ class ResultStore:
         )
         return before.decode(), JobRecord.from_flat(prediction_id, flat)
 
+    async def keep_sync(self, record: JobRecord, events: str, outcome: Outcome) -> None:
+        """Writes the final record of a sync request that named a webhook, and its webhook
+        delivery when ``events`` name how it ended: one call."""
+        keys = self._partitions.of(record.prediction_id)
+        fields: dict[str, Any] = {
+            "model": record.model,
+            "input": orjson.dumps(record.input),
+            "created_at": repr(record.created_at),
+            "finished_at": repr(record.finished_at),
+            "attempts": record.attempts,
+            "result": outcome.payload if outcome.ok else b"null",
+            "request_id": record.request_id or "",
+            "webhook": record.webhook or "",
+            "webhook_events": events,
+        }
+        if record.started_at is not None:
+            fields["started_at"] = repr(record.started_at)
+        if record.error:
+            fields["error"] = record.error
+        if record.tenant:
+            fields["tenant"] = record.tenant
+        flat = [item for pair in fields.items() for item in pair]
+        await self._keep_sync(
+            keys=[keys.record(record.prediction_id), keys.webhooks],
+            args=[self._ttl, record.status.value, *flat],
+        )
+
     async def get(self, prediction_id: str) -> JobRecord | None:
         """The job's record (None when unknown or expired)."""
-        return await self._reads.add(prediction_id)
+        return await self._reads[self._partitions.of(prediction_id).index].add(prediction_id)
 
-    async def _get_many(self, prediction_ids: list[str]) -> list[JobRecord | None]:
-        """Reads that came together: one script call per partition they fall in."""
-        partitions = self._partitions
-        if len(partitions) == 1:
-            keys = [partitions[0].record(p) for p in prediction_ids]
-            replies = await self._read(keys=keys)
-        else:
-            groups: dict[int, list[int]] = {}
-            for position, prediction_id in enumerate(prediction_ids):
-                groups.setdefault(partitions.of(prediction_id).index, []).append(position)
-            answers = await asyncio.gather(
-                *(
-                    self._read(keys=[partitions.record(prediction_ids[i]) for i in at])
-                    for at in groups.values()
-                )
-            )
-            replies = [None] * len(prediction_ids)
-            for at, flats in zip(groups.values(), answers, strict=True):
-                for position, flat in zip(at, flats, strict=True):
-                    replies[position] = flat
+    async def _read_partition(
+        self, keys: Keys, prediction_ids: list[str]
+    ) -> list[JobRecord | None]:
+        """Reads of one partition that came together: one script call."""
+        replies = await self._read(keys=[keys.record(p) for p in prediction_ids])
         return [
             JobRecord.from_flat(p, flat) for p, flat in zip(prediction_ids, replies, strict=True)
         ]

@@ -44,10 +44,14 @@ _HOST = r"([A-Za-z0-9.-]+|\[" + _ipv6() + r"\])"
 # refused.
 WEBHOOK_URL = r"^https?://" + _HOST + r"(:" + _PORT + r")?([/?#][^\s\x85]*)?$"
 
-#: A Cancel-After duration: a number above zero (a digit other than 0 in it) and a unit.
-#: The OpenAPI spec's CancelAfter parameter takes its pattern from here.
+#: A Cancel-After duration: a number above zero, with at most 9 digits before the point
+#: (leading zeros aside) and 6 after it (one bound for every unit), and a unit. The
+#: OpenAPI spec's CancelAfter parameter takes its pattern from here. (No look-ahead:
+#: pydantic's regex engine has none.)
 CANCEL_AFTER = (
-    r"^([0-9]{0,8}[1-9][0-9]{0,8}(\.[0-9]{1,6})?|[0-9]{1,9}\.[0-9]{0,5}[1-9][0-9]{0,5})"
+    r"^(0*[1-9][0-9]{0,8}(\.[0-9]{1,6})?"
+    r"|0*\.([1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}"
+    r"|0000[1-9][0-9]?|00000[1-9]))"
     r"(ms|s|m|h)$"
 )
 

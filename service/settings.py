@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         description="A 202 waits until the job reached a replica of Redis (WAIT), so a "
         "failover cannot lose it; 503 if none confirms within a second.",
     )
+    redis_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait for Redis on a request's path (a submit, a read): past it "
+        "the request answers 503 with Retry-After, and only the requests whose jobs lie on "
+        "that node (its partitions) wait at all.",
+    )
     group: str = Field("workers", description="Consumer group that the workers read through.")
     key_prefix: str = Field("prediction:", description="Prefix of job record keys.")
     consumer_name: str = Field(

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from .batching import Batchers
 from .dead_letters import DeadLetters
+from .durable import Durable
 from .embedded import RedisServer
 from .executor import Executor
 from .keys import Partitions
@@ -39,6 +40,8 @@ MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)
 EXECUTOR = web.AppKey("executor", Executor)
 QUEUE = web.AppKey("queue", JobQueue)
+#: Present only with DURABLE_SUBMIT.
+DURABLE = web.AppKey("durable", Durable)
 LANE = web.AppKey("lane", DirectLane)
 RESULTS = web.AppKey("results", ResultStore)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
 
 from . import lua
@@ -62,14 +62,27 @@ class Tenant:
 DEFAULT = Tenant("")
 
 
+#: The bounds of a tenant's limits: a rate is 0 (none) or at least one request in 1,000 s.
+MIN_RATE, MAX_RATE = 0.001, 1_000_000.0
+MAX_BURST = 1_000_000
+MAX_QUEUED = 1_000_000_000
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys: list[str] = Field(min_length=1)
-    rate: float = Field(0.0, ge=0, allow_inf_nan=False)
-    burst: int | None = Field(None, ge=1)
-    max_queued: int = Field(0, ge=0)
+    rate: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    burst: int | None = Field(None, ge=1, le=MAX_BURST)
+    max_queued: int = Field(0, ge=0, le=MAX_QUEUED)
     weight: int = Field(1, ge=1, le=1000)
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_or_none(cls, rate: float) -> float:
+        if 0 < rate < MIN_RATE:
+            raise ValueError(f"a rate is 0 (no limit) or at least {MIN_RATE:g} requests per second")
+        return rate
 
 
 class _File(BaseModel):

@@ -32,6 +32,77 @@ _CANCELED = Outcome(ok=False, error="canceled: ran past its Cancel-After", cance
 _NO_SPAN = contextlib.nullcontext()
 
 
+def _gone(exc: BaseException) -> str:
+    """What a read that failed for a missing stream or group (`stream_gone`) means."""
+    text = str(exc)
+    if "instance state changed" in text:
+        return "the Redis node it read from is no longer a primary (a failover)"
+    if "NOGROUP" in text:
+        return "a stream or its consumer group is missing (deleted, or lost in a failover)"
+    return "a stream it read was deleted"
+
+
+class Held:
+    """The entries a worker holds (read, or delivered by the lane, and not yet finished or
+    handed back), by stream, kept claimed by a heartbeat: while anything is held, every
+    ``interval`` one XCLAIM per stream (to itself) resets their idle time, so no one
+    reclaims an entry that runs or waits for its turn behind the batches read with it. A
+    timer, not a task, waits for the first beat: most batches end sooner and cost no claim.
+    """
+
+    def __init__(self, queue: JobQueue, consumer: str, interval: float) -> None:
+        self._queue = queue
+        self._consumer = consumer
+        self._interval = interval
+        self._ids: dict[Keys, dict[bytes, int]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._beats: set[asyncio.Task[None]] = set()
+
+    def hold(self, keys: Keys, entries: list[Entry]) -> None:
+        held = self._ids.setdefault(keys, {})
+        for entry in entries:  # counted: a lane batch is held by the lane and by its run
+            held[entry.entry_id] = held.get(entry.entry_id, 0) + 1
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
+
+    def release(self, keys: Keys, entries: list[Entry]) -> None:
+        held = self._ids.get(keys)
+        if held is None:
+            return
+        for entry in entries:
+            left = held.get(entry.entry_id, 0) - 1
+            if left > 0:
+                held[entry.entry_id] = left
+            else:
+                held.pop(entry.entry_id, None)
+        if not held:
+            del self._ids[keys]
+        if not self._ids and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def held(self) -> dict[Keys, list[bytes]]:
+        """What is held now, by stream."""
+        return {keys: list(ids) for keys, ids in self._ids.items()}
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._ids:
+            return
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(self.held))
+        self._beats.add(beat)
+        beat.add_done_callback(self._beats.discard)
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
+
+    async def _heartbeat(self, held: dict[Keys, list[bytes]]) -> None:
+        for keys, ids in held.items():
+            try:
+                await self._queue.heartbeat(keys, self._consumer, ids)
+            except RedisError as exc:
+                log.warning("%s: heartbeat failed: %s", self._consumer, exc)
+
+
 class Worker:
     """One consumer of one partition's group. ``step()`` is a single pass; ``run()`` loops
     it until stopped."""
@@ -65,14 +136,31 @@ class Worker:
         self._completions = completions
         self._tracing = tracing
         self._reader = queue.reader(partition, consumer, batch_size, block_ms, self._visibility_ms)
+        self._held = Held(queue, consumer, self._visibility_ms / 3000)
         self._stopping = asyncio.Event()
+        self._outage = False  # Redis is away (logged once)
+        self._gone = 0  # steps in a row that found a stream or group missing
 
     async def step(self) -> int:
         """Reads the next entries (see `service.reads`) and runs them, a batch per stream
-        they came from; answers how many."""
+        they came from; answers how many. Every entry read is kept claimed (heartbeat)
+        from the read until it is finished or handed back, also while it waits for the
+        batches read with it to run first."""
         batches = await self._reader.next()
         for keys, entries in batches:
-            await self.process(entries, keys)
+            self._held.hold(keys, entries)
+        try:
+            for done, (keys, entries) in enumerate(batches):
+                try:
+                    await self.process(entries, keys)
+                except ShuttingDown:
+                    # Those not started yet go back to the queue with the one that ran.
+                    for later_keys, later in batches[done + 1 :]:
+                        await self._hand_back(later_keys, later, later)
+                    raise
+        finally:
+            for keys, entries in batches:
+                self._held.release(keys, entries)
         return sum(len(entries) for _, entries in batches)
 
     async def process(self, entries: list[Entry], keys: Keys | None = None) -> None:
@@ -94,17 +182,9 @@ class Worker:
         await self._run(partition, entries, entries)
 
     async def _run(self, partition: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
-        # The heartbeat starts only if the batch is still running after one interval: a
-        # task per batch (made and cancelled) costs more than most batches take.
-        interval = self._visibility_ms / 3000
-        ids = [e.entry_id for e in runnable]
         if self._tracing is not None:
             self._tracing.jobs_started(runnable, time.time())
-        beats: list[asyncio.Task[None]] = []
-        timer = asyncio.get_running_loop().call_later(
-            interval,
-            lambda: beats.append(asyncio.create_task(self._heartbeat(partition, ids, interval))),
-        )
+        self._held.hold(partition, batch)  # the lane's batches (a read's are held already)
         try:
             outcomes = await self._predict(runnable)
         except ShuttingDown:
@@ -114,11 +194,19 @@ class Worker:
             await self._hand_back(partition, runnable, batch)
             raise
         finally:
-            timer.cancel()
-            for beat in beats:
-                beat.cancel()
-        await self._store(partition, list(zip(runnable, outcomes, strict=True)), batch)
-        report(self.consumer, self._metrics, runnable, outcomes)
+            self._held.release(partition, batch)
+        finished = [(e, o) for e, o in zip(runnable, outcomes, strict=True) if not o.lost]
+        if len(finished) < len(runnable):
+            # Their process died running them alone: they stay pending here, and are read
+            # again (a delivery each) at once; past MAX_DELIVERIES they are dead-lettered.
+            lost = {e.entry_id for e, o in zip(runnable, outcomes, strict=True) if o.lost}
+            batch = [e for e in batch if e.entry_id not in lost]
+            log.warning(
+                "%s: %d jobs lost their model process; reading them again", self.consumer, len(lost)
+            )
+            self._reader.restart()
+        await self._store(partition, finished, batch)
+        report(self.consumer, self._metrics, [e for e, _ in finished], [o for _, o in finished])
 
     async def _hand_back(self, partition: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         handed = await self._queue.hand_back(partition, self.consumer, runnable)
@@ -158,17 +246,6 @@ class Worker:
                     raise
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
-
-    async def _heartbeat(self, partition: Keys, entry_ids: list[bytes], interval: float) -> None:
-        """While a batch runs, keeps claiming its entries so no one else reclaims them."""
-        if not entry_ids:
-            return
-        while True:
-            try:
-                await self._queue.heartbeat(partition, self.consumer, entry_ids)
-            except RedisError as exc:
-                log.warning("%s: heartbeat failed: %s", self.consumer, exc)
-            await asyncio.sleep(interval)
 
     async def _predict(self, entries: list[Entry]) -> list[Outcome]:
         """Outcomes in entry order; entries are grouped per model, one batch call per model."""
@@ -225,47 +302,52 @@ class Worker:
         """Loops ``step()`` until ``stop()``. While Redis is unreachable or refuses writes
         (out of memory, read-only, failing over) it retries with backoff, logged once."""
         backoff = 0.1
-        outage = False
         while not self._stopping.is_set():
             try:
                 await self.step()
-                if outage:
-                    log.info("%s: Redis is back", self.consumer)
-                outage, backoff = False, 0.1
-            except REDIS_FAILURES as exc:
-                reason = unavailable(exc)
-                if reason is not None:
-                    if not outage:
-                        log.warning(
-                            "%s: %s (%s); retrying with backoff", self.consumer, reason, exc
-                        )
-                    outage = True
-                    # A read whose answer was lost (Redis went away, or failed over, as it
-                    # answered) left entries pending on this consumer: read them first.
-                    self._reader.restart()
-                elif stream_gone(exc):
-                    log.warning("%s: stream or group was deleted; recreating it", self.consumer)
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._queue.ensure_group()
-                    self._reader.restart()
-                    continue
-                else:
-                    log.exception("%s: Redis refused a command", self.consumer)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-            except ModelUnavailable as exc:
-                # The batch's entries stay pending here: read them again (a delivery each)
-                # once the model can run again.
-                log.warning("%s: %s", self.consumer, exc.message)
-                self._reader.restart()
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            except ShuttingDown:
+                continue  # the batch went back on the queue (see _run)
             except Exception as exc:
-                if isinstance(exc, ShuttingDown):
-                    continue  # the batch went back on the queue (see _run)
-                log.exception("%s: unexpected error in worker step", self.consumer)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                if not await self._recover(exc):
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                continue
+            if self._outage:
+                log.info("%s: Redis is back", self.consumer)
+            self._outage, self._gone, backoff = False, 0, 0.1
+
+    async def _recover(self, exc: Exception) -> bool:
+        """Logs why a step failed and readies the next one; True when it may run at once."""
+        if isinstance(exc, ModelUnavailable):
+            # The batch's entries stay pending here: read them again (a delivery each)
+            # once the model can run again.
+            log.warning("%s: %s", self.consumer, exc.message)
+            self._reader.restart()
+            return False
+        if not isinstance(exc, REDIS_FAILURES):
+            log.exception("%s: unexpected error in worker step", self.consumer)
+            return False
+        reason = unavailable(exc)
+        if reason is not None:
+            if not self._outage:
+                log.warning("%s: %s (%s); retrying with backoff", self.consumer, reason, exc)
+            self._outage = True
+            # A read whose answer was lost (Redis went away, or failed over, as it
+            # answered) left entries pending on this consumer: read them first.
+            self._reader.restart()
+            return False
+        if not stream_gone(exc):
+            log.exception("%s: Redis refused a command", self.consumer)
+            return False
+        self._gone += 1
+        log.warning("%s: %s; making sure the streams and groups exist", self.consumer, _gone(exc))
+        try:
+            await self._queue.ensure_group()
+        except REDIS_FAILURES as again:
+            log.warning("%s: cannot recreate the streams and groups yet: %s", self.consumer, again)
+            return False
+        self._reader.restart()
+        return self._gone == 1  # at once the first time; with backoff while it goes on
 
     async def _sleep(self, seconds: float) -> None:
         # Waits out a backoff, but wakes at once when asked to stop.

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.connection import client_for
 from service.embedded import RedisServer, free_port
+from service.http import server
 from service.redis_url import parse as parse_redis_url
 from service.settings import Settings
 
@@ -139,7 +140,7 @@ async def make_served(settings: Callable[..., Settings]) -> AsyncIterator[Callab
 
     async def make(**overrides: Any) -> Served:
         app = create_app(settings(**overrides))
-        runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
+        runner = server.runner(app, handler_cancellation=False)
         await runner.setup()
         runners.append(runner)
         port = free_port()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -170,6 +171,26 @@ class DeepOutput:
                     value = [value]
             out.append(value)
         return out
+
+
+def typed(text: str) -> dict[str, int]:
+    """Declares its input and output by annotations alone (no input_type attribute)."""
+    return {"length": len(text)}
+
+
+def paced(value: Any) -> Any:
+    """Takes 0.3 s an input (no batch call: a batch of n takes 0.3 n s); counts its calls."""
+    threading.Event().wait(0.3)
+    calls[repr(value)] += 1
+    return value
+
+
+def poison(value: Any) -> Any:
+    """For process execution: the input "poison" ends the process running it (as a crash
+    in native code, or the OOM killer, would); any other input is echoed."""
+    if value == "poison":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"echo": value}
 
 
 def sleepy(value: Any) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import logging
 from typing import Any
 
 import pytest
@@ -211,3 +213,35 @@ async def test_a_body_trickled_byte_by_byte_is_cut_off_with_408(
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 408"), status_line
     assert asyncio.get_running_loop().time() - began < 3
+
+
+MALFORMED = {
+    "header over 8190 bytes": b"X-Big: " + b"a" * 9000 + b"\r\n",
+    "control character": b"X-Bad: a\x01b\r\n",
+    "bare CR": b"X-A: b\rX-C: d\r\n",
+    "too many headers": b"".join(b"X-%d: v\r\n" % i for i in range(200)),
+}
+
+
+@pytest.mark.parametrize("extra", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_request_the_parser_refuses_is_a_json_400_logged_in_one_line(
+    make_served: Any, caplog: pytest.LogCaptureFixture, extra: bytes
+) -> None:
+    _, base = await make_served(workers=0)
+    host, port = base.removeprefix("http://").split(":")
+    caplog.set_level(logging.INFO)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /models HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 400 Bad Request"), head
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)["error"]
+    assert error.startswith("The request is malformed: "), error
+    assert "aaaa" not in error and "\n" not in error, "the request's bytes are not echoed"
+    ours = [r for r in caplog.records if r.name.startswith(("service", "aiohttp"))]
+    refused = [r for r in ours if "malformed" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.WARNING
+    assert refused[0].exc_info is None
+    assert not [r for r in ours if r.levelno >= logging.ERROR]

@@ -1,6 +1,6 @@
 """Cancel-After: a queued job whose deadline passes before it starts never runs and ends
-`aborted`; a sync request with it, or a value that is not a duration, is a 400. On one
-node and on a cluster."""
+`aborted` (a sync request: 504 `aborted`), one still running ends `canceled`; a value that
+is not a duration is a 400. On one node and on a cluster."""
 
 from __future__ import annotations
 
@@ -76,7 +76,22 @@ async def test_a_bulk_submit_gives_every_job_its_cancel_after(
 
 
 @pytest.mark.parametrize(
-    "value", ["5 minutes", "0s", "0ms", "00.0h", "-1s", "10x", "", "1e3s", "2.5.1s", "ms"]
+    "value",
+    [
+        "5 minutes",
+        "0s",
+        "0ms",
+        "00.0h",
+        "-1s",
+        "10x",
+        "",
+        "1e3s",
+        "2.5.1s",
+        "ms",
+        "1000000000h",  # ten digits before the point: over the one bound
+        "9999999999h",
+        "0.0000001s",  # seven after it
+    ],
 )
 async def test_a_cancel_after_that_is_not_a_duration_is_a_400_giving_the_format(
     make_client: ClientFactory, value: str
@@ -90,11 +105,55 @@ async def test_a_cancel_after_that_is_not_a_duration_is_a_400_giving_the_format(
         assert "250ms, 30s, 5m" in (await resp.json())["error"]
 
 
-async def test_a_sync_request_with_a_cancel_after_is_a_400(make_client: ClientFactory) -> None:
+@pytest.mark.parametrize("value", ["999999999h", "0.000001s", "007s", "1.5h", "250ms", ".5m"])
+async def test_a_duration_at_the_bounds_is_taken(make_client: ClientFactory, value: str) -> None:
+    client = await make_client(model="tests.models:echo", workers=0)
+    resp = await client.post(
+        "/predict", json={"input": "x"}, headers={"Async-Mode": "true", "Cancel-After": value}
+    )
+    assert resp.status == 202, await resp.text()
+
+
+async def test_a_sync_request_within_its_cancel_after_is_answered(
+    make_client: ClientFactory,
+) -> None:
     client = await make_client(model="tests.models:echo")
     resp = await client.post("/predict", json={"input": "x"}, headers={"Cancel-After": "30s"})
-    assert resp.status == 400, await resp.text()
-    assert "queued jobs" in (await resp.json())["error"]
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["result"] == {"echo": "x"}
+
+
+async def test_a_sync_request_not_started_within_its_cancel_after_is_aborted(
+    make_client: ClientFactory,
+) -> None:
+    # One call at a time (OneAtATime): the first holds the model; the second waits for it
+    # past its Cancel-After, and is answered aborted without ever reaching the model.
+    client = await make_client(model="tests.models:OneAtATime")
+    holding = asyncio.ensure_future(client.post("/predict", json={"input": "hold"}))
+    await poll(lambda: asyncio.to_thread(models.started.wait, 0.1))
+    resp = await client.post("/predict", json={"input": "late"}, headers={"Cancel-After": "200ms"})
+    assert resp.status == 504, await resp.text()
+    body = await resp.json()
+    assert body["status"] == "aborted"
+    assert body["output"] == {"input": "late", "result": None}
+    assert "Cancel-After" in body["error"]
+    models.release()
+    assert (await holding).status == 200
+    assert models.batch_sizes == [1], "the aborted input never reached the model"
+    counts = await scrape(client)
+    assert figure(counts, "predictions_total", status="aborted", model="default", mode="sync") == 1
+
+
+async def test_a_sync_request_running_past_its_cancel_after_is_canceled(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(model="tests.models:gated")
+    resp = await client.post("/predict", json={"input": "x"}, headers={"Cancel-After": "300ms"})
+    assert resp.status == 504, await resp.text()
+    body = await resp.json()
+    assert (body["status"], body["output"]["result"]) == ("canceled", None)
+    assert models.started.is_set(), "it had started"
+    models.release()
 
 
 @MODES

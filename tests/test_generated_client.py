@@ -44,12 +44,14 @@ async def test_openapi_python_client_generates_a_client_that_works(
         types = importlib.import_module("gen.models")
         client = generated.Client(base_url=str(server.make_url("")).rstrip("/"))
         async with client:
-            body = types.ModelDefaultRequest(input_="I love this product, it works great!")
+            body = types.DefaultPredictRequest(input_="I love this product, it works great!")
             sync = await post_predict.asyncio_detailed(client=client, body=body)
             assert sync.status_code == 200
             assert isinstance(sync.parsed, types.SyncPrediction)
             assert sync.parsed.input_ == "I love this product, it works great!"
             assert json.loads(sync.content)["result"]["label"] == "positive"
+            urgent = types.DefaultPredictRequest(input_="now", priority=types.Priority.HIGH)
+            assert urgent.to_dict()["priority"] == "high", "the client keeps the priority"
 
             queued = await post_predict.asyncio_detailed(
                 client=client, body=body, async_mode=types.PostPredictAsyncMode.TRUE

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +122,20 @@ async def test_python_model_with_a_declared_input_type(
     assert [d["loc"] for d in (await bad.json())["detail"]] == [["input", "stars"]]
 
 
+@pytest.mark.parametrize("mode", ["false", "true"])
+async def test_a_function_models_annotations_are_its_schemas(
+    make_client: ClientFactory, mode: str
+) -> None:
+    client = await make_client(model="tests.models:typed")
+    assert await predict(client, "four", mode=mode) == {"length": 4}
+    bad = await client.post("/predict", json={"input": 42}, headers={"Async-Mode": mode})
+    assert bad.status == 422, await bad.text()
+    assert [d["loc"] for d in (await bad.json())["detail"]] == [["input"]]
+    described = await (await client.get("/models/default")).json()
+    assert described["input_schema"] == {"type": "string"}
+    assert described["output_schema"]["additionalProperties"] == {"type": "integer"}
+
+
 async def test_three_models_in_one_process(
     make_client: ClientFactory, iris_files: dict[str, str], tmp_path: Path
 ) -> None:
@@ -200,9 +216,27 @@ async def test_spec_shows_each_models_input_schema(
     schema = spec["components"]["schemas"][ref]["properties"]["input"]
     assert schema["oneOf"][0]["minItems"] == 4
     assert schema["oneOf"][0]["items"]["type"] == "number"
+    assert ref == "IrisPredictRequest", "schema names are PascalCase"
+    assert set(spec["components"]["schemas"][ref]["properties"]) == {
+        "input",
+        "webhook",
+        "webhook_events",
+        "priority",
+    }
     default_body = spec["paths"]["/predict"]["post"]["requestBody"]
     ref = default_body["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     assert spec["components"]["schemas"][ref]["properties"]["input"]["type"] == "string"
+    assert "priority" in spec["components"]["schemas"][ref]["properties"]
+    # Each model's bulk route, with its own items.
+    bulk = spec["paths"]["/models/iris/predict/batch"]["post"]["requestBody"]
+    ref = bulk["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    items = spec["components"]["schemas"][ref]["properties"]["inputs"]["items"]
+    assert items["oneOf"][0]["minItems"] == 4
+    names = [n for n in spec["components"]["schemas"] if not n[0].isupper()]
+    assert names == [], "every schema name is PascalCase"
+    resp = await client.post("/models/iris/predict/batch", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    assert resp.status == 202, await resp.text()
+    assert (await client.post("/models/nope/predict/batch", json={"inputs": [1]})).status == 404
 
 
 @pytest.mark.parametrize("mode", ["false", "true"])
@@ -219,18 +253,20 @@ async def test_process_execution_runs_the_model_in_a_pool_process(
 
 @pytest.mark.timeout(90)
 async def test_a_killed_model_process_is_replaced_and_its_jobs_run_again(
-    make_client: ClientFactory,
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    journal = tmp_path / "journal"
+    monkeypatch.setenv("TEST_JOURNAL", str(journal))
     client = await make_client(
-        model="tests.models:slow", execution="process", process_workers=1, workers=1
+        model="tests.models:journaled", execution="process", process_workers=1, workers=1
     )
     pool_pids = client.server.app[state.EXECUTOR].processes.pids
-    resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
+    job = {"tag": "killed", "seconds": 3}
+    resp = await client.post("/predict", json={"input": job}, headers={"Async-Mode": "true"})
     prediction_id = (await resp.json())["prediction_id"]
 
     async def running() -> bool:
-        record = await (await client.get(f"/predict/{prediction_id}")).json()
-        return record["status"] == "processing"
+        return journal.exists() and "start killed" in journal.read_text()
 
     await poll(running)
     (pid,) = pool_pids()
@@ -242,13 +278,81 @@ async def test_a_killed_model_process_is_replaced_and_its_jobs_run_again(
 
     assert "restarted" in (await poll(not_ready))["checks"]["models"]
     # A request meanwhile waits for the new process (not a 503 the client must retry).
-    resp = await client.post("/predict", json={"input": "now"})
+    resp = await client.post("/predict", json={"input": {"tag": "now", "seconds": 0}})
     assert resp.status == 200, await resp.text()
     assert (await client.get("/health/ready")).status == 200
     assert pool_pids() and pid not in pool_pids()
-    record = await wait_final(client, prediction_id)
+    record = await wait_final(client, prediction_id, within=30)
     assert record["status"] == "done"
     assert record["attempts"] == 2, "the call the dead process had counts one delivery"
+
+
+@pytest.mark.timeout(90)
+async def test_a_poison_input_fails_alone_and_the_jobs_of_its_batch_finish(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    api = await make_client(model="tests.models:poison", execution="process", workers=0)
+    inputs = ["a", "b", "poison", "c", "d"]
+    resp = await api.post("/predict/batch", json={"inputs": inputs})
+    ids = (await resp.json())["prediction_ids"]
+    worker = await make_client(
+        model="tests.models:poison",
+        execution="process",
+        process_workers=1,
+        max_deliveries=2,
+        consumer_name="worker",
+    )
+    records = [await wait_final(worker, p, within=60) for p in ids]
+    assert [r["status"] for r in records] == ["done", "done", "failed", "done", "done"]
+    assert [r["output"]["result"] for r in records if r["status"] == "done"] == [
+        {"echo": x} for x in "abcd"
+    ]
+    assert records[2]["error"] == "gave up after 2 deliveries"
+    assert await rds.xlen("predictions:dead") == 1, "only the poison job is a dead letter"
+
+
+@pytest.mark.timeout(90)
+async def test_sync_requests_beside_a_poison_one_get_their_answers(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(
+        model="tests.models:poison", execution="process", process_workers=1, workers=0
+    )
+    inputs = ["a", "b", "poison", "c"]
+    answers = await asyncio.gather(*(client.post("/predict", json={"input": x}) for x in inputs))
+    assert [a.status for a in answers] == [200, 200, 500, 200]
+    assert [(await a.json()).get("result") for a in answers] == [
+        {"echo": "a"},
+        {"echo": "b"},
+        None,
+        {"echo": "c"},
+    ]
+    assert "died on this input" in (await answers[2].json())["error"]
+
+
+@pytest.mark.timeout(90)
+async def test_a_model_process_killed_while_idle_is_never_handed_a_call(
+    make_client: ClientFactory,
+) -> None:
+    client = await make_client(
+        model="tests.models:whoami", execution="process", process_workers=1, workers=1
+    )
+    pool_pids = client.server.app[state.EXECUTOR].processes.pids
+    (pid,) = pool_pids()
+    os.kill(pid, signal.SIGKILL)  # idle: no call is running
+
+    async def gone() -> bool:
+        return pid not in pool_pids()
+
+    await poll(gone)
+    resp = await client.post("/predict", json={"input": "sync"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["result"]["pid"] != pid
+    os.kill(next(iter(pool_pids())), signal.SIGKILL)
+    resp = await client.post("/predict", json={"input": "queued"}, headers={"Async-Mode": "true"})
+    record = await wait_final(client, (await resp.json())["prediction_id"], within=60)
+    assert record["status"] == "done"
+    assert record["attempts"] == 1, "no delivery is spent on a process dead before the call"
 
 
 def _start(env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -274,3 +378,31 @@ def test_a_missing_extra_says_which_to_install(iris_files: dict[str, str]) -> No
     out = _start({"MODEL": iris_files["onnx"]}, code)
     assert out.returncode == 2
     assert "pip install '.[onnx]'" in out.stderr.strip().splitlines()[-1]
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(redis_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "PORT": str(port),
+                "HOST": "127.0.0.1",
+                "REDIS_URL": redis_url,
+                "MODEL": "tests.models:echo",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process has the port? choose another with PORT or --port)"
+    )
+    assert "Traceback" not in run.stderr
+    assert "started 2 workers" in run.stderr

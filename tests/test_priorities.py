@@ -1,6 +1,6 @@
 """Priorities of queued jobs: high ones overtake a backlog, lower ones still progress
-under a steady flow of higher ones, sync requests refuse the field; on one node and on a
-cluster (one partition there, so that every job is in the stream the worker reads)."""
+under a steady flow of higher ones, sync requests take the field (and run at once); on one
+node and on a cluster (one partition there, so that every job is in the stream the worker reads)."""
 
 from __future__ import annotations
 
@@ -74,15 +74,16 @@ async def test_lower_jobs_progress_under_a_steady_flow_of_high_ones(
     assert await done(client, highs) == highs[:12]
 
 
-async def test_a_sync_request_refuses_a_priority_and_a_bad_one_is_422(
+async def test_a_sync_request_takes_a_priority_and_a_bad_one_is_422(
     make_client: ClientFactory,
 ) -> None:
     client = await make_client(model="tests.models:echo")
-    for priority in ("high", "normal"):
+    for priority in ("high", "normal", "low"):  # it runs at once: the priority orders nothing
         resp = await client.post("/predict", json={"input": "x", "priority": priority})
-        assert resp.status == 422, await resp.text()
-        body = await resp.json()
-        assert "Async-Mode" in body["error"] and body["detail"][0]["loc"] == ["priority"]
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["result"] == {"echo": "x"}
+    resp = await client.post("/predict", json={"input": "x", "priority": "urgent"})
+    assert resp.status == 422 and (await resp.json())["detail"][0]["loc"] == ["priority"]
     for path, body in (("/predict", {"input": "x"}), ("/predict/batch", {"inputs": ["x"]})):
         for bad in ("urgent", None, 1):
             resp = await client.post(

@@ -4,6 +4,7 @@ idempotency, API keys."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service import state
+from service.executor import calls_running
 from service.ids import new_id
 from service.job import Entry, NewJob
 
@@ -177,6 +179,52 @@ async def test_an_idempotency_key_reads_the_input_not_its_key_order(
     assert (await post({"sku": "A-1", "qty": [2, 1]})).status == 409
 
 
+async def test_the_keys_of_single_and_bulk_submits_never_meet(make_client: ClientFactory) -> None:
+    # A bulk submit keeps its key once per input; a single submit's key that looks like one
+    # of those (the client chose it freely) is another key, in both orders.
+    client = await make_client(workers=0, model="tests.models:echo")
+
+    async def single(key: str, value: Any) -> Any:
+        headers = {"Async-Mode": "true", "Idempotency-Key": key}
+        return await client.post("/predict", json={"input": value}, headers=headers)
+
+    async def bulk(key: str, values: list[Any]) -> Any:
+        headers = {"Idempotency-Key": key}
+        return await client.post("/predict/batch", json={"inputs": values}, headers=headers)
+
+    first = await single("order-7#0", "a")
+    assert first.status == 202
+    batch = await bulk("order-7", ["a", "b"])
+    assert batch.status == 202, await batch.text()
+    assert (await first.json())["prediction_id"] not in (await batch.json())["prediction_ids"]
+    batch = await bulk("order-8", ["a", "b"])
+    ids = (await batch.json())["prediction_ids"]
+    for key in ("order-8#0", "order-8#1", "order-8"):
+        later = await single(key, "a")
+        assert later.status == 202, await later.text()
+        assert (await later.json())["prediction_id"] not in ids, key
+
+
+async def test_durable_submits_with_no_replica_are_503_and_readiness_says_why(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # One redis-server, no replica: no submit can be confirmed, so none is accepted, and
+    # the replica says it is not ready (a load balancer sends it nothing to refuse).
+    client = await make_client(workers=0, durable_submit=True)
+    resp = await client.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert "DURABLE_SUBMIT" in (await resp.json())["error"]
+    ready = await client.get("/health/ready")
+    assert ready.status == 503
+    checks = (await ready.json())["checks"]
+    assert checks["durable_submit"].startswith("refused: no replica confirmed a write")
+    assert checks["writes"] == "ok" and checks["redis"] == "ok"
+    plain = await make_client(workers=0, consumer_name="plain")
+    ready = await plain.get("/health/ready")
+    assert ready.status == 200 and "durable_submit" not in (await ready.json())["checks"]
+
+
 async def test_api_key_guards_every_route_but_health_metrics_and_docs(
     make_client: ClientFactory,
 ) -> None:
@@ -191,6 +239,7 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
         ("GET", "/models"),
         ("GET", "/models/default"),
         ("POST", "/models/default/predict"),
+        ("POST", "/models/default/predict/batch"),
     ]
     # Every route of the app is in one list or the other: a new route must be named here.
     public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]
@@ -304,6 +353,37 @@ async def test_work_a_stopping_replica_could_not_finish_goes_back_for_others(
     assert record["status"] == "done"
     assert record["output"]["result"] == {"echo": "unfinished"}
     assert record["attempts"] == 2
+
+
+async def test_a_stopping_replica_hands_a_whole_batch_back_and_logs_no_error(
+    make_client: ClientFactory, rds: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A normal stop is no error: the batch's callers are all failed with ShuttingDown, and
+    # each of those failures is seen (none is left for asyncio to report as never
+    # retrieved).
+    # OneAtATime: the three run as one model call, held until the test opens the gate (a
+    # thread left blocked on a later item would outlive the test).
+    api = await make_client(model="tests.models:OneAtATime", workers=0)
+    ids = [await submit(api, text) for text in ("hold", "b", "c")]
+    stopping = await make_client(
+        model="tests.models:OneAtATime", shutdown_grace_seconds=0.2, max_batch_size=4
+    )
+    await poll(lambda: asyncio.to_thread(models.started.wait, 0.1))
+    caplog.set_level(logging.WARNING)
+    await stopping.close()
+    models.release()  # the abandoned call ends; then its batch's futures can be collected
+
+    async def call_ended() -> bool:
+        batches = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_run_batch"]
+        return calls_running() == 0 and not batches
+
+    await poll(call_ended)
+    gc.collect()  # a future never retrieved is reported when it is collected
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert any("handed 3 unfinished jobs back" in r.getMessage() for r in caplog.records)
+    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert sorted(f[b"id"].decode() for _, f in await rds.xrange("predictions")) == sorted(ids)
 
 
 async def test_a_stopping_replica_acks_the_entries_of_its_batch_that_were_not_to_run(

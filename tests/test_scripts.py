@@ -97,3 +97,25 @@ def test_run_serves_a_model_from_the_folder_it_was_started_in(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_run_keeps_its_private_redis_data_in_the_folder_it_was_started_in(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = service_env(port, MODEL="tests.models:echo", LOG_LEVEL="INFO")
+    env.pop("REDIS_URL", None)
+    env.pop("DATA_DIR", None)
+    env["PYTHONPATH"] = str(ROOT)  # the test model
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "run")], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_answering(base, proc, within=60)
+        assert (tmp_path / "data" / "redis.log").is_file()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert f"(data in {tmp_path / 'data'})" in err, "the start-up log names the folder"

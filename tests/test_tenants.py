@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from service import state
 from service.tenants import KeysFileError, parse_keys_file
 
-from .helpers import ROOT, ClientFactory, figure, poll, scrape, worker_for
+from .helpers import ROOT, ClientFactory, figure, poll, scrape, scrape_until, worker_for
 
 MODES = pytest.mark.modes("single", "cluster")
 
@@ -78,8 +78,29 @@ def two_tenants(tmp_path: Path) -> Path:
             "twice",
         ),
         ("[tenants.a\n", "Expected"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nrate = 1e-300\n', "at least 0.001"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nrate = 0.0009\n', "at least 0.001"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nrate = 1e7\n', "less than or equal"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nrate = nan\n', "finite"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nburst = 1000001\n', "less than or equal"),
+        (f'[tenants.a]\nkeys = ["{digest("k")}"]\nmax_queued = 1e12\n', "max_queued"),
     ],
-    ids=["clear key", "reserved", "name", "unknown field", "weight", "no keys", "twice", "toml"],
+    ids=[
+        "clear key",
+        "reserved",
+        "name",
+        "unknown field",
+        "weight",
+        "no keys",
+        "twice",
+        "toml",
+        "tiny rate",
+        "rate under the least",
+        "huge rate",
+        "nan rate",
+        "huge burst",
+        "huge quota",
+    ],
 )
 def test_a_bad_keys_file_is_refused_with_the_reason(text: str, says: str) -> None:
     with pytest.raises(KeysFileError, match=says):
@@ -144,23 +165,110 @@ async def test_a_tenant_sees_only_its_own_jobs(
     assert resp.status == 200 and (await resp.json())["status"] == "queued"
     # The owner cancels it; nobody else did.
     assert (await client.delete(f"/predict/{mine}", headers=auth("acme"))).status == 200
-    # The API_KEY tenant keeps working, with its own jobs.
+    # The API_KEY tenant keeps working, with its own jobs, which no named tenant reaches.
     resp = await submit_as(client, "old", "y", Authorization="Bearer old-key")
     assert resp.status == 202
+    defaults = (await resp.json())["prediction_id"]
+    for method, path in (
+        ("GET", f"/predict/{defaults}"),
+        ("GET", f"/predict/{defaults}?wait=5"),
+        ("DELETE", f"/predict/{defaults}"),
+        ("GET", f"/predict/{defaults}/events"),
+    ):
+        resp = await client.request(method, path, headers=auth("acme"))
+        assert resp.status == 404, (method, path, await resp.text())
+        assert await resp.json() == as_unknown
+    owned = await client.get(f"/predict/{defaults}", headers={"Authorization": "Bearer old-key"})
+    assert (await owned.json())["status"] == "queued", "not canceled by another tenant"
     assert (await client.get(f"/predict/{mine}", headers=auth("nobody"))).status == 401
+
+
+async def test_a_key_is_matched_by_its_whole_digest(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # Digests that differ from the key's in their last or their first byte alone: the key
+    # is refused (the whole digest is compared, not a prefix or a suffix of it).
+    real = digest("acme-key")
+    near = [
+        real[:-2] + ("00" if real[-2:] != "00" else "01"),
+        ("00" if real[:2] != "00" else "01") + real[2:],
+    ]
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[tenants.acme]\nkeys = ["{near[0]}", "{near[1]}"]\n')
+    client = await make_client(model="tests.models:echo", workers=0, api_keys_file=str(path))
+    assert (await client.get("/models", headers=auth("acme"))).status == 401
+    path.write_text(f'[tenants.acme]\nkeys = ["{real}"]\n')
+    await client.server.app[state.TENANTS].reload(force=True)
+    assert (await client.get("/models", headers=auth("acme"))).status == 200
+
+
+async def test_tenant_keys_never_open_the_admin_routes(
+    make_client: ClientFactory, two_tenants: Path
+) -> None:
+    client = await make_client(
+        model="tests.models:echo",
+        workers=0,
+        api_keys_file=str(two_tenants),
+        api_key="old-key",
+        admin_api_key="root-key",
+    )
+    for headers in (auth("acme"), {"Authorization": "Bearer old-key"}, {}):
+        for method, path in (
+            ("GET", "/admin/dead-letters"),
+            ("POST", "/admin/dead-letters/replay"),
+            ("DELETE", "/admin/dead-letters"),
+        ):
+            resp = await client.request(method, path, headers=headers)
+            assert resp.status == 401, (method, path, headers)
+    ok = await client.get("/admin/dead-letters", headers={"Authorization": "Bearer root-key"})
+    assert ok.status == 200
+    # And the admin key is no tenant's key: it opens no prediction route.
+    assert (await client.get("/models", headers={"Authorization": "Bearer root-key"})).status == 401
+
+
+@MODES
+async def test_the_owner_waiting_for_its_job_gets_it_when_it_ends(
+    make_client: ClientFactory, two_tenants: Path
+) -> None:
+    # The record a finishing worker hands to the waiters of its own replica names the
+    # job's tenant: the owner's wait (?wait=, or Prefer: wait) answers the job, not a 404.
+    client = await make_client(model="tests.models:paced", api_keys_file=str(two_tenants))
+    for attempt in range(3):
+        mine = await queued_id(client, "acme", f"job {attempt}")
+        resp = await client.get(f"/predict/{mine}?wait=10", headers=auth("acme"))
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["status"] == "done"
+    resp = await client.post(
+        "/predict",
+        json={"input": "waited"},
+        headers={"Async-Mode": "true", "Prefer": "wait=10", **auth("umbrella")},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["output"]["result"] == "waited"
 
 
 @MODES
 async def test_idempotency_keys_are_each_tenants_own(
     make_client: ClientFactory, two_tenants: Path
 ) -> None:
-    client = await make_client(model="tests.models:echo", workers=0, api_keys_file=str(two_tenants))
+    client = await make_client(
+        model="tests.models:echo", workers=0, api_keys_file=str(two_tenants), api_key="old-key"
+    )
     ids = []
     for name in ("acme", "umbrella", "acme"):
         resp = await submit_as(client, name, "same", **{"Idempotency-Key": "order-1"})
         assert resp.status == 202
         ids.append((await resp.json())["prediction_id"])
     assert ids[0] == ids[2] != ids[1]
+    # The default tenant (API_KEY) keying its job as another tenant's key would be stored
+    # gets a job of its own, never acme's id.
+    for key in ("acme/order-1", "acme order-1", "acme order-1 0"):
+        resp = await submit_as(
+            client, "old", "same", Authorization="Bearer old-key", **{"Idempotency-Key": key}
+        )
+        assert resp.status in (202, 400), await resp.text()
+        if resp.status == 202:
+            assert (await resp.json())["prediction_id"] not in ids, key
 
 
 # -- quotas -----------------------------------------------------------------------------------
@@ -191,6 +299,23 @@ async def test_over_its_rate_a_tenant_gets_429_on_every_replica_and_others_do_no
     text = await scrape(replicas[1])
     assert figure(text, "tenant_requests_total", tenant="slow", status="429") == 1
     assert figure(text, "tenant_requests_total", tenant="slow", status="200") == 1
+
+
+async def test_the_least_and_the_greatest_rates_hold_at_their_edges(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    path = keys_file(
+        tmp_path / "keys.toml",
+        trickle={"rate": 0.001, "burst": 1},
+        flood={"rate": 1_000_000, "burst": 1_000_000},
+    )
+    client = await make_client(model="tests.models:echo", workers=0, api_keys_file=str(path))
+    assert (await client.get("/models", headers=auth("trickle"))).status == 200
+    over = await client.get("/models", headers=auth("trickle"))
+    assert over.status == 429
+    assert over.headers["Retry-After"] == "1000", "one token in 1,000 s"
+    statuses = {(await client.get("/models", headers=auth("flood"))).status for _ in range(50)}
+    assert statuses == {200}
 
 
 @MODES
@@ -295,6 +420,31 @@ async def test_the_keys_file_reloads_on_sighup_and_on_change(
 
     await poll(refused)
     assert (await client.get("/models", headers=auth("newco"))).status == 200
+
+
+@MODES
+async def test_a_tenant_taken_out_of_the_file_has_its_queued_jobs_run_after_a_restart(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    path = keys_file(tmp_path / "keys.toml", acme={}, umbrella={})
+    before = await make_client(model="tests.models:echo", workers=0, api_keys_file=str(path))
+    jobs = [await queued_id(before, "umbrella", i) for i in range(3)]
+    await before.close()
+    keys_file(path, acme={})  # umbrella is gone from the file; its jobs are still queued
+    api = await make_client(model="tests.models:echo", workers=0, api_keys_file=str(path))
+    text = await scrape_until(api, queue_backlog=3)
+    assert figure(text, "tenant_queued_jobs", tenant="umbrella") == 3
+    worker = await make_client(
+        model="tests.models:echo", api_keys_file=str(path), consumer_name="after"
+    )
+
+    async def all_done() -> bool:
+        records = [await api.server.app[state.RESULTS].get(job) for job in jobs]
+        return all(r is not None and r.status == "done" for r in records)
+
+    await poll(all_done)
+    assert worker.server.app[state.PARTITIONS].tenants.keys() >= {"acme", "umbrella"}
+    await scrape_until(api, queue_backlog=0)
 
 
 async def test_the_keys_file_is_polled(make_client: ClientFactory, tmp_path: Path) -> None:

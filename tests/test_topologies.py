@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import redis
 
 from service.redis_url import BadRedisUrl, parse
 
-from .helpers import ROOT, ClientFactory, partitions_of, poll, submit, wait_final
+from .helpers import ASYNC, ROOT, ClientFactory, partitions_of, poll, submit, wait_final
 from .topologies import Cluster, SentinelSet, start_sentinels, until
 
 
@@ -86,6 +87,50 @@ async def test_jobs_land_on_every_primary(
         assert len(owners) == 3, "each partition on its own primary"
         for keys in partitions.all:
             assert client.xlen(keys.stream) > 0, f"partition {keys.index} got no job"
+
+
+@pytest.mark.modes("cluster")
+async def test_a_stalled_primary_holds_up_only_the_requests_of_its_own_partition(
+    make_client: ClientFactory, redis_cluster: Cluster
+) -> None:
+    api = await make_client(workers=0, model="tests.models:echo", redis_timeout_seconds=0.4)
+    partitions = partitions_of(api)
+    ids = [await submit(api, f"job {i}") for i in range(12)]
+    with redis_cluster.client() as client:
+        stalled = client.get_node_from_key(partitions[0].stream).port
+    (server,) = [s for s in redis_cluster.servers if s.port == stalled]
+    assert server.pid is not None
+    loop = asyncio.get_running_loop()
+
+    async def timed(method: str, path: str, **kwargs: Any) -> tuple[int, float, Any]:
+        began = loop.time()
+        resp = await api.request(method, path, **kwargs)
+        return resp.status, loop.time() - began, resp
+
+    os.kill(server.pid, signal.SIGSTOP)  # shorter than the node timeout: no failover
+    try:
+        submits = [
+            ("POST", "/predict", {"json": {"input": i}, "headers": ASYNC}) for i in range(30)
+        ]
+        reads = [("GET", f"/predict/{p}", {}) for p in ids]
+        answers = await asyncio.gather(*(timed(m, path, **kw) for m, path, kw in submits + reads))
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    for (method, path, _), (status, took, resp) in zip(submits + reads, answers, strict=True):
+        if status == 503:
+            assert resp.headers["Retry-After"] == "1"
+            assert 0.3 < took < 1.0, (method, path, took)
+        else:
+            assert status in (200, 202), (method, path, status)
+            assert took < 0.3, (method, path, took)
+    held = [
+        path
+        for (_, path, _), (status, _, _) in zip(reads, answers[30:], strict=True)
+        if status == 503
+    ]
+    assert held == [f"/predict/{p}" for p in ids if partitions.of(p).index == 0]
+    assert 0 < sum(status == 503 for status, _, _ in answers[:30]) < 30
+    until(redis_cluster.healthy, what="the cluster is ok again")
 
 
 @pytest.mark.modes("cluster")

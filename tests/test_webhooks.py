@@ -321,10 +321,44 @@ async def test_private_and_non_http_urls_are_refused(
     assert await rds.xlen("predictions") == 0
 
 
-async def test_a_webhook_needs_async_mode_and_an_allowed_host(make_client: ClientFactory) -> None:
+async def test_a_sync_request_with_a_webhook_is_answered_and_posted(
+    make_client: ClientFactory, receiver: tuple[Receiver, str], rds: Redis
+) -> None:
+    rec, url = receiver
+    client = await make_client(**hook_settings(workers=0))
+    resp = await client.post("/predict", json={"input": "now", "webhook": url})
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert answer["result"] == {"echo": "now"}
+    prediction_id = answer["prediction_id"]
+    await poll(lambda: _delivered(rec, 1))
+    headers, body = rec.calls[0]
+    assert headers["X-Prediction-ID"] == prediction_id
+    assert verify(SECRET, headers["X-Webhook-Timestamp"], headers["X-Webhook-Signature"], body)
+    posted = json.loads(body)
+    assert (posted["status"], posted["output"]) == (
+        "done",
+        {"input": "now", "result": answer["result"]},
+    )
+    kept = await (await client.get(f"/predict/{prediction_id}")).json()
+    assert kept == posted
+    # Only the events it names: a done job with events [failed] is not posted.
+    quiet = await client.post(
+        "/predict", json={"input": "x", "webhook": url, "webhook_events": ["failed"]}
+    )
+    assert quiet.status == 200
+    await settled(rds)
+    assert len(rec.calls) == 1
+
+
+async def _delivered(rec: Receiver, count: int) -> bool:
+    return len(rec.calls) >= count
+
+
+async def test_a_webhook_needs_an_allowed_host(make_client: ClientFactory) -> None:
     client = await make_client(workers=0, webhook_allowed_hosts="hooks.example.com")
     sync = await client.post(
-        "/predict", json={"input": "x", "webhook": "http://hooks.example.com/h"}
+        "/predict", json={"input": "x", "webhook": "http://elsewhere.example.com/h"}
     )
     assert sync.status == 422
     other = await client.post(

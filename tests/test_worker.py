@@ -18,7 +18,7 @@ from service.job import Entry, NewJob
 from service.models import Outcome
 
 from . import models
-from .helpers import ClientFactory, poll, record, submit, wait_final, worker_for
+from .helpers import ClientFactory, pending, poll, record, submit, wait_final, worker_for
 
 
 async def test_step_runs_a_batch_in_one_model_call_per_item(
@@ -179,10 +179,37 @@ async def test_a_stream_deleted_under_a_blocked_read_is_recreated_without_an_err
     await rds.delete("predictions")
 
     async def recreated() -> bool:
-        return any("recreating" in r.getMessage() for r in caplog.records)
+        return any("streams and groups exist" in r.getMessage() for r in caplog.records)
 
     await poll(recreated)
     prediction_id = await submit(client, "after the stream was deleted")
     assert (await wait_final(client, prediction_id))["status"] == "done"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_entries_read_together_stay_claimed_while_they_wait_their_turn(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # One blocking read hands a worker up to a batch from each priority stream; it runs
+    # them one after another. Those waiting their turn are held too: another consumer must
+    # not reclaim them as idle and run them a second time.
+    client = await make_client(workers=0, model="tests.models:paced")
+    worker = worker_for(client, "holder", visibility_timeout=0.9)
+    assert await worker.step() == 0  # own pending: none
+    assert await worker.step() == 0  # a short read: the next one blocks on every stream
+    for priority in ("high", "normal", "low"):
+        inputs = [f"{priority} {i}" for i in range(3)]
+        resp = await client.post("/predict/batch", json={"inputs": inputs, "priority": priority})
+        assert resp.status == 202
+    holding = asyncio.create_task(worker.step())  # 3 batches of 0.9 s, one after another
+
+    async def all_read() -> bool:
+        return await pending(rds, client) == 9
+
+    await poll(all_read)
+    rival = worker_for(client, "rival", visibility_timeout=0.9)
+    while not holding.done():
+        await rival.step()
+    assert holding.result() == 9
+    assert sorted(models.calls.values()) == [1] * 9, models.calls

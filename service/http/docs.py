@@ -118,49 +118,82 @@ def _to_openapi30(schema: Any, defs_prefix: str) -> Any:
     return out
 
 
+def schema_name(model: str) -> str:
+    """The PascalCase stem of a model's schema names ('iris-v2' -> 'IrisV2')."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", model))
+
+
 def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
-    """Documents ``POST /models/<name>/predict`` for each model with its own input schema."""
+    """Documents ``POST /models/<name>/predict`` and ``.../predict/batch`` for each model
+    with its own input schema (``<Name>PredictRequest``, ``<Name>BulkRequest``)."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     template = spec["paths"]["/models/{name}/predict"]["post"]
+    bulk_template = spec["paths"]["/models/{name}/predict/batch"]["post"]
+    stems: set[str] = set()
     for name, model in registry.models.items():
-        prefix = f"model_{name}_"
+        stem = schema_name(name) or "Model"
+        while stem in stems:  # 'a-b' and 'a_b' both make 'AB'
+            stem += "X"
+        stems.add(stem)
         raw = model.input_schema
         for def_name, definition in raw.get("$defs", {}).items():
-            schemas[prefix + def_name] = _to_openapi30(definition, prefix)
-        input_schema = _to_openapi30(raw, prefix)
+            schemas[stem + def_name] = _to_openapi30(definition, stem)
+        input_schema = _to_openapi30(raw, stem)
         input_schema.setdefault("description", f"Input of model {name!r} ({model.kind}).")
-        request: dict[str, Any] = {
+        extras = {
+            "webhook": {"$ref": "#/components/schemas/Webhook"},
+            "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
+            "priority": {"$ref": "#/components/schemas/Priority"},
+        }
+        schemas[f"{stem}PredictRequest"] = {
             "type": "object",
             "additionalProperties": False,
             "required": ["input"],
+            "properties": {"input": input_schema, **extras},
+        }
+        schemas[f"{stem}BulkRequest"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["inputs"],
             "properties": {
-                "input": input_schema,
-                "webhook": {"$ref": "#/components/schemas/Webhook"},
-                "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
+                "inputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": f"Inputs for model {name!r} (at most MAX_BULK).",
+                    "items": input_schema,
+                },
+                **extras,
             },
         }
-        schemas[f"{prefix}request"] = request
         # A body that succeeds as it stands ("Try it out"), with no webhook in it: given on
         # the media type, as one whole body (a schema-level example would be merged with
         # generated fields by some tools).
         example = model.example()
-        media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{prefix}request"}}
+        single = _operation(template, name, model.kind, f"{stem}PredictRequest", "predict")
+        bulk = _operation(bulk_template, name, model.kind, f"{stem}BulkRequest", "predict_batch")
         if example is not None:
-            media["example"] = {"input": example}
-        operation = copy.deepcopy(template)
-        operation["summary"] = f"Predict with model {name!r} ({model.kind})"
-        operation["parameters"] = [
-            p for p in operation["parameters"] if p["$ref"] != "#/components/parameters/ModelName"
-        ]
-        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
-        operation["operationId"] = f"predict_{name}"
-        spec["paths"][f"/models/{name}/predict"] = {"post": operation}
+            single["requestBody"]["content"]["application/json"]["example"] = {"input": example}
+            bulk["requestBody"]["content"]["application/json"]["example"] = {
+                "inputs": [example] * 2
+            }
+        spec["paths"][f"/models/{name}/predict"] = {"post": single}
+        spec["paths"][f"/models/{name}/predict/batch"] = {"post": bulk}
         if name == registry.default:
-            spec["paths"]["/predict"]["post"]["requestBody"] = operation["requestBody"]
-            bulk = schemas["BulkRequest"]["properties"]["inputs"]
-            bulk["items"] = input_schema
-            bulk.pop("example", None)  # the text model's, in the file
-            if example is not None:
-                bulk["example"] = [example] * 2
-                bulk_body = spec["paths"]["/predict/batch"]["post"]["requestBody"]
-                bulk_body["content"]["application/json"]["example"] = {"inputs": [example] * 2}
+            spec["paths"]["/predict"]["post"]["requestBody"] = single["requestBody"]
+            spec["paths"]["/predict/batch"]["post"]["requestBody"] = bulk["requestBody"]
+
+
+def _operation(
+    template: dict[str, Any], model: str, kind: str, schema: str, verb: str
+) -> dict[str, Any]:
+    """The operation of one model's route, from the template of ``/models/{name}/...``."""
+    operation = copy.deepcopy(template)
+    what = "Queue many inputs for" if verb == "predict_batch" else "Predict with"
+    operation["summary"] = f"{what} model {model!r} ({kind})"
+    operation["parameters"] = [
+        p for p in operation["parameters"] if p["$ref"] != "#/components/parameters/ModelName"
+    ]
+    media = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+    operation["operationId"] = f"{verb}_{model}"
+    return operation

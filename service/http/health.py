@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from .. import state
 from ..connection import unavailable
+from ..durable import Durable
 from ..keys import Keys
 from ..settings import Settings
 from .io import json_response
@@ -66,6 +67,17 @@ async def _redis_checks(app: web.Application) -> dict[str, str]:
         if why
     ]
     checks["writes"] = f"refused: {'; '.join(problems)}" if problems else "ok"
+    durable = app.get(state.DURABLE)
+    if durable is not None and not problems:
+        refused = await asyncio.gather(
+            *(_not_durable(durable, k.write_probe(settings.consumer_name)) for k in partitions)
+        )
+        problems = [
+            f"partition {k.index}: {why}" if len(partitions) > 1 else why
+            for k, why in zip(partitions, refused, strict=True)
+            if why
+        ]
+        checks["durable_submit"] = f"refused: {'; '.join(problems)}" if problems else "ok"
     missing = await asyncio.gather(*(_group_missing(redis, k) for k in partitions))
     gone = [why for why in missing if why]
     checks["consumer_group"] = "; ".join(gone) if gone else "ok"
@@ -79,6 +91,14 @@ async def _write_refused(redis: Redis, keys: Keys, settings: Settings) -> str:
     except (RedisError, OSError, TimeoutError) as exc:
         return unavailable(exc) or f"{type(exc).__name__}: {exc}"
     return ""
+
+
+async def _not_durable(durable: Durable, probe: str) -> str:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_SECONDS):
+            return await durable.refused(probe)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return unavailable(exc) or f"{type(exc).__name__}: {exc}"
 
 
 async def _group_missing(redis: Redis, keys: Keys) -> str:

@@ -83,8 +83,9 @@ def cancel_after(request: web.Request) -> float:
     value = raw.strip()
     if not _DURATION.fullmatch(value):
         raise BadRequest(
-            "Cancel-After must be a duration above zero: a number and a unit, ms, s, m or h "
-            f"(250ms, 30s, 5m, 1.5h); not {raw!r}."
+            "Cancel-After must be a duration above zero: a number (at most 9 digits before "
+            "the point, 6 after) and a unit, ms, s, m or h (250ms, 30s, 5m, 1.5h); "
+            f"not {raw!r}."
         )
     number = value.rstrip("mhs")
     return float(number) * _UNIT_SECONDS[value[len(number) :]]

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 from aiohttp import web
 
 from .. import state
-from ..errors import (
-    BadRequest,
-    InvalidInput,
-    Overloaded,
-    PredictionFailed,
-    PredictionTimeout,
-)
-from ..job import NewJob
+from ..errors import InvalidInput, Overloaded, PredictionFailed, PredictionTimeout
+from ..job import JobRecord, NewJob, Status
+from ..keys import idempotency_name
+from ..models import Outcome
 from ..schemas import ACCEPTED_MESSAGE, prediction_view
 from ..waiting import submit_and_wait
 from ..webhooks import check_url
 from .io import (
+    PredictBody,
     async_mode,
     body_digest,
     cancel_after,
@@ -35,7 +34,7 @@ from .io import (
 
 
 async def predict(request: web.Request) -> web.Response:
-    # Kept flat on purpose: every coroutine layer here costs each request (see README);
+    # Kept flat on purpose: every coroutine layer here costs each request (see the README);
     # POST /predict comes here straight, POST /models/{name}/predict through one wrapper.
     app = request.app
     settings = app[state.SETTINGS]
@@ -46,81 +45,139 @@ async def predict(request: web.Request) -> web.Response:
     deadline = cancel_after(request)
     check_json(request)
     body = parse_predict_body(await read_body(request, settings.body_timeout_seconds))
-    raw = body.input
-    value = model.validate(raw)
-    if deadline and not queued:
-        raise BadRequest(
-            "Cancel-After is a deadline for queued jobs (Async-Mode: true); a sync request "
-            f"runs at once, within JOB_TIMEOUT_SECONDS ({settings.job_timeout_seconds:g} s)."
-        )
-    if body.priority and not queued:
-        raise InvalidInput(
-            "A priority orders queued jobs; a sync request (Async-Mode: false) runs at once.",
-            [{"loc": ["priority"], "msg": "only with Async-Mode: true", "type": "priority"}],
-        )
+    value = model.validate(body.input)
     if body.webhook:
-        if not queued:
-            raise InvalidInput(
-                "A webhook needs an async submit (Async-Mode: true).",
-                [{"loc": ["webhook"], "msg": "only with Async-Mode: true", "type": "webhook"}],
-            )
         await check_url(body.webhook, settings)
     if queued:
-        events = ",".join(body.webhook_events) if body.webhook else ""
-        priority = body.priority or "normal"
-        job = NewJob(
-            # With a key, in the key's partition: the key and its record share a slot.
-            app[state.PARTITIONS].new_id(key),
-            model.name,
-            orjson.dumps(raw),
-            request[state.REQUEST_ID],
-            key,
-            body_digest(model.name, raw, body.webhook, events, priority) if key else "",
-            body.webhook,
-            events,
-            waited=wait > 0,
-            priority=priority,
-            cancel_after=deadline,
-            tenant=tenant_of(request),
-            traceparent=traced(request),
-        )
-        if wait <= 0:
-            prediction_id = await app[state.QUEUE].submit(job)
-        else:
-            prediction_id, record = await submit_and_wait(
-                app[state.QUEUE],
-                app[state.RESULTS],
-                app[state.COMPLETIONS],
-                job,
-                wait,
-                gone=lambda: client_gone(request),
-            )
-            if record is not None and record.status.final:
-                return json_response(
-                    prediction_view(record), headers={"Preference-Applied": f"wait={wait:g}"}
-                )
-        return json_response(
-            {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
-            status=202,
-            headers={"Location": f"/predict/{prediction_id}"},
-        )
-    # Sync: within the concurrency bound and JOB_TIMEOUT_SECONDS.
+        return await _queue(request, model.name, body, key, deadline, wait)
+    # Sync: within the concurrency bound, JOB_TIMEOUT_SECONDS and any Cancel-After (a
+    # priority orders queued jobs: a sync request runs at once, whatever it says).
     gate = app[state.SYNC_GATE]
     if gate.in_flight >= settings.max_sync_in_flight:
         raise Overloaded(f"{gate.in_flight} predictions are running; try again shortly.")
+    limit = settings.job_timeout_seconds
+    cut = deadline if deadline and (not limit or deadline < limit) else 0.0
+    batcher = app[state.BATCHERS][model.name]
+    created = time.time()
     gate.in_flight += 1
     try:
-        outcome = await app[state.BATCHERS][model.name].run_one(value, settings.job_timeout_seconds)
+        future = batcher.run_one(value, cut or limit)
+        outcome = await future
     except TimeoutError:
-        raise PredictionTimeout(
-            f"The prediction took longer than {settings.job_timeout_seconds:g} s."
-        ) from None
+        if not cut:
+            raise PredictionTimeout(f"The prediction took longer than {limit:g} s.") from None
+        outcome = _past_cancel_after(batcher.started(future), deadline)
     finally:
         gate.in_flight -= 1
-    app[state.METRICS].count_prediction(model.name, "sync", outcome.ok)
+    ended = _SYNC_ENDS.get(outcome.error, "done" if outcome.ok else "failed")
+    app[state.METRICS].count_prediction(model.name, "sync", outcome.ok or ended)
+    extra = {}
+    if body.webhook:
+        extra["prediction_id"] = await _keep(request, model.name, body, created, outcome, ended)
+    if ended != "done" and ended != "failed":
+        view = {"input": body.input, "result": None}
+        answer = {"error": outcome.error, "status": ended, "output": view, **extra}
+        return json_response(answer, status=504)
     if not outcome.ok:
+        if extra:
+            return json_response({"error": outcome.error, **extra}, status=500)
         raise PredictionFailed(outcome.error)
-    return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
+    return json_response({"input": body.input, "result": orjson.Fragment(outcome.payload), **extra})
+
+
+#: The final status of a sync request cut by its Cancel-After, by the outcome's error.
+_ABORTED = "aborted: not started within its Cancel-After"
+_CANCELED = "canceled: ran past its Cancel-After"
+_SYNC_ENDS = {_ABORTED: "aborted", _CANCELED: "canceled"}
+
+
+def _past_cancel_after(started: bool, deadline: float) -> Outcome:
+    """The outcome of a sync request whose Cancel-After passed: aborted if its batch had not
+    started (its input never reaches the model), else canceled (the call's result is
+    dropped; a process model's call is cut short)."""
+    return Outcome(ok=False, error=_CANCELED if started else _ABORTED, canceled=started)
+
+
+async def _queue(
+    request: web.Request,
+    model: str,
+    body: PredictBody,
+    key: str,
+    deadline: float,
+    wait: float,
+) -> web.Response:
+    """Queues the job (and waits for it with ``Prefer: wait``): 202 with its id, or 200
+    with its record when it ended within the wait."""
+    app = request.app
+    events = ",".join(body.webhook_events) if body.webhook else ""
+    priority = body.priority or "normal"
+    tenant = tenant_of(request)
+    job = NewJob(
+        # With a key, in the key's partition: the key and its record share a slot.
+        app[state.PARTITIONS].new_id(key),
+        model,
+        orjson.dumps(body.input),
+        request[state.REQUEST_ID],
+        idempotency_name(tenant, key) if key else "",
+        body_digest(model, body.input, body.webhook, events, priority) if key else "",
+        body.webhook,
+        events,
+        waited=wait > 0,
+        priority=priority,
+        cancel_after=deadline,
+        tenant=tenant,
+        traceparent=traced(request),
+    )
+    if wait <= 0:
+        prediction_id = await app[state.QUEUE].submit(job)
+    else:
+        prediction_id, record = await submit_and_wait(
+            app[state.QUEUE],
+            app[state.RESULTS],
+            app[state.COMPLETIONS],
+            job,
+            wait,
+            gone=lambda: client_gone(request),
+        )
+        if record is not None and record.status.final:
+            return json_response(
+                prediction_view(record), headers={"Preference-Applied": f"wait={wait:g}"}
+            )
+    return json_response(
+        {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
+        status=202,
+        headers={"Location": f"/predict/{prediction_id}"},
+    )
+
+
+async def _keep(
+    request: web.Request,
+    model: str,
+    body: PredictBody,
+    created: float,
+    outcome: Outcome,
+    ended: str,
+) -> str:
+    """Records a sync request that named a webhook, final, with its delivery due (the
+    dispatchers post it as they post a queued job's): answers its prediction id."""
+    app = request.app
+    now = time.time()
+    record = JobRecord(
+        prediction_id=app[state.PARTITIONS].new_id(),
+        status=Status(ended),
+        model=model,
+        input=body.input,
+        created_at=created,
+        started_at=None if ended == "aborted" else created,
+        finished_at=now,
+        attempts=0 if ended == "aborted" else 1,
+        error=None if outcome.ok or ended != "failed" else outcome.error,
+        request_id=request[state.REQUEST_ID],
+        webhook=body.webhook,
+        tenant=tenant_of(request),
+    )
+    await app[state.RESULTS].keep_sync(record, ",".join(body.webhook_events), outcome)
+    return record.prediction_id
 
 
 # What can go wrong with a submitted body, on every route that takes one.
@@ -190,7 +247,7 @@ predict_with_model.__doc__ = (
 
 async def predict_batch(request: web.Request) -> web.Response:
     app = request.app
-    model = app[state.MODELS].get()
+    model = app[state.MODELS].get(request.match_info.get("name"))
     key = idempotency_key(request)
     deadline = cancel_after(request)
     check_json(request)
@@ -212,25 +269,27 @@ async def predict_batch(request: web.Request) -> web.Response:
     request_id = request[state.REQUEST_ID]
     events = ",".join(body.webhook_events)
     priority = body.priority or "normal"
-    # An Idempotency-Key names the whole request: each job keeps '<key>#<index>' with the
-    # digest of the whole body, so a repeat answers the same ids and another body is a 409.
+    # An Idempotency-Key names the whole request: each job keeps it with its index (never
+    # the name of a single submit's key) and the digest of the whole body, so a repeat
+    # answers the same ids and another body is a 409.
     digest = body_digest(model.name, inputs, body.webhook, events, priority) if key else ""
     # All in one partition (one atomic script call): the key's, or any.
     partitions = app[state.PARTITIONS]
     partition = partitions.of(partitions.new_id(key)).index
+    tenant = tenant_of(request)
     jobs = [
         NewJob(
             partitions.new_id(partition=partition),
             model.name,
             orjson.dumps(value),
             request_id,
-            f"{key}#{index}" if key else "",
+            idempotency_name(tenant, key, index) if key else "",
             digest,
             body.webhook,
             events,
             priority=priority,
             cancel_after=deadline,
-            tenant=tenant_of(request),
+            tenant=tenant,
             traceparent=traced(request),
         )
         for index, value in enumerate(inputs)
@@ -239,10 +298,7 @@ async def predict_batch(request: web.Request) -> web.Response:
     return json_response({"prediction_ids": ids, "message": ACCEPTED_MESSAGE}, status=202)
 
 
-predict_batch.__doc__ = (
-    """
-    ---
-    summary: Queue many inputs for the default model in one request
+_BULK_DESCRIPTION = """
     description: >-
       Every input is checked first; if any does not fit the model, the answer is 422 with
       each bad item's index in `detail[].loc` and nothing is queued. Otherwise all are
@@ -251,7 +307,10 @@ predict_batch.__doc__ = (
       names the whole request: the same key and body answer the same ids and queue
       nothing new; the same key with another body is a 409.
     tags: [predictions]
-    parameters:
+    parameters:"""
+
+_BULK_SPEC_TAIL = (
+    """
       - $ref: "#/components/parameters/IdempotencyKey"
       - $ref: "#/components/parameters/CancelAfter"
       - $ref: "#/components/parameters/Traceparent"
@@ -263,4 +322,29 @@ predict_batch.__doc__ = (
     responses:
       "202": {$ref: "#/components/responses/BulkAccepted"}"""
     + _BODY_ERRORS
+)
+
+predict_batch.__doc__ = (
+    """
+    ---
+    summary: Queue many inputs for the default model in one request"""
+    + _BULK_DESCRIPTION
+    + _BULK_SPEC_TAIL
+)
+
+
+async def predict_batch_with_model(request: web.Request) -> web.Response:
+    return await predict_batch(request)  # the model is named in the path
+
+
+predict_batch_with_model.__doc__ = (
+    """
+    ---
+    summary: Queue many inputs for a named model in one request"""
+    + _BULK_DESCRIPTION
+    + '''
+      - $ref: "#/components/parameters/ModelName"'''
+    + _BULK_SPEC_TAIL
+    + """
+      "404": {$ref: "#/components/responses/NotFound"}"""
 )

@@ -20,7 +20,7 @@ from .health import live, ready
 from .jobs import cancel_prediction, get_prediction, prediction_events
 from .metrics import metrics
 from .models import get_model, list_models
-from .predict import predict, predict_batch, predict_with_model
+from .predict import predict, predict_batch, predict_batch_with_model, predict_with_model
 
 # One prediction: any id but "batch" (that path is POST /predict/batch alone).
 _PREDICTION = "/predict/{prediction_id:(?!batch$)[^/]+}"
@@ -36,6 +36,7 @@ ROUTES: list[tuple[web.RouteDef, bool]] = [
     (web.get("/models", list_models, allow_head=False), False),
     (web.get("/models/{name}", get_model, allow_head=False), False),
     (web.post("/models/{name}/predict", predict_with_model), False),
+    (web.post("/models/{name}/predict/batch", predict_batch_with_model), False),
     (web.get("/health/live", live, allow_head=False), True),
     (web.get("/health/ready", ready, allow_head=False), True),
     (web.get("/metrics", metrics, allow_head=False), True),

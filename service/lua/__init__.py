@@ -12,11 +12,14 @@ these files, handled here:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 _FOLDER = Path(__file__).parent
 _INCLUDE = re.compile(r"^--! include (\S+)$", re.MULTILINE)
@@ -36,11 +39,36 @@ def flags(name: str) -> str:
     return found.group(1) if found else ""
 
 
+class _Script(AsyncScript):
+    """redis-py's script, but a node that lacks it (new, restarted, failed over) is sent
+    the script itself (EVAL, which also caches it there) instead of a SCRIPT LOAD: on a
+    cluster that goes to every primary, and one stalled primary would hold up calls to
+    all the others."""
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Iterable[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        from redis.asyncio.client import Pipeline
+
+        if client is not None and isinstance(client, Pipeline):
+            return await super().__call__(keys, args, client)
+        keys = keys or []
+        flat = (*keys, *(args or ()))
+        client = client or self.registered_client
+        try:
+            return await client.evalsha(self.sha, len(keys), *flat)
+        except NoScriptError:
+            return await client.eval(self.script, len(keys), *flat)
+
+
 def register(redis: Redis, name: str, version: tuple[int, ...] = (7,)) -> AsyncScript:
-    """Script ``name`` registered with ``redis`` (run by EVALSHA, loaded on first use),
-    for a server of ``version``."""
+    """Script ``name`` registered with ``redis`` (run by EVALSHA, sent whole to a node
+    that lacks it), for a server of ``version``."""
     text = source(name)
     wanted = flags(name)
     if wanted and version >= (7,):
         text = f"#!lua flags={wanted}\n{text}"
-    return redis.register_script(text)
+    return _Script(redis, text)

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,13 @@ class PythonModel(Model):
         self.inline = bool(getattr(obj, "inline", False))
         for knob in BATCHING:
             setattr(self, knob, batching_value(knob, getattr(obj, knob, None)))
-        self._output_type = getattr(obj, "output_type", None)
+        declared_in, declared_out = _annotations(self._predict)
+        self._output_type = getattr(obj, "output_type", declared_out)
         super().__init__(
-            name, spec, getattr(obj, "input_type", Any), str(getattr(obj, "version", "0"))
+            name,
+            spec,
+            getattr(obj, "input_type", declared_in),
+            str(getattr(obj, "version", "0")),
         )
 
     def predict(self, value: Any) -> Any:
@@ -123,3 +128,17 @@ class PythonModel(Model):
         hook = getattr(self.obj, "teardown", None)
         if callable(hook):
             hook()
+
+
+def _annotations(predict: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """The input type a predict function declares by annotating its (first) parameter, and
+    its output type by its return annotation (Any and None when it declares none)."""
+    try:
+        hints = typing.get_type_hints(predict, include_extras=True)
+        parameters = list(inspect.signature(predict).parameters.values())
+    except (TypeError, ValueError, NameError):
+        return Any, None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    first = next((p for p in parameters if p.kind in positional), None)
+    given = hints.get(first.name, Any) if first is not None else Any
+    return given, hints.get("return")
