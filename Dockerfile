@@ -31,6 +31,6 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "service.http.healthcheck"]
 # Exec form: the server is PID 1 and gets SIGTERM itself (graceful shutdown).
 CMD ["python", "-m", "service"]

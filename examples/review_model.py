@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.sentiment import VaderSentiment
+from service.models.sentiment import VaderSentiment
 
 
 class Review(BaseModel):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from scripts.bench import INSTANT, TEXT, drain, drive, progress, server  # noqa: E402
-from service.embedded import RedisServer  # noqa: E402
+from service.redis.embedded import RedisServer  # noqa: E402
 
 
 def one_round(url: str, build: str, args: argparse.Namespace) -> dict[str, float]:

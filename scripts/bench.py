@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
-from service.embedded import RedisServer, free_port  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
+from service.redis.embedded import RedisServer, free_port  # noqa: E402
 
 INSTANT = "examples.instant:Instant"
 TEXT = "The service was quick and the answer was right."

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import drain, drive, load_tool, progress, server  # noqa: E402
-from service.embedded import RedisServer, free_port  # noqa: E402
+from service.redis.embedded import RedisServer, free_port  # noqa: E402
 
 MODEL = "examples.embedding_model:Embedder"
 ONNX_MODEL = "examples.embedding_onnx:OnnxEmbedder"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
-from service.embedded import free_port  # noqa: E402
+from service.redis.embedded import free_port  # noqa: E402
 
 LIMIT = 30_000  # about 15 ms of pure-Python work per prediction
 

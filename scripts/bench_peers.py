@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench import drain, drive, load_tool, progress, rss_mb, server  # noqa: E402
 from scripts.bench_batching import MODEL, SENTENCE, _warm, load_args, models_file  # noqa: E402
-from service.embedded import RedisServer, free_port  # noqa: E402
+from service.redis.embedded import RedisServer, free_port  # noqa: E402
 
 PEERS = ROOT / ".venv-peers" / "bin"
 PEER_DIR = ROOT / "scripts" / "peers"

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import INSTANT, enqueue, progress, server, wait_drained  # noqa: E402
-from service.embedded import RedisServer  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
+from service.redis.embedded import RedisServer  # noqa: E402
 
 
 def enqueue_low(redis_url: str, count: int) -> list[str]:

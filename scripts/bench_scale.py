@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import INSTANT, TEXT, drive, progress, rss_mb, server  # noqa: E402
-from service.embedded import RedisServer  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
-from service.keys import Partitions, meta_key  # noqa: E402
+from service.redis.embedded import RedisServer  # noqa: E402
+from service.redis.keys import Partitions, meta_key  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.topologies import Cluster, start_cluster  # noqa: E402
 

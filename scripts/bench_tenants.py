@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench import INSTANT, progress, server  # noqa: E402
 from scripts.bench_priority import summary, trickle, waits  # noqa: E402
-from service.embedded import RedisServer  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
+from service.redis.embedded import RedisServer  # noqa: E402
 
 
 def flood(redis_url: str, stream: str, tenant: str, count: int) -> list[str]:

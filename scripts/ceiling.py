@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from service.loop import use_event_loop
+from service.execution.loop import use_event_loop
 
 
 async def predict(request: web.Request) -> web.Response:

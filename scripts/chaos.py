@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
-from service.embedded import RedisServer, free_port  # noqa: E402
-from service.keys import Partitions, meta_key  # noqa: E402
+from service.redis.embedded import RedisServer, free_port  # noqa: E402
+from service.redis.keys import Partitions, meta_key  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 

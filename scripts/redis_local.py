@@ -31,7 +31,7 @@ import redis
 
 # The same guard RedisServer gives its servers: they die with this process even when it
 # is killed with SIGKILL and has no chance to stop them.
-from service.embedded import RedisServer, _die_with_parent, free_port, redis_version
+from service.redis.embedded import RedisServer, _die_with_parent, free_port, redis_version
 
 INSTALL_HINT = (
     "install it with `sudo apt-get install redis-server` (Debian 12 and Ubuntu 24.04 ship "

@@ -12,16 +12,16 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from .app import create_app
-from .embedded import DataDirMismatch, RedisBinaryNotFound
-from .errors import ModelLoadError
-from .executor import calls_running
-from .http import server
-from .logs import setup_logging
-from .loop import use_event_loop
-from .partitioning import PartitionMismatch
-from .settings import Settings, load_settings
-from .tenants import KeysFileError
+from service.app import create_app
+from service.errors import ModelLoadError
+from service.execution.executor import calls_running
+from service.execution.loop import use_event_loop
+from service.http import server
+from service.http.tenants import KeysFileError
+from service.observability.logs import setup_logging
+from service.redis.embedded import DataDirMismatch, RedisBinaryNotFound
+from service.redis.partitioning import PartitionMismatch
+from service.settings import Settings, load_settings
 
 
 class AddressInUse(RuntimeError):

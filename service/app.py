@@ -6,15 +6,15 @@ import asyncio
 
 from aiohttp import web
 
-from . import state
-from .errors import ShuttingDown
-from .http.routes import add_routes
-from .lifecycle import Lifecycle, SyncGate
-from .metrics import Metrics
-from .resources import embedded_redis_ctx, models_ctx, redis_ctx, webhooks_ctx, workers_ctx
-from .settings import Settings
-from .tenants import Tenants, tenants_ctx
-from .tracing import from_env as tracing_from_env
+from service.errors import ShuttingDown
+from service.http import state
+from service.http.lifecycle import Lifecycle, SyncGate
+from service.http.routes import add_routes
+from service.http.tenants import Tenants, tenants_ctx
+from service.observability.metrics import Metrics
+from service.observability.tracing import from_env as tracing_from_env
+from service.resources import embedded_redis_ctx, models_ctx, redis_ctx, webhooks_ctx, workers_ctx
+from service.settings import Settings
 
 #: Sync calls still running this long before the shutdown deadline are answered 503, so
 #: that their clients get an answer before the server closes the connections.

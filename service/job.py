@@ -1,6 +1,6 @@
 """The job: what a queued prediction is, and how it lies in Redis.
 
-The Redis layout, written down once (names from `service.keys`, defaults shown; the
+The Redis layout, written down once (names from `service.redis.keys`, defaults shown; the
 scripts are in `service/lua/`, each saying what it reads and writes; docs/redis.md has
 the same as a table):
 
@@ -35,6 +35,9 @@ canceled) is never written again, but for an operator's replay of a dead letter.
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -43,7 +46,42 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from .models import Outcome
+_CHUNK = 4096
+_lock = threading.Lock()
+_buffer = bytearray()
+_request_prefix = ""  # made on first use: random, so replicas never share request ids
+_request_counter = itertools.count()
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not hand out the ids its parent will also hand out.
+    global _request_prefix
+    _buffer.clear()
+    _request_prefix = ""
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def new_id() -> str:
+    """A random (version 4, RFC 4122 variant) UUID in its canonical string form."""
+    with _lock:
+        if len(_buffer) < 16:
+            _buffer.extend(os.urandom(_CHUNK))
+        raw = bytes(_buffer[:16])
+        del _buffer[:16]
+    h = raw.hex()
+    variant = "89ab"[raw[8] >> 6 & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+
+
+def new_request_id() -> str:
+    """A UUID4-shaped request id: a prefix random per process (70 bits), then a 48-bit
+    counter. Unique per process, not unguessable (use new_id for that)."""
+    global _request_prefix
+    if not _request_prefix:
+        _request_prefix = new_id()[:24]
+    return f"{_request_prefix}{next(_request_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 class Status(StrEnum):
@@ -58,6 +96,20 @@ class Status(StrEnum):
     @property
     def final(self) -> bool:
         return self in (Status.DONE, Status.FAILED, Status.CANCELED, Status.ABORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One item's result: ``payload`` is the output as JSON when ``ok``, else ``error`` says
+    why; ``canceled``: its job ran past its Cancel-After (whatever the model answered);
+    ``lost``: its model process died running it alone (a queued job runs again on its
+    next delivery, and is dead-lettered past MAX_DELIVERIES)."""
+
+    ok: bool
+    payload: bytes = b"null"
+    error: str = ""
+    canceled: bool = False
+    lost: bool = False
 
 
 #: Statuses before a mark after which a job (re)runs: queued, or processing when it is

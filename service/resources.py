@@ -11,25 +11,25 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import state
-from .batching import Batchers
-from .connection import REDIS_FAILURES, connect, server_version, unavailable
-from .dead_letters import DeadLetters
-from .delivery import Dispatcher
-from .durable import Durable
-from .embedded import RedisServer
-from .executor import Executor
-from .http.docs import add_model_schemas
-from .lane import DirectLane
-from .lifecycle import Lifecycle
-from .memory import release_freed_memory
-from .models import ModelRegistry, model_configs
-from .partitioning import open_partitions
-from .queue import JobQueue
-from .redis_url import parse as parse_redis_url
-from .results import ResultStore
-from .waiting import Completions
-from .worker import Worker
+from service.execution.batching import Batchers
+from service.execution.executor import Executor
+from service.execution.memory import release_freed_memory
+from service.http import state
+from service.http.docs import add_model_schemas
+from service.http.lifecycle import Lifecycle
+from service.jobs.dead_letters import DeadLetters
+from service.jobs.delivery import Dispatcher
+from service.jobs.lane import DirectLane
+from service.jobs.queue import JobQueue
+from service.jobs.store import ResultStore
+from service.jobs.waiting import Completions
+from service.jobs.worker import Worker
+from service.models import ModelRegistry, model_configs
+from service.redis.connection import REDIS_FAILURES, connect, server_version, unavailable
+from service.redis.durable import Durable
+from service.redis.embedded import RedisServer
+from service.redis.partitioning import open_partitions
+from service.redis.url import parse as parse_redis_url
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .redis_url import parse as parse_redis_url
+from service.redis.url import parse as parse_redis_url
 
 
 def _default_consumer() -> str:
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         return value
 
     model: str = Field(
-        "service.sentiment:VaderSentiment",
+        "service.models.sentiment:VaderSentiment",
         description="The model named 'default': 'module:attr', 'file.py:attr', or a "
         ".joblib/.pkl/.onnx file. Empty: none.",
     )

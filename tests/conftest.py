@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from service.app import create_app
-from service.connection import client_for
-from service.embedded import RedisServer, free_port
 from service.http import server
-from service.redis_url import parse as parse_redis_url
+from service.redis.connection import client_for
+from service.redis.embedded import RedisServer, free_port
+from service.redis.url import parse as parse_redis_url
 from service.settings import Settings
 
 from . import models as test_models

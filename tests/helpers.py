@@ -20,11 +20,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from service import state
-from service.embedded import free_port
-from service.keys import Keys, Partitions
+from service.http import state
+from service.jobs.worker import Worker
+from service.redis.embedded import free_port
+from service.redis.keys import Keys, Partitions
 from service.resources import make_worker
-from service.worker import Worker
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 ROOT = Path(__file__).resolve().parent.parent

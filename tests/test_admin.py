@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from service import state
+from service.http import state
 
 from . import models
 from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from service import state
+from service.http import state
 
 from .helpers import ClientFactory, pending, poll, queued, record_key, submit, wait_final
 

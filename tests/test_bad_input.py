@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import state
+from service.http import state
 
 from . import models
 from .helpers import ClientFactory, poll

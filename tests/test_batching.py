@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from service import state
 from service.errors import ModelLoadError
+from service.http import state
 from service.models.registry import model_configs
 from service.settings import Settings
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from service import state
+from service.http import state
 
 from . import models
 from .helpers import ClientFactory, figure, poll, scrape, worker_for

@@ -76,7 +76,7 @@ def test_defaults_work_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.port == 8080
     assert settings.redis_url is None
     assert settings.result_ttl_seconds == 3600
-    assert settings.model == "service.sentiment:VaderSentiment"
+    assert settings.model == "service.models.sentiment:VaderSentiment"
 
 
 def test_help_lists_every_setting_with_its_default() -> None:

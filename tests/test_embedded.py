@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from service import state
-from service.embedded import DataDirMismatch, RedisServer, find_redis_server, free_port
+from service.http import state
+from service.redis.embedded import DataDirMismatch, RedisServer, find_redis_server, free_port
 
 from .helpers import poll
 
@@ -131,7 +131,7 @@ def test_python_m_service_starts_and_stops_its_own_redis(tmp_path: Path) -> None
 
 def _binaries() -> tuple[str | None, str | None]:
     """A Redis 7 binary (PATH) and the bundled 6.2 one, where this machine has them."""
-    from service.embedded import redis_version
+    from service.redis.embedded import redis_version
 
     on_path = shutil.which("redis-server")
     seven = on_path if on_path and redis_version(on_path) >= (7, 0, 0) else None
@@ -183,7 +183,7 @@ def test_data_written_by_redis_7_is_refused_by_6_2_and_never_started_empty(
 
 
 def test_the_folder_records_which_redis_wrote_it(tmp_path: Path) -> None:
-    from service.embedded import redis_version
+    from service.redis.embedded import redis_version
 
     server = RedisServer(tmp_path)
     server.start()

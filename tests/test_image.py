@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded import free_port
+from service.redis.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = str(Path(sys.executable).parent)

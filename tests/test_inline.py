@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service import state
-from service.deadlines import Deadlines
-from service.inline import FIRST_STREAK, InlinePolicy, own_time, usage
+from service.execution.inline import FIRST_STREAK, InlinePolicy, own_time, usage
+from service.execution.timers import Deadlines
+from service.http import state
 
 from .helpers import ClientFactory
 from .models import where
@@ -92,7 +92,7 @@ async def test_a_slow_call_of_a_cheap_declared_model_is_a_warning(
     batcher = client.server.app[state.BATCHERS]["default"]
     for _ in range(FIRST_STREAK):
         await batcher.run_one("x")
-    with caplog.at_level(logging.WARNING, logger="service.inline"):
+    with caplog.at_level(logging.WARNING, logger="service.execution.inline"):
         await batcher.run_one("slow")
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "on the event loop" in caplog.records[0].getMessage()

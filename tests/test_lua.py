@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import lua
+from service.redis import lua
 
 STREAM, GROUP = "predictions", "workers"
 DEAD, HOOKS, RETRY = "predictions:dead", "predictions:webhooks", "predictions:webhooks:retry"

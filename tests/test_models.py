@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from examples.train_iris import train
-from service import state
-from service.embedded import free_port
+from service.http import state
+from service.redis.embedded import free_port
 
 from .helpers import ClientFactory, poll, wait_final
 
@@ -144,7 +144,7 @@ async def test_three_models_in_one_process(
         f"""
 default_model = "sentiment"
 [models.sentiment]
-spec = "service.sentiment:VaderSentiment"
+spec = "service.models.sentiment:VaderSentiment"
 [models.iris]
 spec = "{iris_files["sklearn"]}"
 [models.review]
@@ -186,7 +186,7 @@ async def test_queued_jobs_are_routed_to_their_own_model(
 ) -> None:
     client = await make_client(
         models=f"iris={iris_files['sklearn']},echo=tests.models:echo",
-        model="service.sentiment:VaderSentiment",
+        model="service.models.sentiment:VaderSentiment",
     )
     ids = {}
     for path, value in [
@@ -208,7 +208,7 @@ async def test_spec_shows_each_models_input_schema(
     make_client: ClientFactory, iris_files: dict[str, str]
 ) -> None:
     client = await make_client(
-        model="service.sentiment:VaderSentiment", models=f"iris={iris_files['onnx']}"
+        model="service.models.sentiment:VaderSentiment", models=f"iris={iris_files['onnx']}"
     )
     spec = await (await client.get("/docs/swagger.json")).json()
     body = spec["paths"]["/models/iris/predict"]["post"]["requestBody"]

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service.embedded import free_port
-from service.ids import new_request_id
-from service.logs import JsonFormatter, TextFormatter
+from service.job import new_request_id
+from service.observability.logs import JsonFormatter, TextFormatter
+from service.redis.embedded import free_port
 
 from .helpers import (
     ClientFactory,
@@ -205,7 +205,7 @@ async def test_each_job_logs_one_line_failures_at_warning_the_rest_at_info(
         return [r for r in caplog.records if getattr(r, "prediction_id", "") == prediction_id]
 
     # At WARNING (a quiet log) only the failure is written, with the fields to find it by.
-    caplog.set_level(logging.WARNING, logger="service.worker")
+    caplog.set_level(logging.WARNING, logger="service.jobs.worker")
     fine, boom = await submit(client, "fine"), await submit(client, "boom")
     done, failed = await run(fine, boom)
     assert (done["status"], failed["status"]) == ("done", "failed")
@@ -215,7 +215,7 @@ async def test_each_job_logs_one_line_failures_at_warning_the_rest_at_info(
     assert (line.levelno, line.getMessage()) == (logging.WARNING, message)
     assert (line.outcome, line.model, line.consumer) == ("failed", "default", "w")
     # At INFO a job that went well has its line too.
-    caplog.set_level(logging.INFO, logger="service.worker")
+    caplog.set_level(logging.INFO, logger="service.jobs.worker")
     more = await submit(client, "more")
     await run(more)
     (line,) = lines(more)
@@ -228,7 +228,7 @@ def test_made_request_ids_are_distinct_uuids_and_differ_between_processes() -> N
     assert len(set(ids)) == len(ids)
     assert {uuid.UUID(i).version for i in ids} == {4}
     elsewhere = subprocess.run(
-        [sys.executable, "-c", "from service.ids import new_request_id; print(new_request_id())"],
+        [sys.executable, "-c", "from service.job import new_request_id; print(new_request_id())"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -241,7 +241,7 @@ def test_made_request_ids_are_distinct_uuids_and_differ_between_processes() -> N
 def test_after_start_up_young_collections_are_rarer_and_the_rest_untouched() -> None:
     code = (
         "import gc; before = gc.get_threshold()\n"
-        "from service.memory import release_freed_memory; release_freed_memory()\n"
+        "from service.execution.memory import release_freed_memory; release_freed_memory()\n"
         "print(before, gc.get_threshold(), gc.get_freeze_count() > 0)"
     )
     out = subprocess.run(

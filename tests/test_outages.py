@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.connection import connect
-from service.embedded import RedisServer, free_port
-from service.redis_url import parse as parse_redis_url
+from service.redis.connection import connect
+from service.redis.embedded import RedisServer, free_port
+from service.redis.url import parse as parse_redis_url
 from service.resources import make_worker
 
 from .helpers import ClientFactory, poll, submit, wait_final
@@ -39,7 +39,7 @@ async def test_a_redis_outage_is_503_then_everything_works_again(
     try:
         client = await make_client(redis_url=url, model="tests.models:echo", read_block_ms=100)
         assert (await wait_final(client, await submit(client, "before")))["status"] == "done"
-        caplog.set_level(logging.WARNING, logger="service.worker")
+        caplog.set_level(logging.WARNING, logger="service.jobs.worker")
 
         server.stop()
         resp = await client.post("/predict", json={"input": 1}, headers={"Async-Mode": "true"})
@@ -66,7 +66,7 @@ async def test_a_redis_outage_is_503_then_everything_works_again(
         outage_lines = [
             r
             for r in caplog.records
-            if "Redis is unreachable" in r.getMessage() and r.name == "service.worker"
+            if "Redis is unreachable" in r.getMessage() and r.name == "service.jobs.worker"
         ]
         assert len(outage_lines) == 1, "one line per outage, not per attempt"
     finally:
@@ -87,7 +87,7 @@ async def test_entries_of_a_read_whose_answer_was_lost_run_after_the_outage(
         # on the worker's consumer, and idle for far less than the visibility timeout.
         async with Redis.from_url(url) as rds:
             await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
-        caplog.set_level(logging.WARNING, logger="service.worker")
+        caplog.set_level(logging.WARNING, logger="service.jobs.worker")
         running = asyncio.create_task(worker.run())
         server.stop()
 

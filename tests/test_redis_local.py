@@ -21,7 +21,7 @@ import redis
 from redis.cluster import ClusterNode
 from redis.sentinel import Sentinel
 
-from service.redis_url import parse
+from service.redis.url import parse
 
 from .helpers import ROOT
 from .topologies import redis7, until

@@ -13,10 +13,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from service import state
-from service.executor import calls_running
-from service.ids import new_id
-from service.job import Entry, NewJob
+from service.execution.executor import calls_running
+from service.http import state
+from service.job import Entry, NewJob, new_id
 
 from . import models
 from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for
@@ -25,7 +24,7 @@ from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, work
 async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
     make_client: ClientFactory, rds: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="service.worker")
+    caplog.set_level(logging.WARNING, logger="service.jobs.worker")
     client = await make_client(workers=0, model="tests.models:echo", max_deliveries=2)
     resp = await client.post(
         "/predict",

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service.embedded import free_port
+from service.redis.embedded import free_port
 
 from .helpers import ClientFactory, partitions_of, poll, wait_final
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.embedded import free_port
+from service.redis.embedded import free_port
 
 from .helpers import ROOT, service_env, wait_answering
 

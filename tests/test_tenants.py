@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from service import state
-from service.tenants import KeysFileError, parse_keys_file
+from service.http import state
+from service.http.tenants import KeysFileError, parse_keys_file
 
 from .helpers import ROOT, ClientFactory, figure, poll, scrape, scrape_until, worker_for
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from service.redis_url import BadRedisUrl, parse
+from service.redis.url import BadRedisUrl, parse
 
 from .helpers import ASYNC, ROOT, ClientFactory, partitions_of, poll, submit, wait_final
 from .topologies import Cluster, SentinelSet, start_sentinels, until

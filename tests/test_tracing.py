@@ -19,7 +19,7 @@ from opentelemetry.sdk import trace as otel
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service.tracing import wanted
+from service.observability.tracing import wanted
 
 from .helpers import ROOT, ClientFactory, poll, wait_final
 

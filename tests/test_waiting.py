@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service import state
+from service.http import state
 
 from . import models
 from .helpers import (
@@ -70,7 +70,7 @@ async def test_the_waited_record_is_the_stored_one_done_or_failed(
     problems = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno >= logging.ERROR or r.name == "service.lane"
+        if r.levelno >= logging.ERROR or r.name == "service.jobs.lane"
     ]
     assert not problems, problems
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from service.client import AsyncClient
 from service.job import stream_entries
-from service.webhooks import PublicResolver, non_public, sign, verify
+from service.jobs.webhooks import PublicResolver, non_public, sign, verify
 
 from .helpers import ClientFactory, poll, wait_final
 

@@ -12,10 +12,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from service import state
-from service.ids import new_id
-from service.job import Entry, NewJob
-from service.models import Outcome
+from service.http import state
+from service.job import Entry, NewJob, Outcome, new_id
 
 from . import models
 from .helpers import ClientFactory, pending, poll, record, submit, wait_final, worker_for

@@ -16,8 +16,8 @@ install this package without its server dependencies (`pip install --no-deps <th
 repository>`, then `pip install aiohttp`).
 """
 
-from .clients import AsyncClient, Client, Job, SyncJob
-from .errors import (
+from service.client.clients import AsyncClient, Client, Job, SyncJob
+from service.client.errors import (
     BadRequestError,
     ClientError,
     ConflictError,

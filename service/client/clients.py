@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from .errors import (
+from service.client.errors import (
     JobCanceledError,
     PredictionFailedError,
     PredictionTimeoutError,

@@ -7,12 +7,12 @@ import time
 
 from aiohttp import web
 
-from .. import state
-from ..dead_letters import PAGE
-from ..errors import BadRequest, Forbidden, NotFound
-from ..schemas import NOT_FOUND_MESSAGE
-from .io import json_response
-from .jobs import parse_id
+from service.errors import BadRequest, Forbidden, NotFound
+from service.http import state
+from service.http.io import json_response
+from service.http.jobs import parse_id
+from service.http.schemas import NOT_FOUND_MESSAGE
+from service.jobs.dead_letters import PAGE
 
 #: A page cursor: '<partition>-<stream entry id>' (19 digits: any such number is an id).
 _CURSOR = re.compile(r"[0-9]{1,4}-[0-9]{1,19}-[0-9]{1,19}")

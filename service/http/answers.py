@@ -12,12 +12,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .. import state
-from ..connection import unavailable
-from ..errors import ServiceError, Unauthorized
-from ..ids import new_request_id
-from ..tenants import Tenants
-from .io import json_response
+from service.errors import ServiceError, Unauthorized
+from service.http import state
+from service.http.io import json_response
+from service.http.tenants import Tenants
+from service.job import new_request_id
+from service.redis.connection import unavailable
 
 log = logging.getLogger(__name__)
 

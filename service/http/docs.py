@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp_swagger3 import SwaggerDocs, SwaggerInfo, SwaggerUiSettings
 
-from .. import __version__
-from ..models import ModelRegistry
-from ..schemas import CANCEL_AFTER, WEBHOOK_URL
+from service import __version__
+from service.http.schemas import CANCEL_AFTER, WEBHOOK_URL
+from service.models import ModelRegistry
 
 _COMPONENTS = Path(__file__).parent / "openapi" / "components.yaml"
 

@@ -9,12 +9,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .. import state
-from ..connection import unavailable
-from ..durable import Durable
-from ..keys import Keys
-from ..settings import Settings
-from .io import json_response
+from service.http import state
+from service.http.io import json_response
+from service.redis.connection import unavailable
+from service.redis.durable import Durable
+from service.redis.keys import Keys
+from service.settings import Settings
 
 _CHECK_TIMEOUT_SECONDS = 2.0
 _PROBE_TTL_MS = 10_000

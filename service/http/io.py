@@ -12,9 +12,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .. import state
-from ..errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
-from ..schemas import CANCEL_AFTER, BulkRequest, PredictRequest
+from service.errors import BadRequest, InvalidInput, RequestTimeout, UnsupportedMediaType
+from service.http import state
+from service.http.schemas import CANCEL_AFTER, BulkRequest, PredictRequest
 
 M = TypeVar("M", bound=BaseModel)
 

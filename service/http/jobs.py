@@ -8,12 +8,12 @@ import uuid
 import orjson
 from aiohttp import web
 
-from .. import state
-from ..errors import BadRequest, NotFound
-from ..job import JobRecord, Status
-from ..schemas import NOT_FOUND_MESSAGE, prediction_view
-from ..waiting import wait_for_record
-from .io import client_gone, json_response, tenant_of
+from service.errors import BadRequest, NotFound
+from service.http import state
+from service.http.io import client_gone, json_response, tenant_of
+from service.http.schemas import NOT_FOUND_MESSAGE, prediction_view
+from service.job import JobRecord, Status
+from service.jobs.waiting import wait_for_record
 
 
 def _wait_param(request: web.Request) -> float:

@@ -7,8 +7,8 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .. import state
-from ..connection import REDIS_FAILURES
+from service.http import state
+from service.redis.connection import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import state
-from .io import json_response
+from service.http import state
+from service.http.io import json_response
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -7,15 +7,9 @@ import time
 import orjson
 from aiohttp import web
 
-from .. import state
-from ..errors import InvalidInput, Overloaded, PredictionFailed, PredictionTimeout
-from ..job import JobRecord, NewJob, Status
-from ..keys import idempotency_name
-from ..models import Outcome
-from ..schemas import ACCEPTED_MESSAGE, prediction_view
-from ..waiting import submit_and_wait
-from ..webhooks import check_url
-from .io import (
+from service.errors import InvalidInput, Overloaded, PredictionFailed, PredictionTimeout
+from service.http import state
+from service.http.io import (
     PredictBody,
     async_mode,
     body_digest,
@@ -31,6 +25,11 @@ from .io import (
     tenant_of,
     traced,
 )
+from service.http.schemas import ACCEPTED_MESSAGE, prediction_view
+from service.job import JobRecord, NewJob, Outcome, Status
+from service.jobs.waiting import submit_and_wait
+from service.jobs.webhooks import check_url
+from service.redis.keys import idempotency_name
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import state
-from ..tenants import Tenants
-from ..tracing import Tracing
-from .admin import (
+from service.http import state
+from service.http.admin import (
     admin_off,
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letter,
     replay_dead_letters,
 )
-from .answers import UNMATCHED, answered, unmatched
-from .docs import setup_docs
-from .health import live, ready
-from .jobs import cancel_prediction, get_prediction, prediction_events
-from .metrics import metrics
-from .models import get_model, list_models
-from .predict import predict, predict_batch, predict_batch_with_model, predict_with_model
+from service.http.answers import UNMATCHED, answered, unmatched
+from service.http.docs import setup_docs
+from service.http.health import live, ready
+from service.http.jobs import cancel_prediction, get_prediction, prediction_events
+from service.http.metrics import metrics
+from service.http.models import get_model, list_models
+from service.http.predict import (
+    predict,
+    predict_batch,
+    predict_batch_with_model,
+    predict_with_model,
+)
+from service.http.tenants import Tenants
+from service.observability.tracing import Tracing
 
 # One prediction: any id but "batch" (that path is POST /predict/batch alone).
 _PREDICTION = "/predict/{prediction_id:(?!batch$)[^/]+}"

@@ -1,7 +1,7 @@
 """Models: one loading path for Python, scikit-learn and ONNX models, and the registry."""
 
-from .base import Model, Outcome
-from .loader import load_model
-from .registry import ModelConfig, ModelRegistry, model_configs
+from service.models.base import Model
+from service.models.loader import load_model
+from service.models.registry import ModelConfig, ModelRegistry, model_configs
 
-__all__ = ["Model", "ModelConfig", "ModelRegistry", "Outcome", "load_model", "model_configs"]
+__all__ = ["Model", "ModelConfig", "ModelRegistry", "load_model", "model_configs"]

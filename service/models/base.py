@@ -5,32 +5,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from ..errors import InvalidInput, ModelLoadError
+from service.errors import InvalidInput, ModelLoadError
+from service.job import Outcome
 
 log = logging.getLogger(__name__)
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One item's result: ``payload`` is the output as JSON when ``ok``, else ``error`` says
-    why; ``canceled``: its job ran past its Cancel-After (whatever the model answered);
-    ``lost``: its model process died running it alone (a queued job runs again on its
-    next delivery, and is dead-lettered past MAX_DELIVERIES)."""
-
-    ok: bool
-    payload: bytes = b"null"
-    error: str = ""
-    canceled: bool = False
-    lost: bool = False
 
 
 def file_digest(path: Path) -> str:

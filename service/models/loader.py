@@ -6,8 +6,8 @@ import importlib
 import logging
 from typing import Any
 
-from ..errors import ModelLoadError
-from .base import Model
+from service.errors import ModelLoadError
+from service.models.base import Model
 
 log = logging.getLogger(__name__)
 

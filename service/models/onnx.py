@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from annotated_types import Len
 from pydantic import Strict
 
-from ..errors import ModelLoadError
-from .base import Model, file_digest
-from .tabular import FORM_TAGS, MAX_ROWS, flatten, one_or_many, regroup
+from service.errors import ModelLoadError
+from service.models.base import Model, file_digest
+from service.models.tabular import FORM_TAGS, MAX_ROWS, flatten, one_or_many, regroup
 
 try:
     import numpy as np

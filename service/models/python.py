@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ..errors import ModelLoadError
-from .base import BATCHING, Model, batching_value
+from service.errors import ModelLoadError
+from service.models.base import BATCHING, Model, batching_value
 
 
 def import_spec(spec: str) -> Any:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError, NotFound
-from ..settings import Settings
-from .base import BATCHING, Model, batching_value
-from .loader import FILE_SUFFIXES, load_model
+from service.errors import ModelLoadError, NotFound
+from service.models.base import BATCHING, Model, batching_value
+from service.models.loader import FILE_SUFFIXES, load_model
+from service.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EXECUTIONS = ("thread", "process")

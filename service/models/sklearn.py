@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
-from .base import Model, file_digest
-from .tabular import FORM_TAGS, MAX_ROWS, flatten, regroup, row_type
+from service.errors import ModelLoadError
+from service.models.base import Model, file_digest
+from service.models.tabular import FORM_TAGS, MAX_ROWS, flatten, regroup, row_type
 
 try:
     import joblib

@@ -23,16 +23,16 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import lua
-from .connection import REDIS_FAILURES, stream_gone
-from .errors import InvalidInput
-from .job import stream_entries
-from .keys import Keys, Partitions
-from .results import ResultStore
-from .schemas import prediction_view
-from .settings import Settings
-from .tracing import Tracing
-from .webhooks import PublicResolver, Unresolved, check_url, sign
+from service.errors import InvalidInput
+from service.http.schemas import prediction_view
+from service.job import stream_entries
+from service.jobs.store import ResultStore
+from service.jobs.webhooks import PublicResolver, Unresolved, check_url, sign
+from service.observability.tracing import Tracing
+from service.redis import lua
+from service.redis.connection import REDIS_FAILURES, stream_gone
+from service.redis.keys import Keys, Partitions
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

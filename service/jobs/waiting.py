@@ -13,14 +13,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from .channels import Channels
-from .deadlines import Deadlines
-from .job import JobRecord, NewJob
-from .keys import Keys, Partitions
-from .loop import BoundLoop
-from .queue import JobQueue
-from .redis_url import RedisTarget
-from .results import ResultStore
+from service.execution.loop import BoundLoop
+from service.execution.timers import Deadlines
+from service.job import JobRecord, NewJob
+from service.jobs.queue import JobQueue
+from service.jobs.store import ResultStore
+from service.redis.channels import Channels
+from service.redis.keys import Keys, Partitions
+from service.redis.url import RedisTarget
 
 log = logging.getLogger(__name__)
 

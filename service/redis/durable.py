@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from .errors import Overloaded
-from .redis_url import RedisTarget
+from service.errors import Overloaded
+from service.redis.url import RedisTarget
 
 log = logging.getLogger(__name__)
 

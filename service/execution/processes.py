@@ -20,9 +20,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .errors import ModelUnavailable
-from .loop import BoundLoop
-from .models import Model, ModelConfig, Outcome, load_model
+from service.errors import ModelUnavailable
+from service.execution.loop import BoundLoop
+from service.job import Outcome
+from service.models import Model, ModelConfig, load_model
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from .connection import client_for
-from .keys import Keys, Partitions
-from .redis_url import RedisTarget
+from service.redis.connection import client_for
+from service.redis.keys import Keys, Partitions
+from service.redis.url import RedisTarget
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .job import Entry, deleted_ids, parse_entries, script_entries, stream_entries
-from .keys import Keys, Partitions
+from service.job import Entry, deleted_ids, parse_entries, script_entries, stream_entries
+from service.redis.keys import Keys, Partitions
 
 log = logging.getLogger(__name__)
 

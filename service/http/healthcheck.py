@@ -1,4 +1,4 @@
-"""`python -m service.healthcheck`: exit 0 when this container's replica is ready.
+"""`python -m service.http.healthcheck`: exit 0 when this container's replica is ready.
 
 The Docker HEALTHCHECK runs it (the slim image has no curl). It asks /health/ready on
 127.0.0.1:$PORT and prints the answer.

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from .job import Entry
-from .metrics import Metrics
-from .models import Outcome
+from service.job import Entry, Outcome
+from service.observability.metrics import Metrics
 
-log = logging.getLogger("service.worker")
+log = logging.getLogger("service.jobs.worker")
 
 
 def report_given_up(

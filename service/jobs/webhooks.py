@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from .errors import InvalidInput
-from .settings import Settings
+from service.errors import InvalidInput
+from service.settings import Settings
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

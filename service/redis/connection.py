@@ -30,7 +30,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .redis_url import RedisTarget
+from service.redis.url import RedisTarget
 
 log = logging.getLogger(__name__)
 

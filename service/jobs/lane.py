@@ -9,9 +9,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .errors import ShuttingDown
-from .job import Entry
-from .keys import Keys
+from service.errors import ShuttingDown
+from service.job import Entry
+from service.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 

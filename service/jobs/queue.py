@@ -14,20 +14,20 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import lua
-from .coalesce import Coalescer
-from .durable import Durable
-from .errors import IdempotencyConflict, QueueFull, RedisSlow
-from .job import Entry, NewJob
-from .keys import PRIORITIES, Keys, Partitions
-from .reads import Reader
+from service.errors import IdempotencyConflict, QueueFull, RedisSlow
+from service.execution.coalesce import Coalescer
+from service.job import Entry, NewJob
+from service.jobs.reads import Reader
+from service.redis import lua
+from service.redis.durable import Durable
+from service.redis.keys import PRIORITIES, Keys, Partitions
 
 log = logging.getLogger(__name__)
 
 
 class Lane(Protocol):
     """Where the jobs that a submit delivered straight to this replica go (the direct
-    lane, `service.lane`): submit.lua started them and delivered them to ``consumer`` in
+    lane, `service.jobs.lane`): submit.lua started them and delivered them to ``consumer`` in
     the group of their partition (``keys``)."""
 
     consumer: str
@@ -39,7 +39,7 @@ class Lane(Protocol):
 
 class JobQueue:
     """Submits jobs (concurrent submits coalesced: one script call per partition), makes
-    the workers' readers (`service.reads`), keeps long jobs claimed. With a ``lane``, a
+    the workers' readers (`service.jobs.reads`), keeps long jobs claimed. With a ``lane``, a
     submit holding a job someone here waits for may be delivered straight to this replica.
 
     ``max_queue`` bounds each partition's streams (MAX_QUEUE divided among partitions); a
@@ -271,7 +271,7 @@ class JobQueue:
     def reader(
         self, partition: Keys, consumer: str, batch_size: int, block_ms: int, visibility_ms: int
     ) -> Reader:
-        """The reads of a worker, ``consumer`` of ``partition`` (see `service.reads`)."""
+        """The reads of a worker, ``consumer`` of ``partition`` (see `service.jobs.reads`)."""
         return Reader(
             self._redis,
             self._take,

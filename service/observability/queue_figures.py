@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from .keys import Keys, Partitions
+from service.redis.keys import Keys, Partitions
 
 
 async def partition_figures(

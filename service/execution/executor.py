@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .inline import timed
-from .loop import BoundLoop
-from .models import Model, ModelConfig, Outcome
-from .processes import Call, Processes
+from service.execution.inline import timed
+from service.execution.loop import BoundLoop
+from service.execution.processes import Call, Processes
+from service.job import Outcome
+from service.models import Model, ModelConfig
 
 T = TypeVar("T")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import lua
-from .keys import Keys, Partitions
+from service.redis import lua
+from service.redis.keys import Keys, Partitions
 
 #: Most dead letters one page lists, and one replay or purge call handles at a time (each
 #: call is one bounded script or command: Redis serves others in between).

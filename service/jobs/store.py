@@ -9,12 +9,11 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from . import lua
-from .coalesce import Coalescer
-from .errors import RedisSlow
-from .job import Entry, JobRecord
-from .keys import Keys, Partitions
-from .models import Outcome
+from service.errors import RedisSlow
+from service.execution.coalesce import Coalescer
+from service.job import Entry, JobRecord, Outcome
+from service.redis import lua
+from service.redis.keys import Keys, Partitions
 
 
 class ResultStore:

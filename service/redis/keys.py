@@ -8,7 +8,7 @@ has three streams, one per priority (`PRIORITIES`: high, normal, low), read thro
 consumer groups of the same name; every other key of the partition serves all three. With
 tenants (API_KEYS_FILE), each tenant has its own three streams in every partition
 (`<base>:t:<name>`, `...:high`, `...:low`): its quota counts them, and the workers read the
-tenants in weighted turns (`service.reads`). The default tenant (no keys file, or API_KEY)
+tenants in weighted turns (`service.jobs.reads`). The default tenant (no keys file, or API_KEY)
 keeps the plain streams. A job's
 partition is a pure function of its prediction id (`Partitions.of`), so any replica
 finds its record without a look-up.
@@ -23,8 +23,8 @@ import functools
 import zlib
 from dataclasses import dataclass, field, replace
 
-from .ids import new_id
-from .settings import Settings
+from service.job import new_id
+from service.settings import Settings
 
 #: The priorities of queued jobs, highest first; a partition has one stream each.
 PRIORITIES = ("high", "normal", "low")

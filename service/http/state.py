@@ -8,22 +8,22 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from .batching import Batchers
-from .dead_letters import DeadLetters
-from .durable import Durable
-from .embedded import RedisServer
-from .executor import Executor
-from .keys import Partitions
-from .lane import DirectLane
-from .lifecycle import Lifecycle, SyncGate
-from .metrics import Metrics
-from .models import ModelRegistry
-from .queue import JobQueue
-from .results import ResultStore
-from .settings import Settings
-from .tenants import Limiter, Tenant, Tenants
-from .tracing import Tracing
-from .waiting import Completions
+from service.execution.batching import Batchers
+from service.execution.executor import Executor
+from service.http.lifecycle import Lifecycle, SyncGate
+from service.http.tenants import Limiter, Tenant, Tenants
+from service.jobs.dead_letters import DeadLetters
+from service.jobs.lane import DirectLane
+from service.jobs.queue import JobQueue
+from service.jobs.store import ResultStore
+from service.jobs.waiting import Completions
+from service.models import ModelRegistry
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
+from service.redis.durable import Durable
+from service.redis.embedded import RedisServer
+from service.redis.keys import Partitions
+from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
@@ -50,5 +50,5 @@ COMPLETIONS = web.AppKey("completions", Completions)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])
 TENANTS = web.AppKey("tenants", Tenants)
 LIMITER = web.AppKey("limiter", Limiter)
-#: Present only when traces are on (`service.tracing`).
+#: Present only when traces are on (`service.observability.tracing`).
 TRACING = web.AppKey("tracing", Tracing)

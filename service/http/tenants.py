@@ -37,9 +37,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.asyncio import Redis
 
-from . import lua
-from .connection import REDIS_FAILURES
-from .errors import RateLimited, Unauthorized
+from service.errors import RateLimited, Unauthorized
+from service.redis import lua
+from service.redis.connection import REDIS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class Limiter:
 async def tenants_ctx(app: web.Application) -> AsyncIterator[None]:
     """Gives the queue the keys file's tenants (their streams, weights and quotas), the
     rate limiter, and reloads the file on SIGHUP and when it changes."""
-    from . import state  # state names this module's types
+    from service.http import state
 
     settings = app[state.SETTINGS]
     tenants = app[state.TENANTS]

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from .loop import BoundLoop
+from service.execution.loop import BoundLoop
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from .connection import unavailable
-from .keys import Partitions, meta_key
-from .settings import Settings
+from service.redis.connection import unavailable
+from service.redis.keys import Partitions, meta_key
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,14 @@ import logging
 import time
 from typing import Any
 
-from .deadlines import Deadlines
-from .executor import Executor
-from .inline import InlinePolicy, timed
-from .loop import BoundLoop
-from .metrics import Metrics
-from .models import Model, Outcome
-from .processes import Call
+from service.execution.executor import Executor
+from service.execution.inline import InlinePolicy, timed
+from service.execution.loop import BoundLoop
+from service.execution.processes import Call
+from service.execution.timers import Deadlines
+from service.job import Outcome
+from service.models import Model
+from service.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

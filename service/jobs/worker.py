@@ -11,18 +11,18 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from .batching import Batchers
-from .connection import REDIS_FAILURES, stream_gone, unavailable
-from .errors import InvalidInput, ModelUnavailable, NotFound, ShuttingDown
-from .job import RUNNABLE, Entry
-from .job_reports import report, report_given_up
-from .keys import Keys
-from .metrics import Metrics
-from .models import ModelRegistry, Outcome
-from .queue import JobQueue
-from .results import ResultStore
-from .tracing import Tracing
-from .waiting import Completions
+from service.errors import InvalidInput, ModelUnavailable, NotFound, ShuttingDown
+from service.execution.batching import Batchers
+from service.job import RUNNABLE, Entry, Outcome
+from service.jobs.queue import JobQueue
+from service.jobs.reports import report, report_given_up
+from service.jobs.store import ResultStore
+from service.jobs.waiting import Completions
+from service.models import ModelRegistry
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
+from service.redis.connection import REDIS_FAILURES, stream_gone, unavailable
+from service.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Worker:
         self._gone = 0  # steps in a row that found a stream or group missing
 
     async def step(self) -> int:
-        """Reads the next entries (see `service.reads`) and runs them, a batch per stream
+        """Reads the next entries (see `service.jobs.reads`) and runs them, a batch per stream
         they came from; answers how many. Every entry read is kept claimed (heartbeat)
         from the read until it is finished or handed back, also while it waits for the
         batches read with it to run first."""

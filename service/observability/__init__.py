@@ -1,0 +1,2 @@
+"""The observability layer: Prometheus metrics, the queue's figures read from Redis,
+OpenTelemetry traces and the log format."""
