@@ -142,7 +142,7 @@ def test_without_otel_variables_nothing_of_opentelemetry_is_imported() -> None:
         "import sys\n"
         "import redis.asyncio, redis.asyncio.cluster, redis.asyncio.sentinel\n"
         "before = {m for m in sys.modules if m.startswith('opentelemetry')}\n"
-        "from service import state\n"
+        "from service.http import state\n"
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
         "app = create_app(Settings(model='tests.models:echo'))\n"
