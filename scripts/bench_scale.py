@@ -33,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench import INSTANT, TEXT, drive, progress, rss_mb, server  # noqa: E402
 from service.job import NewJob, entry_fields, queued_record  # noqa: E402
 from service.redis.embedded import RedisServer  # noqa: E402
-from service.redis.keys import Partitions, meta_key  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.redis.keys import Names, Partitions  # noqa: E402
 from tests.topologies import Cluster, start_cluster  # noqa: E402
 
 SLEEPY = "tests.models:sleepy"
@@ -68,10 +67,10 @@ class Target:
         return seconds, commands
 
     def partitions(self) -> Partitions:
-        stored = self.client().get(meta_key(Settings()))
+        stored = self.client().get(Names().meta)
         if not stored:
-            return Partitions.single(Settings())
-        return Partitions(Settings(), json.loads(stored)["tags"], sharded=True)
+            return Partitions.single(Names())
+        return Partitions(Names(), json.loads(stored)["tags"], sharded=True)
 
 
 def enqueue(target: Target, count: int, value: Any) -> list[str]:

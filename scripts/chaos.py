@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts._http import wait_http  # noqa: E402
 from service.redis.embedded import RedisServer, free_port  # noqa: E402
-from service.redis.keys import Partitions, meta_key  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.redis.keys import Names, Partitions  # noqa: E402
 
 
 def say(message: str) -> None:
@@ -184,10 +183,10 @@ class ClusterRedis:
 
 def partitions_in(client: redis.Redis) -> Partitions:
     """The queue's partitions, as the service stored them (or the single one)."""
-    stored = client.get(meta_key(Settings()))
+    stored = client.get(Names().meta)
     if not stored:
-        return Partitions.single(Settings())
-    return Partitions(Settings(), json.loads(stored)["tags"], sharded=True)
+        return Partitions.single(Names())
+    return Partitions(Names(), json.loads(stored)["tags"], sharded=True)
 
 
 async def drill(

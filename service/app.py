@@ -6,14 +6,17 @@ import asyncio
 
 from aiohttp import web
 
+from service.background import webhooks_ctx, workers_ctx
 from service.errors import ShuttingDown
 from service.http import state
+from service.http.keys_file import tenants_ctx
 from service.http.lifecycle import Lifecycle, SyncGate
 from service.http.routes import add_routes
-from service.http.tenants import Tenants, tenants_ctx
+from service.http.tenants import Tenants
+from service.jobs.webhooks import Policy
 from service.observability.metrics import Metrics
 from service.observability.tracing import from_env as tracing_from_env
-from service.resources import embedded_redis_ctx, models_ctx, redis_ctx, webhooks_ctx, workers_ctx
+from service.resources import embedded_redis_ctx, models_ctx, redis_ctx
 from service.settings import Settings
 
 #: Sync calls still running this long before the shutdown deadline are answered 503, so
@@ -28,8 +31,8 @@ async def _begin_stopping(app: web.Application) -> None:
     ends. Everything shares one deadline, SHUTDOWN_GRACE_SECONDS from now."""
     settings, lifecycle = app[state.SETTINGS], app[state.LIFECYCLE]
     lifecycle.begin_stopping(settings.shutdown_grace_seconds)
-    if state.COMPLETIONS in app:
-        app[state.COMPLETIONS].release()
+    if state.WAITERS in app:
+        app[state.WAITERS].release()
     if state.BATCHERS in app:
         batchers = app[state.BATCHERS]
         cut = max(0.0, settings.shutdown_grace_seconds - _ANSWER_BEFORE_DEADLINE)
@@ -45,6 +48,9 @@ def create_app(settings: Settings) -> web.Application:
     # No middlewares: every handler is wrapped where it is registered (http/routes.py).
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[state.SETTINGS] = settings
+    app[state.WEBHOOK_POLICY] = Policy(
+        settings.webhook_allowed_hosts, settings.webhook_allow_private
+    )
     app[state.METRICS] = Metrics()
     app[state.LIFECYCLE] = Lifecycle()
     app[state.SYNC_GATE] = SyncGate()

@@ -68,7 +68,7 @@ class IdempotencyConflict(ServiceError):
 
 
 class QueueFull(ServiceError):
-    """MAX_QUEUE jobs are waiting; the client should retry later."""
+    """MAX_QUEUE jobs wait, or the tenant's max_queued: retry after Retry-After."""
 
     status = 429
     retry_after = 1
@@ -85,13 +85,15 @@ class RateLimited(ServiceError):
 
 
 class PredictionTimeout(ServiceError):
-    """A sync prediction ran past JOB_TIMEOUT."""
+    """A sync prediction ran past JOB_TIMEOUT_SECONDS."""
 
     status = 504
 
 
 class Overloaded(ServiceError):
-    """Too many sync predictions at once, or Redis unreachable; retry later."""
+    """Too many sync predictions at once (MAX_SYNC_IN_FLIGHT), or no Redis replica confirmed
+    a durable submit: retry after Retry-After. (Redis unreachable is answered 503 from the
+    Redis error itself, in http/answers.py.)"""
 
     status = 503
     retry_after = 1
@@ -113,14 +115,15 @@ class ShuttingDown(Overloaded):
 
 
 class ModelUnavailable(ServiceError):
-    """The model's worker process died and is being restarted; retry shortly."""
+    """No model process can take the call now (each one died and is being replaced), or
+    no one waits for the call any more: retry after Retry-After."""
 
     status = 503
     retry_after = 1
 
 
 class PredictionFailed(ServiceError):
-    """The model raised while predicting."""
+    """The model raised while predicting, or its process died on this input."""
 
     status = 500
 

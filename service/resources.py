@@ -1,6 +1,7 @@
-"""Every resource of a replica, as an aiohttp cleanup context: started in order at
-start-up, stopped in reverse order at shutdown (models, the private Redis, the Redis
-client and its stores, the workers, the webhook dispatcher)."""
+"""The resources of a replica, as aiohttp cleanup contexts: started in order at start-up,
+stopped in reverse order at shutdown: the models, the private Redis, the Redis client and
+what works on it. The tasks that run on them (workers, webhook deliveries) are in
+`service.background`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from service.execution.batching import Batchers
 from service.execution.executor import Executor
@@ -18,18 +20,21 @@ from service.http import state
 from service.http.docs import add_model_schemas
 from service.http.lifecycle import Lifecycle
 from service.jobs.dead_letters import DeadLetters
-from service.jobs.delivery import Dispatcher
 from service.jobs.lane import DirectLane
-from service.jobs.queue import JobQueue
+from service.jobs.queue import JobQueue, QueueSettings
 from service.jobs.store import ResultStore
-from service.jobs.waiting import Completions
-from service.jobs.worker import Worker
+from service.jobs.streams import Streams
+from service.jobs.waiting import Waiters
 from service.models import ModelRegistry, model_configs
+from service.redis.calls import Scripts
+from service.redis.calls.records import Limits
 from service.redis.connection import REDIS_FAILURES, connect, server_version, unavailable
 from service.redis.durable import Durable
 from service.redis.embedded import RedisServer
+from service.redis.keys import Names, Partitions
 from service.redis.partitioning import open_partitions
 from service.redis.url import parse as parse_redis_url
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,78 +110,81 @@ async def _keep_alive(server: RedisServer, lifecycle: Lifecycle) -> None:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Connects to Redis and opens the queue's partitions, then builds what works on them:
+    the scripts, the streams, the queue, the records, the dead letters and the waiters."""
     settings = app[state.SETTINGS]
     target = parse_redis_url(app[state.REDIS_URL])
     redis = await connect(target, block_ms=settings.read_block_ms)
-    version = await server_version(redis)
     try:
-        partitions = await open_partitions(redis, settings, cluster=target.mode == "cluster")
+        scripts = Scripts(redis, await server_version(redis))
+        partitions = await open_partitions(
+            redis, names(settings), settings.queue_partitions, cluster=target.mode == "cluster"
+        )
     except BaseException:
         await redis.aclose()
         raise
-    results = ResultStore(
-        redis,
-        partitions,
-        settings.result_ttl_seconds,
-        settings.max_deliveries,
-        settings.job_timeout_seconds,
-        version=version,
-        timeout=settings.redis_timeout_seconds,
-    )
-    # The lane has a consumer of its own: no worker's own-pending read may take its
-    # batches while they run; after a crash they are reclaimed like any idle entries.
-    # It takes batches once the workers run (workers_ctx opens it).
-    lane = DirectLane(f"{settings.consumer_name}-lane", settings.workers)
-    durable = Durable(redis, target) if settings.durable_submit else None
-    queue = JobQueue(
-        redis,
-        partitions,
-        settings.result_ttl_seconds,
-        settings.max_queue,
-        lane=lane if settings.workers else None,
-        version=version,
-        durable=durable,
-        timeout=settings.redis_timeout_seconds,
-    )
-    # A Redis out of memory or read-only cannot create the groups yet: start anyway (not
-    # ready), and keep trying in the background.
-    group: asyncio.Task[None] | None = None
-    try:
-        await queue.ensure_group()
-    except REDIS_FAILURES as exc:
-        if unavailable(exc) is None:
-            await redis.aclose()
-            raise
-        group = asyncio.create_task(_ensure_group(queue), name="consumer-group")
-    completions = Completions(target, partitions)
-    completions.start()
     app[state.REDIS] = redis
+    app[state.SCRIPTS] = scripts
     app[state.PARTITIONS] = partitions
-    app[state.RESULTS] = results
-    app[state.DEAD_LETTERS] = DeadLetters(
-        redis, partitions, settings.result_ttl_seconds, version=version
-    )
-    app[state.QUEUE] = queue
-    app[state.LANE] = lane
+    app[state.STREAMS] = streams = Streams(redis, partitions)
+    durable = Durable(redis, target) if settings.durable_submit else None
     if durable is not None:
         app[state.DURABLE] = durable
-    app[state.COMPLETIONS] = completions
+    _stores(app, scripts, partitions, durable)
+    group = await _ensure_streams(redis, streams)
+    app[state.WAITERS] = waiters = Waiters(target, partitions)
+    waiters.start()
     yield
     if group is not None:
         group.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await group
-    await completions.stop()
+    await waiters.stop()
     if durable is not None:
         await durable.aclose()
     await redis.aclose()
 
 
-async def _ensure_group(queue: JobQueue) -> None:
+def _stores(
+    app: web.Application, scripts: Scripts, partitions: Partitions, durable: Durable | None
+) -> None:
+    """The queue (and its lane), the records and the dead letters of the app."""
+    settings = app[state.SETTINGS]
+    ttl = settings.result_ttl_seconds
+    limits = Limits(ttl, settings.max_deliveries, settings.job_timeout_seconds)
+    app[state.RESULTS] = ResultStore(scripts, partitions, limits, settings.redis_timeout_seconds)
+    # The lane has a consumer of its own: no worker's own-pending read may take its
+    # batches while they run; after a crash they are reclaimed like any idle entries.
+    # It takes batches once the workers run (workers_ctx opens it).
+    app[state.LANE] = lane = DirectLane(f"{settings.consumer_name}-lane", settings.workers)
+    app[state.QUEUE] = JobQueue(
+        scripts,
+        app[state.STREAMS],
+        QueueSettings(ttl, settings.max_queue, settings.redis_timeout_seconds),
+        lane=lane if settings.workers else None,
+        durable=durable,
+    )
+    app[state.DEAD_LETTERS] = DeadLetters(app[state.REDIS], scripts, partitions, ttl)
+
+
+async def _ensure_streams(redis: Redis, streams: Streams) -> asyncio.Task[None] | None:
+    """Makes the streams and groups; a Redis out of memory or read-only cannot yet: then
+    the replica starts anyway (not ready), and a task keeps trying in the background."""
+    try:
+        await streams.ensure()
+    except REDIS_FAILURES as exc:
+        if unavailable(exc) is None:
+            await redis.aclose()
+            raise
+        return asyncio.create_task(_keep_ensuring(streams), name="consumer-group")
+    return None
+
+
+async def _keep_ensuring(streams: Streams) -> None:
     waited = False
     while True:
         try:
-            await queue.ensure_group()
+            await streams.ensure()
         except REDIS_FAILURES as exc:
             reason = unavailable(exc)
             if reason is None:
@@ -193,105 +201,6 @@ async def _ensure_group(queue: JobQueue) -> None:
         return
 
 
-def make_worker(
-    app: web.Application,
-    consumer: str,
-    *,
-    partition: int = 0,
-    batch_size: int | None = None,
-    block_ms: int | None = None,
-    visibility_timeout: float | None = None,
-) -> Worker:
-    """A worker of this app's queue (the settings' values unless given)."""
-    settings = app[state.SETTINGS]
-    return Worker(
-        partition=app[state.PARTITIONS][partition],
-        queue=app[state.QUEUE],
-        results=app[state.RESULTS],
-        models=app[state.MODELS],
-        batchers=app[state.BATCHERS],
-        metrics=app[state.METRICS],
-        consumer=consumer,
-        batch_size=batch_size or settings.max_batch_size,
-        block_ms=block_ms or settings.read_block_ms,
-        visibility_timeout=visibility_timeout or settings.visibility_timeout_seconds,
-        job_timeout=settings.job_timeout_seconds,
-        completions=app[state.COMPLETIONS],
-        tracing=app.get(state.TRACING),
-    )
-
-
-async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Starts WORKERS consumer tasks; on exit: stop reading, a grace period, then cancel."""
-    settings = app[state.SETTINGS]
-
-    # Every partition is read, even with fewer WORKERS than partitions: worker i reads
-    # partition i mod their number.
-    count = len(app[state.PARTITIONS])
-    total = max(settings.workers, count) if settings.workers else 0
-    workers = [
-        make_worker(app, f"{settings.consumer_name}-{i}", partition=i % count) for i in range(total)
-    ]
-    tasks = [asyncio.create_task(w.run(), name=w.consumer) for w in workers]
-    app[state.WORKER_TASKS] = tasks
-    lane = app[state.LANE]
-    if workers:
-        lane.open(make_worker(app, lane.consumer).run_started)
-    lane_batches: list[asyncio.Task[None]] = []
-
-    def stop_reading() -> None:  # at SIGTERM: the drain runs beside in-flight requests
-        for worker in workers:
-            worker.stop()
-        lane_batches.extend(lane.close())
-
-    lifecycle = app[state.LIFECYCLE]
-    lifecycle.on_stop.append(stop_reading)
-    if workers:
-        log.info(
-            "started %d worker%s as %s-*",
-            len(workers),
-            "" if len(workers) == 1 else "s",
-            settings.consumer_name,
-        )
-    yield
-    stop_reading()
-    await _finish(tasks + lane_batches, lifecycle.left(settings.shutdown_grace_seconds))
-    if workers:  # this replica's consumers leave the groups, unless they still hold work
-        with contextlib.suppress(*REDIS_FAILURES, TimeoutError):
-            await asyncio.wait_for(
-                app[state.QUEUE].retire([w.consumer for w in workers] + [lane.consumer]),
-                max(0.1, lifecycle.left(settings.shutdown_grace_seconds)),
-            )
-
-
-async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Delivers webhooks from this replica unless WEBHOOK_DELIVERIES is 0."""
-    settings = app[state.SETTINGS]
-    if settings.webhook_deliveries == 0:
-        yield
-        return
-    dispatcher = Dispatcher(
-        app[state.REDIS],
-        app[state.PARTITIONS],
-        app[state.RESULTS],
-        settings,
-        tracing=app.get(state.TRACING),
-    )
-    task = asyncio.create_task(dispatcher.run(), name="webhooks")
-    lifecycle = app[state.LIFECYCLE]
-    lifecycle.on_stop.append(dispatcher.stop)
-    yield
-    dispatcher.stop()
-    await _finish([task], lifecycle.left(settings.shutdown_grace_seconds))
-
-
-async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
-    """Waits up to ``grace`` seconds for stopped tasks, then cancels the late ones."""
-    if not tasks:
-        return
-    _, late = await asyncio.wait(tasks, timeout=grace)
-    for task in late:
-        task.cancel()
-    for task in late:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def names(settings: Settings) -> Names:
+    """The names the queue's keys are made of, as the settings give them."""
+    return Names(settings.stream, settings.group, settings.key_prefix)

@@ -20,14 +20,22 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from scripts.redis_local import until
+from service.background import make_worker
 from service.http import state
+from service.job import Status
 from service.jobs.worker import Worker
 from service.redis.embedded import free_port
-from service.redis.keys import Keys, Partitions
-from service.resources import make_worker
+from service.redis.keys import Keys, Names, Partitions
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 ROOT = Path(__file__).resolve().parent.parent
+#: The key names of the default settings' one partition on one node, from the code's own
+#: builder: tests name keys through these, never as strings of their own.
+KEYS = Partitions.single(Names())[0]
+STREAM, GROUP = KEYS.stream, KEYS.group
+#: Statuses after which a job never changes.
+FINAL = {status.value for status in Status if status.final}
 JSON = {"Content-Type": "application/json"}
 ASYNC = {**JSON, "Async-Mode": "true"}
 
@@ -35,7 +43,9 @@ ASYNC = {**JSON, "Async-Mode": "true"}
 async def poll(
     check: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.02
 ) -> Any:
-    """Calls ``check`` until it returns something truthy; fails after ``within`` seconds."""
+    """Calls ``check`` until it returns something truthy; fails after ``within`` seconds.
+    (The one way to wait for something in an async test; `until` is the same for code
+    that cannot await.)"""
     deadline = time.monotonic() + within
     while True:
         value = await check()
@@ -54,15 +64,16 @@ def service_env(port: int, **more: str) -> dict[str, str]:
 def wait_answering(base: str, proc: subprocess.Popen[Any], within: float = 30.0) -> None:
     """Waits until the service started as ``proc`` answers at ``base``; fails if it exits
     first or takes longer than ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
+
+    def answers() -> bool:
+        assert proc.poll() is None, "the service exited at start-up"
         try:
             urllib.request.urlopen(base + "/health/live", timeout=2).close()
-            return
         except (urllib.error.URLError, OSError):
-            assert proc.poll() is None, "the service exited at start-up"
-            assert time.monotonic() < deadline, "the service never answered"
-            time.sleep(0.05)
+            return False
+        return True
+
+    until(answers, within, "the service answers")
 
 
 @contextmanager
@@ -100,7 +111,7 @@ async def wait_final(
 ) -> dict[str, Any]:
     async def final() -> dict[str, Any] | None:
         body = await (await client.get(f"/predict/{prediction_id}")).json()
-        return body if body["status"] in ("done", "failed") else None
+        return body if body["status"] in FINAL else None
 
     return await poll(final, within)  # type: ignore[no-any-return]
 
@@ -122,7 +133,7 @@ def worker_for(
 
 
 async def record(rds: Redis, prediction_id: str) -> dict[bytes, bytes]:
-    return await rds.hgetall(f"prediction:{prediction_id}")  # type: ignore[no-any-return]
+    return await rds.hgetall(KEYS.record(prediction_id))  # type: ignore[no-any-return]
 
 
 def figure(text: str, name: str, **labels: str) -> float:

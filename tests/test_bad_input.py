@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from service.http import state
 
 from . import models
-from .helpers import ClientFactory, poll
+from .helpers import KEYS, STREAM, ClientFactory, poll
 
 JSON = {"Content-Type": "application/json"}
 ASYNC = {**JSON, "Async-Mode": "true"}
@@ -81,8 +81,8 @@ async def test_bad_request_is_json_4xx_and_queues_nothing(
     assert resp.content_type == "application/json"
     payload: dict[str, Any] = await resp.json()
     assert isinstance(payload["error"], str) and payload["error"]
-    assert await rds.xlen("predictions") == 0
-    assert await rds.keys("prediction:*") == []
+    assert await rds.xlen(STREAM) == 0
+    assert await rds.keys(KEYS.record("*")) == []
 
 
 async def test_validation_errors_name_the_field(make_client: ClientFactory) -> None:
@@ -123,7 +123,7 @@ async def test_deeply_nested_json_is_a_clear_4xx(make_client: ClientFactory, rds
             assert "deeper than 128 levels" in (await resp.json())["error"], depth
         bulk = b'{"inputs": [' + b"[" * depth + b"]" * depth + b"]}"
         assert (await client.post("/predict/batch", data=bulk, headers=JSON)).status == status
-    assert await rds.xlen("predictions") == 0, "nothing too deep was queued"
+    assert await rds.xlen(STREAM) == 0, "nothing too deep was queued"
     # As deep as allowed is answered (the input comes back inside the answer).
     body = b'{"input": ' + b"[" * 127 + b"]" * 127 + b"}"
     assert (await client.post("/predict", data=body, headers=JSON)).status == 200
@@ -143,7 +143,7 @@ async def test_a_too_deep_input_never_fails_other_clients_submits(
     statuses = [r.status for r in answers]
     assert statuses[0::2] == [202] * 60, statuses
     assert set(statuses[1::2]) == {422}
-    assert await rds.xlen("predictions") == 60
+    assert await rds.xlen(STREAM) == 60
 
 
 async def test_an_output_too_deep_to_write_fails_its_item_alone(make_client: ClientFactory) -> None:

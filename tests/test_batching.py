@@ -14,7 +14,7 @@ from service.models.registry import model_configs
 from service.settings import Settings
 
 from . import models
-from .helpers import ClientFactory, poll, submit, wait_final, worker_for
+from .helpers import GROUP, KEYS, STREAM, ClientFactory, poll, submit, wait_final, worker_for
 
 
 async def test_concurrent_callers_share_one_batch_call(make_client: ClientFactory) -> None:
@@ -85,7 +85,7 @@ async def test_a_worker_batch_maps_results_to_ids_and_fails_only_the_bad_job(
         else:
             assert record["status"] == "done"
             assert record["output"] == {"input": text, "result": {"echo": text}}
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
 
 
 async def test_concurrent_async_submits_are_all_recorded_and_queued(
@@ -100,9 +100,9 @@ async def test_concurrent_async_submits_are_all_recorded_and_queued(
     )
     ids = {(await r.json())["prediction_id"] for r in responses}
     assert len(ids) == 50
-    assert await rds.xlen("predictions") == 50
+    assert await rds.xlen(STREAM) == 50
     for prediction_id in ids:
-        assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
+        assert await rds.hget(KEYS.record(prediction_id), "status") == b"queued"
 
 
 async def test_a_lone_caller_does_not_wait_for_the_batch_delay(make_client: ClientFactory) -> None:

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ import redis
 from service.http import state
 from service.redis.embedded import DataDirMismatch, RedisServer, find_redis_server, free_port
 
-from .helpers import poll
+from .helpers import GROUP, KEYS, STREAM, poll, until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,19 +60,6 @@ def _call(
         return err.code, json.loads(err.read())
 
 
-def _wait(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, urllib.error.URLError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not met within {timeout}s")
-
-
 def _embedded(port: int, data_dir: Path, redis_port: int, **more: str) -> dict[str, str]:
     """The environment of `python -m service` with a private Redis (no REDIS_URL)."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -97,13 +83,13 @@ def test_python_m_service_starts_and_stops_its_own_redis(tmp_path: Path) -> None
     port, redis_port = free_port(), free_port()
     proc = _serve(port, tmp_path, redis_port)
     try:
-        _wait(lambda: _call(port, "GET", "/predict/x")[0] == 404)
+        until(lambda: _call(port, "GET", "/predict/x")[0] == 404)
         status, body = _call(
             port, "POST", "/predict", {"input": "What a lovely day"}, {"Async-Mode": "true"}
         )
         assert status == 202
         prediction_id = body["prediction_id"]
-        done = _wait(
+        done = until(
             lambda: (
                 (r := _call(port, "GET", f"/predict/{prediction_id}")[1])["status"] == "done" and r
             )
@@ -120,7 +106,7 @@ def test_python_m_service_starts_and_stops_its_own_redis(tmp_path: Path) -> None
     # A restart on the same data folder still knows the job.
     proc = _serve(port, tmp_path, redis_port)
     try:
-        record = _wait(
+        record = until(
             lambda: (r := _call(port, "GET", f"/predict/{prediction_id}"))[0] == 200 and r[1]
         )
         assert record == done
@@ -205,11 +191,11 @@ def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
     with log_file.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=out, start_new_session=True)
     try:
-        _wait(lambda: _call(port, "GET", "/health/ready")[0] == 200)
+        until(lambda: _call(port, "GET", "/health/ready")[0] == 200)
         status, body = _call(port, "POST", "/predict", {"input": "x"}, {"Async-Mode": "true"})
         assert status == 202
         prediction_id = body["prediction_id"]
-        _wait(lambda: _call(port, "GET", f"/predict/{prediction_id}")[1]["status"] == "processing")
+        until(lambda: _call(port, "GET", f"/predict/{prediction_id}")[1]["status"] == "processing")
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(60)
     finally:
@@ -224,8 +210,8 @@ def test_ctrl_c_to_the_process_group_drains_before_the_private_redis_stops(
     server = RedisServer(tmp_path, redis_port)
     try:
         with redis.Redis.from_url(server.start()) as client:
-            assert client.hget(f"prediction:{prediction_id}", "status") == b"done"
-            assert client.xpending("predictions", "workers")["pending"] == 0
+            assert client.hget(KEYS.record(prediction_id), "status") == b"done"
+            assert client.xpending(STREAM, GROUP)["pending"] == 0
     finally:
         server.stop()
 

@@ -12,17 +12,19 @@ import pytest
 from redis.asyncio import Redis
 
 from service.redis import lua
+from service.redis.keys import Names
 
-STREAM, GROUP = "predictions", "workers"
-DEAD, HOOKS, RETRY = "predictions:dead", "predictions:webhooks", "predictions:webhooks:retry"
-DONE, STARTED = "predictions:done", "predictions:started"
-BACKLOG = "predictions:backlog"
-HIGH, LOW = "predictions:high", "predictions:low"
-DECOYS = {"decoy:string": "x", "prediction:decoy": "y"}
+from .helpers import GROUP, KEYS, STREAM
+
+DEAD, HOOKS, RETRY = KEYS.dead_letters, KEYS.webhooks, KEYS.webhook_retries
+DONE, STARTED = KEYS.done, KEYS.started
+BACKLOG = KEYS.backlog
+HIGH, LOW = KEYS.priorities[0].stream, KEYS.priorities[2].stream
+DECOYS = {"decoy:string": "x", KEYS.record("decoy"): "y"}
 
 
 def rec(i: int | str) -> str:
-    return f"prediction:{i}"
+    return KEYS.record(str(i))
 
 
 @pytest.fixture
@@ -102,7 +104,7 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
     reply = await call(
         r,
         "submit",
-        [STREAM, HIGH, LOW, rec("a"), rec("b"), "predictions:idem:k", BACKLOG],
+        [STREAM, HIGH, LOW, rec("a"), rec("b"), KEYS.idempotency("k"), BACKLOG],
         submit_args([("a", ""), ("b", extras)]),
     )
     assert reply == 2
@@ -118,7 +120,7 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
     assert (await record(r, "b"))["webhook_events"] == "done"
     assert await r.hget(BACKLOG, "m") == b"2"
     assert 0 < await r.ttl(rec("a")) <= 60
-    assert await r.get("predictions:idem:k") == b"b|digest"
+    assert await r.get(KEYS.idempotency("k")) == b"b|digest"
     assert "cancel_at" not in await record(r, "a")
     entries = await r.xrange(STREAM)
     assert [e[1][b"id"] for e in entries] == [b"a", b"b"]
@@ -143,13 +145,13 @@ async def test_submit_writes_a_queued_record_its_entry_and_idempotency_key(r: Re
 async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
     r: Redis, setup: str, extras: str, limit: int, expected: Any
 ) -> None:
-    await r.set("predictions:idem:k", "first|same")
+    await r.set(KEYS.idempotency("k"), "first|same")
     await add_job(r, "other-job")
     if setup == "record exists":
         await r.hset(rec("a"), mapping={"status": "done", "result": "1"})
     keys = [STREAM, HIGH, LOW, rec("a")]
     if extras:
-        keys.append("predictions:idem:k")
+        keys.append(KEYS.idempotency("k"))
         extras = json.dumps([5, extras, "", ""])
     keys.append(BACKLOG)
     before = await snapshot(r)
@@ -168,8 +170,8 @@ async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     assert await snapshot(r) == before
     # A repeated bulk submit: one key known means none is written, and the others answer
     # 'conflict' unless they match too.
-    await r.set("predictions:idem:k#0", "first|d")
-    keys[-1:] = ["predictions:idem:k#0", "predictions:idem:k#1", BACKLOG]
+    await r.set(KEYS.idempotency("k#0"), "first|d")
+    keys[-1:] = [KEYS.idempotency("k#0"), KEYS.idempotency("k#1"), BACKLOG]
     jobs = [("a", json.dumps([6, "d", "", ""])), ("b", json.dumps([7, "d", "", ""]))]
     before = await snapshot(r)
     assert await call(r, "submit", keys, submit_args(jobs, whole=True)) == [
@@ -701,7 +703,7 @@ async def test_replay_drops_the_letter_of_a_gone_or_no_longer_failed_record(r: R
 
 
 async def test_limit_lets_a_burst_through_then_refills_at_the_rate(r: Redis) -> None:
-    bucket = "predictions:tenant:a:rate"
+    bucket = Names().rate_bucket("a")
     assert [await call(r, "limit", [bucket], ["0.5", "2"]) for _ in range(2)] == [0, 0]
     wait_ms = await call(r, "limit", [bucket], ["0.5", "2"])
     assert 1000 < wait_ms <= 2000, "one token comes back in 2 s at 0.5/s"

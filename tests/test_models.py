@@ -19,7 +19,7 @@ from examples.train_iris import train
 from service.http import state
 from service.redis.embedded import free_port
 
-from .helpers import ClientFactory, poll, wait_final
+from .helpers import KEYS, STREAM, ClientFactory, poll, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -95,7 +95,7 @@ async def test_iris_refuses_bad_rows_with_422_and_never_queues_them(
     assert body["detail"] and all(d["loc"][0] == "input" for d in body["detail"])
     # Locations name the input's own parts, never the validator's internal branch names.
     assert not [d for d in body["detail"] if {"one", "many"} & set(map(str, d["loc"]))], body
-    assert await rds.xlen("predictions") == 0
+    assert await rds.xlen(STREAM) == 0
 
 
 async def test_a_bad_cell_of_a_row_is_located_by_its_index(
@@ -308,7 +308,7 @@ async def test_a_poison_input_fails_alone_and_the_jobs_of_its_batch_finish(
         {"echo": x} for x in "abcd"
     ]
     assert records[2]["error"] == "gave up after 2 deliveries"
-    assert await rds.xlen("predictions:dead") == 1, "only the poison job is a dead letter"
+    assert await rds.xlen(KEYS.dead_letters) == 1, "only the poison job is a dead letter"
 
 
 @pytest.mark.timeout(90)

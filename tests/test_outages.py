@@ -21,12 +21,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.background import make_worker
 from service.redis.connection import connect
 from service.redis.embedded import RedisServer, free_port
 from service.redis.url import parse as parse_redis_url
-from service.resources import make_worker
 
-from .helpers import ClientFactory, poll, submit, wait_final
+from .helpers import GROUP, KEYS, STREAM, ClientFactory, poll, submit, wait_final
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ async def test_entries_of_a_read_whose_answer_was_lost_run_after_the_outage(
         # A read delivered it to this worker, and the answer never arrived: it is pending
         # on the worker's consumer, and idle for far less than the visibility timeout.
         async with Redis.from_url(url) as rds:
-            await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+            await rds.xreadgroup(GROUP, "w", {STREAM: ">"}, count=1)
         caplog.set_level(logging.WARNING, logger="service.jobs.worker")
         running = asyncio.create_task(worker.run())
         server.stop()
@@ -135,21 +135,27 @@ async def test_a_hung_redis_is_a_timeout_and_the_client_recovers(tmp_path: Path)
 
 
 async def test_sigterm_finishes_in_flight_work_and_exits_0(
-    make_client: ClientFactory, redis_url: str
+    make_client: ClientFactory, redis_url: str, tmp_path: Path
 ) -> None:
-    api = await make_client(workers=0, model="tests.models:slow")
+    journal = tmp_path / "journal"  # which calls the served replica started (its model's)
+    api = await make_client(workers=0, model="tests.models:journaled")
     port = free_port()
     proc = await _serve(
         {
             "REDIS_URL": redis_url,
             "PORT": str(port),
             "HOST": "127.0.0.1",
-            "MODEL": "tests.models:slow",
+            "MODEL": "tests.models:journaled",
             "WORKERS": "1",
             "SHUTDOWN_GRACE_SECONDS": "15",
+            "TEST_JOURNAL": str(journal),
         }
     )
     base = f"http://127.0.0.1:{port}"
+
+    async def started(tag: str) -> bool:
+        return journal.exists() and f"start {tag} " in journal.read_text()
+
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -161,15 +167,11 @@ async def test_sigterm_finishes_in_flight_work_and_exits_0(
                     return False
 
             await poll(up, within=30)
-            queued = await submit(api, "queued before the signal")
-
-            async def processing() -> bool:
-                record = await (await api.get(f"/predict/{queued}")).json()
-                return record["status"] == "processing"
-
-            await poll(processing)
-            sync = asyncio.create_task(session.post(f"{base}/predict", json={"input": "sync"}))
-            await asyncio.sleep(0.2)  # let the sync request reach the server before the signal
+            queued = await submit(api, {"tag": "queued", "seconds": 2})
+            await poll(lambda: started("queued"))
+            job = {"input": {"tag": "sync", "seconds": 2}}
+            sync = asyncio.create_task(session.post(f"{base}/predict", json=job))
+            await poll(lambda: started("sync"))  # the sync call runs: now the signal
             proc.send_signal(signal.SIGTERM)
             resp = await sync
             assert resp.status == 200, "an in-flight sync request finishes"
@@ -209,7 +211,7 @@ async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
         if seven:  # Redis 7 lets accepted work finish: the queue drains, memory frees
             for prediction_id in queued:
                 assert (await wait_final(api, prediction_id))["status"] == "done"
-            assert await rds.xlen("predictions") == 0
+            assert await rds.xlen(STREAM) == 0
     finally:
         await rds.config_set("maxmemory", "0")
     for prediction_id in queued:  # on 6.2 they finish once memory is there again
@@ -310,7 +312,7 @@ async def test_shutdown_ends_within_the_grace_period_and_answers_everyone_first(
         )
 
         async def both_running() -> bool:
-            pending = await rds.xpending("predictions", "workers")
+            pending = await rds.xpending(STREAM, GROUP)
             return pending["pending"] == 1  # the waited job runs (delivered to this replica)
 
         await poll(both_running)
@@ -329,6 +331,6 @@ async def test_shutdown_ends_within_the_grace_period_and_answers_everyone_first(
     assert waited_status == 202, waited_body  # the waiter learned its id before the close
     prediction_id = waited_body["prediction_id"]
     # Handed back for other replicas: queued again, undelivered (not waiting out a reclaim).
-    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
-    assert await rds.xlen("predictions") == 1
+    assert await rds.hget(KEYS.record(prediction_id), "status") == b"queued"
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
+    assert await rds.xlen(STREAM) == 1

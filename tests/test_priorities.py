@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from service.resources import make_worker
+from service.background import make_worker
 
 from .helpers import ClientFactory, partitions_of, scrape_until, worker_for
 

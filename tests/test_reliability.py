@@ -18,7 +18,17 @@ from service.http import state
 from service.job import Entry, NewJob, new_id
 
 from . import models
-from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for
+from .helpers import (
+    GROUP,
+    KEYS,
+    STREAM,
+    ClientFactory,
+    poll,
+    scrape_until,
+    submit,
+    wait_final,
+    worker_for,
+)
 
 
 async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
@@ -33,8 +43,8 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
     )
     prediction_id = (await resp.json())["prediction_id"]
     # Two deliveries started and never finished (their consumers died).
-    await rds.hset(f"prediction:{prediction_id}", mapping={"status": "processing", "attempts": 2})
-    await rds.xreadgroup("workers", "dead-consumer", {"predictions": ">"}, count=1)
+    await rds.hset(KEYS.record(prediction_id), mapping={"status": "processing", "attempts": 2})
+    await rds.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"}, count=1)
     worker = worker_for(client, "rescuer", visibility_timeout=0.01)
 
     async def given_up() -> Any:
@@ -45,9 +55,9 @@ async def test_a_poison_job_is_dead_lettered_after_max_deliveries(
     record = await poll(given_up)
     assert record["error"] == "gave up after 2 deliveries"
     assert models.calls[repr("poison")] == 0, "never run again"
-    dead = await rds.xrange("predictions:dead")
+    dead = await rds.xrange(KEYS.dead_letters)
     assert len(dead) == 1 and dead[0][1][b"reason"] == b"gave up after 2 deliveries"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
     # The metric an operator alerts on sees it.
     await scrape_until(client, queue_dead_letters=1, queue_pending=0, queue_stream_length=0)
     # So does the log: one line with the fields a log search filters on.
@@ -61,7 +71,7 @@ async def test_a_job_past_its_deadline_fails_without_running(
 ) -> None:
     client = await make_client(workers=0, model="tests.models:echo", job_timeout_seconds=5)
     prediction_id = await submit(client, "too late")
-    await rds.hset(f"prediction:{prediction_id}", "created_at", "1000.0")  # long ago
+    await rds.hset(KEYS.record(prediction_id), "created_at", "1000.0")  # long ago
     worker = worker_for(client, "w")
     await worker.step()
     await worker.step()
@@ -89,7 +99,7 @@ async def test_the_time_limit_counts_from_submission_not_from_the_start_of_the_r
     # 2.5 s has 1 s left, and a 2 s model call overruns it.
     client = await make_client(workers=0, model="tests.models:slow", job_timeout_seconds=2.5)
     prediction_id = await submit(client, "waited")
-    reply = await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+    reply = await rds.xreadgroup(GROUP, "w", {STREAM: ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     entry = Entry(entry_id, prediction_id, "default", fields[b"input"], "", time.time() - 1.5)
     await worker_for(client, "w").process([entry])
@@ -101,7 +111,7 @@ async def test_a_deleted_stream_and_group_are_recreated(
     make_client: ClientFactory, rds: Redis
 ) -> None:
     client = await make_client(model="tests.models:echo")
-    await rds.delete("predictions")
+    await rds.delete(STREAM)
 
     async def ready() -> bool:
         return (await client.get("/health/ready")).status == 200
@@ -121,8 +131,8 @@ async def test_a_full_queue_answers_429_and_writes_nothing(
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "1"
     assert "error" in await resp.json()
-    assert await rds.xlen("predictions") == 2
-    assert len(await rds.keys("prediction:*")) == 2
+    assert await rds.xlen(STREAM) == 2
+    assert len(await rds.keys(KEYS.record("*"))) == 2
 
 
 async def test_too_many_sync_predictions_answer_503(make_client: ClientFactory) -> None:
@@ -150,13 +160,13 @@ async def test_an_idempotency_key_gives_one_job_even_under_50_concurrent_submits
     assert {r.status for r in responses} == {202}
     ids = {(await r.json())["prediction_id"] for r in responses}
     assert len(ids) == 1
-    assert await rds.xlen("predictions") == 1
+    assert await rds.xlen(STREAM) == 1
     again = await client.post("/predict", json={"input": "same"}, headers=headers)
     assert (await again.json())["prediction_id"] in ids
     other = await client.post("/predict", json={"input": "different"}, headers=headers)
     assert other.status == 409
     assert "different request body" in (await other.json())["error"]
-    assert await rds.xlen("predictions") == 1
+    assert await rds.xlen(STREAM) == 1
 
 
 async def test_an_idempotency_key_reads_the_input_not_its_key_order(
@@ -287,11 +297,11 @@ async def test_finished_entries_are_trimmed_and_unfinished_ones_kept(
 ) -> None:
     api = await make_client(workers=0, model="tests.models:echo")
     ids = [await submit(api, i) for i in range(5)]
-    await rds.xreadgroup("workers", "busy", {"predictions": ">"}, count=2)  # in flight elsewhere
+    await rds.xreadgroup(GROUP, "busy", {STREAM: ">"}, count=2)  # in flight elsewhere
     worker = worker_for(api, "w")
     await worker.step()
     await worker.step()  # the three undelivered ones
-    assert await rds.xlen("predictions") == 2, "only the two unacked entries remain"
+    assert await rds.xlen(STREAM) == 2, "only the two unacked entries remain"
     done = [await wait_final(api, p) for p in ids[2:]]
     assert all(r["status"] == "done" for r in done)
 
@@ -311,7 +321,7 @@ async def test_a_long_job_keeps_its_entry_from_being_reclaimed(
     for _ in range(6):  # well past the visibility timeout, while the job still runs
         await rival.step()
         await asyncio.sleep(0.1)
-    pending = await rds.xpending_range("predictions", "workers", "-", "+", 10)
+    pending = await rds.xpending_range(STREAM, GROUP, "-", "+", 10)
     assert [p["consumer"] for p in pending] == [b"test-0"], "still held by its worker"
     models.release()
     record = await wait_final(client, prediction_id)
@@ -341,9 +351,9 @@ async def test_work_a_stopping_replica_could_not_finish_goes_back_for_others(
     await poll(running)
     await stopping.close()  # grace runs out while the model still runs
     # Handed back: undelivered again (not pending on the stopped consumer) and queued.
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
-    assert await rds.xlen("predictions") == 1
-    assert await rds.hget(f"prediction:{prediction_id}", "status") == b"queued"
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
+    assert await rds.xlen(STREAM) == 1
+    assert await rds.hget(KEYS.record(prediction_id), "status") == b"queued"
 
     models.release()
     # The default visibility timeout (60 s): the job is read, not reclaimed.
@@ -381,8 +391,8 @@ async def test_a_stopping_replica_hands_a_whole_batch_back_and_logs_no_error(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
     assert any("handed 3 unfinished jobs back" in r.getMessage() for r in caplog.records)
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
-    assert sorted(f[b"id"].decode() for _, f in await rds.xrange("predictions")) == sorted(ids)
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
+    assert sorted(f[b"id"].decode() for _, f in await rds.xrange(STREAM)) == sorted(ids)
 
 
 async def test_a_stopping_replica_acks_the_entries_of_its_batch_that_were_not_to_run(
@@ -399,10 +409,10 @@ async def test_a_stopping_replica_acks_the_entries_of_its_batch_that_were_not_to
     )
     await poll(lambda: asyncio.to_thread(models.started.wait, 0.1))
     await stopping.close()
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0, "nothing left held"
-    entries = await rds.xrange("predictions")
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0, "nothing left held"
+    entries = await rds.xrange(STREAM)
     assert [fields[b"id"].decode() for _, fields in entries] == [running], "only it went back"
-    assert await rds.hget(f"prediction:{canceled}", "status") == b"canceled"
+    assert await rds.hget(KEYS.record(canceled), "status") == b"canceled"
 
 
 async def test_a_submit_retried_after_it_landed_never_resets_the_job(
@@ -419,5 +429,5 @@ async def test_a_submit_retried_after_it_landed_never_resets_the_job(
     for retry in (queue.submit(job), queue.submit_all([job])):
         assert await retry in (job.prediction_id, [job.prediction_id])
     assert await wait_final(client, job.prediction_id) == record, "left as it was"
-    assert await rds.xlen("predictions") == 0, "queued once"
+    assert await rds.xlen(STREAM) == 0, "queued once"
     assert models.calls[repr("once")] == 1

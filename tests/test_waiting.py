@@ -16,6 +16,7 @@ from service.http import state
 
 from . import models
 from .helpers import (
+    STREAM,
     ClientFactory,
     figure,
     partitions_of,
@@ -288,7 +289,7 @@ async def test_bulk_submit_that_does_not_fit_the_queue_queues_nothing(
     resp = await client.post("/predict/batch", json={"inputs": ["a", "b", "c"]})
     assert resp.status == 429
     assert (await resp.json())["error"] == "The queue cannot take 3 more jobs; try again shortly."
-    assert await rds.xlen("predictions") == 1
+    assert await rds.xlen(STREAM) == 1
 
 
 @pytest.mark.modes("single", "cluster")
@@ -372,14 +373,14 @@ async def test_an_events_client_that_leaves_ends_its_stream_quietly(
 
 async def test_an_abandoned_long_poll_is_let_go_within_seconds(make_served: Any) -> None:
     app, base = await make_served(workers=0)
-    completions = app[state.COMPLETIONS]
+    waiters = app[state.WAITERS]
     async with aiohttp.ClientSession(base) as http:
         async with http.post("/predict", json={"input": "x"}, headers={"Async-Mode": "true"}) as r:
             prediction_id = (await r.json())["prediction_id"]
         long_poll = asyncio.ensure_future(http.get(f"/predict/{prediction_id}?wait=30"))
 
         async def waiting() -> bool:
-            return completions.waited_for(prediction_id)
+            return waiters.waited_for(prediction_id)
 
         await poll(waiting)
         long_poll.cancel()  # the client gives up and closes its connection
@@ -387,6 +388,6 @@ async def test_an_abandoned_long_poll_is_let_go_within_seconds(make_served: Any)
             await long_poll
 
         async def let_go() -> bool:
-            return not completions.waited_for(prediction_id)
+            return not waiters.waited_for(prediction_id)
 
         await poll(let_go, within=5)

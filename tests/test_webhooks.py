@@ -17,7 +17,7 @@ from service.client import AsyncClient
 from service.job import stream_entries
 from service.jobs.webhooks import PublicResolver, non_public, sign, verify
 
-from .helpers import ClientFactory, poll, wait_final
+from .helpers import KEYS, STREAM, ClientFactory, poll, wait_final
 
 SECRET = "webhook-secret"
 
@@ -75,16 +75,12 @@ async def settled(rds: Redis) -> None:
     pending in the dispatchers' group, none waiting for a retry."""
 
     async def nothing_left() -> bool:
-        groups = (
-            await rds.xinfo_groups("predictions:webhooks")
-            if await rds.exists("predictions:webhooks")
-            else []
-        )
+        groups = await rds.xinfo_groups(KEYS.webhooks) if await rds.exists(KEYS.webhooks) else []
         if not groups:  # no dispatcher has started reading yet
             return False
-        left = await rds.xlen("predictions:webhooks")
-        pending = (await rds.xpending("predictions:webhooks", "webhooks"))["pending"]
-        retries = await rds.zcard("predictions:webhooks:retry")
+        left = await rds.xlen(KEYS.webhooks)
+        pending = (await rds.xpending(KEYS.webhooks, "webhooks"))["pending"]
+        retries = await rds.zcard(KEYS.webhook_retries)
         return (left, pending, retries) == (0, 0, 0)
 
     await poll(nothing_left)
@@ -144,7 +140,7 @@ async def test_a_job_that_times_out_before_running_is_posted_as_failed(
     rec, url = receiver
     client = await make_client(**hook_settings(workers=0, job_timeout_seconds=5))
     prediction_id = await submit_with_hook(client, url)
-    await rds.hset(f"prediction:{prediction_id}", "created_at", "1000.0")  # long ago
+    await rds.hset(KEYS.record(prediction_id), "created_at", "1000.0")  # long ago
     await make_client(**hook_settings(job_timeout_seconds=5))  # a replica that works
 
     async def delivered() -> bool:
@@ -221,11 +217,11 @@ async def test_events_filter_which_outcomes_are_posted(
     client = await make_client(**hook_settings(webhook_deliveries=0))
     skipped = await submit_with_hook(client, url, webhook_events=["failed"])
     assert (await wait_final(client, skipped))["status"] == "done"
-    assert await rds.xlen("predictions:webhooks") == 0, "done is not among its events"
+    assert await rds.xlen(KEYS.webhooks) == 0, "done is not among its events"
     posted = await submit_with_hook(client, url, webhook_events=["done"])
     assert (await wait_final(client, posted))["status"] == "done"
-    entries = await rds.xrange("predictions:webhooks")
-    assert [f[b"key"] for _, f in entries] == [f"prediction:{posted}".encode()]
+    entries = await rds.xrange(KEYS.webhooks)
+    assert [f[b"key"] for _, f in entries] == [KEYS.record(posted).encode()]
 
 
 async def test_a_delivery_survives_the_replica_that_finished_the_job(
@@ -265,9 +261,9 @@ async def test_deliveries_with_nothing_to_send_are_dropped(
 
     await submit_with_hook(client, url)
     await poll(lambda: delivered(1))  # the dispatcher's group is there
-    await rds.xadd("predictions:webhooks", {"note": "not a delivery"})
-    gone = "prediction:00000000-0000-4000-8000-000000000000"
-    await rds.xadd("predictions:webhooks", {"key": gone, "attempt": 1})
+    await rds.xadd(KEYS.webhooks, {"note": "not a delivery"})
+    gone = KEYS.record("00000000-0000-4000-8000-000000000000")
+    await rds.xadd(KEYS.webhooks, {"key": gone, "attempt": 1})
     await settled(rds)
     await submit_with_hook(client, url)
     await poll(lambda: delivered(2))
@@ -318,7 +314,7 @@ async def test_private_and_non_http_urls_are_refused(
     assert why in json.dumps(body)
     if why != "string_pattern_mismatch":  # the schema passed it; the URL check refused it
         assert body["error"] == "The webhook URL is not accepted."
-    assert await rds.xlen("predictions") == 0
+    assert await rds.xlen(STREAM) == 0
 
 
 async def test_a_sync_request_with_a_webhook_is_answered_and_posted(
@@ -422,7 +418,7 @@ async def retry_delay(rds: Redis, attempt: int, rec: Receiver) -> float:
     """How long after the failed POST before ``attempt`` it is scheduled (read from Redis)."""
 
     async def scheduled() -> list[tuple[bytes, float]]:
-        found = await rds.zrange("predictions:webhooks:retry", 0, -1, withscores=True)
+        found = await rds.zrange(KEYS.webhook_retries, 0, -1, withscores=True)
         return [(m, score) for m, score in found if b"|%d|" % attempt in m]
 
     (_, due), *_ = await poll(scheduled)
@@ -459,9 +455,7 @@ async def test_a_delivery_is_given_up_after_the_max_age(
     await submit_with_hook(client, url)
 
     async def given_up() -> bool:
-        pending = await rds.zcard("predictions:webhooks:retry") + await rds.xlen(
-            "predictions:webhooks"
-        )
+        pending = await rds.zcard(KEYS.webhook_retries) + await rds.xlen(KEYS.webhooks)
         return len(rec.calls) >= 2 and pending == 0
 
     await poll(given_up)
@@ -517,8 +511,8 @@ async def test_a_delivery_left_mid_post_is_taken_over(
     rec, url = receiver
     prediction_id = await finished_undelivered(make_client, url)
     # A dispatcher that read the delivery and died before it posted or acked it.
-    await rds.xgroup_create("predictions:webhooks", "webhooks", id="0", mkstream=True)
-    taken = await rds.xreadgroup("webhooks", "gone", {"predictions:webhooks": ">"}, count=10)
+    await rds.xgroup_create(KEYS.webhooks, "webhooks", id="0", mkstream=True)
+    taken = await rds.xreadgroup("webhooks", "gone", {KEYS.webhooks: ">"}, count=10)
     assert len(stream_entries(taken)) == 1
     await make_client(**hook_settings(consumer_name="second", webhook_timeout_seconds=0.1))
 
@@ -552,7 +546,7 @@ async def test_a_bulk_submit_webhook_covers_every_job(
         "/predict/batch", json={"inputs": [1], "webhook": "http://127.0.0.1:9/h"}
     )
     assert private.status == 422, "the host policy applies to bulk submits too"
-    assert len(await rds.keys("prediction:*")) == 2, "nothing refused was recorded"
+    assert len(await rds.keys(KEYS.record("*"))) == 2, "nothing refused was recorded"
 
 
 async def test_a_host_that_does_not_resolve_at_delivery_is_retried_not_dropped(
@@ -566,8 +560,8 @@ async def test_a_host_that_does_not_resolve_at_delivery_is_retried_not_dropped(
     await make_client(**hook_settings(webhook_allow_private=False, consumer_name="b"))
 
     async def waiting_for_retry() -> bool:
-        return bool(await rds.zrange("predictions:webhooks:retry", 0, -1))
+        return bool(await rds.zrange(KEYS.webhook_retries, 0, -1))
 
     await poll(waiting_for_retry)
-    member = (await rds.zrange("predictions:webhooks:retry", 0, -1))[0]
-    assert member.startswith(f"prediction:{prediction_id}|2|".encode())
+    member = (await rds.zrange(KEYS.webhook_retries, 0, -1))[0]
+    assert member.startswith(f"{KEYS.record(prediction_id)}|2|".encode())

@@ -16,7 +16,18 @@ from service.http import state
 from service.job import Entry, NewJob, Outcome, new_id
 
 from . import models
-from .helpers import ClientFactory, pending, poll, record, submit, wait_final, worker_for
+from .helpers import (
+    GROUP,
+    KEYS,
+    STREAM,
+    ClientFactory,
+    pending,
+    poll,
+    record,
+    submit,
+    wait_final,
+    worker_for,
+)
 
 
 async def test_step_runs_a_batch_in_one_model_call_per_item(
@@ -32,7 +43,7 @@ async def test_step_runs_a_batch_in_one_model_call_per_item(
         assert fields[b"status"] == b"done"
         assert fields[b"result"] == f'{{"echo":"item {i}"}}'.encode()
     assert models.calls == {repr(f"item {i}"): 1 for i in range(3)}
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
 
 
 async def test_a_new_worker_first_works_off_its_own_pending_entries(
@@ -41,7 +52,7 @@ async def test_a_new_worker_first_works_off_its_own_pending_entries(
     client = await make_client(workers=0, model="tests.models:echo")
     prediction_id = await submit(client, "left behind")
     # The same consumer read it in an earlier life and died before acking.
-    await rds.xreadgroup("workers", "restarted", {"predictions": ">"}, count=10)
+    await rds.xreadgroup(GROUP, "restarted", {STREAM: ">"}, count=10)
     worker = worker_for(client, "restarted")
     assert await worker.step() == 1
     assert (await record(rds, prediction_id))[b"status"] == b"done"
@@ -52,7 +63,7 @@ async def test_entries_idle_in_a_dead_consumer_are_reclaimed(
 ) -> None:
     client = await make_client(workers=0, model="tests.models:echo")
     prediction_id = await submit(client, "orphan")
-    await rds.xreadgroup("workers", "ghost", {"predictions": ">"}, count=10)
+    await rds.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=10)
     worker = worker_for(client, "rescuer", visibility_timeout=0.05)
 
     async def done() -> bool:
@@ -61,7 +72,7 @@ async def test_entries_idle_in_a_dead_consumer_are_reclaimed(
 
     await poll(done)
     assert models.calls[repr("orphan")] == 1
-    pending = await rds.xpending("predictions", "workers")
+    pending = await rds.xpending(STREAM, GROUP)
     assert pending["pending"] == 0
 
 
@@ -71,22 +82,22 @@ async def test_a_redelivered_final_job_is_acked_without_running_again(
     client = await make_client(workers=0, model="tests.models:echo")
     prediction_id = await submit(client, "once")
     worker = worker_for(client, "w")
-    reply = await rds.xreadgroup("workers", "w", {"predictions": ">"}, count=1)
+    reply = await rds.xreadgroup(GROUP, "w", {STREAM: ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     entry = Entry(entry_id, prediction_id, fields[b"model"].decode(), fields[b"input"])
     # An earlier delivery finished the job, and its ack was lost: the record is final,
     # the entry is still pending.
     await rds.hset(
-        f"prediction:{prediction_id}",
+        KEYS.record(prediction_id),
         mapping={"status": "done", "result": '{"echo":"earlier"}', "finished_at": 1},
     )
     first = await record(rds, prediction_id)
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 1
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 1
     await worker.process([entry])  # the entry comes back
     assert await record(rds, prediction_id) == first, "the final record is left as it was"
     assert models.calls[repr("once")] == 0, "not run again"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0, "but acked"
-    assert await rds.xlen("predictions") == 0
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0, "but acked"
+    assert await rds.xlen(STREAM) == 0
 
 
 async def test_a_two_second_model_call_does_not_delay_a_get(make_client: ClientFactory) -> None:
@@ -113,19 +124,18 @@ async def test_a_late_second_finish_never_rewrites_a_final_record(
     # the first finish wins, the late one changes nothing, and the entry is acked once.
     client = await make_client(workers=0, model="tests.models:echo")
     prediction_id = await submit(client, "twice")
-    reply = await rds.xreadgroup("workers", "slow", {"predictions": ">"}, count=1)
+    reply = await rds.xreadgroup(GROUP, "slow", {STREAM: ">"}, count=1)
     entry_id, fields = reply[0][1][0]
     entry = Entry(entry_id, prediction_id, "default", fields[b"input"])
-    results, keys = client.server.app[state.RESULTS], client.server.app[state.PARTITIONS][0]
-    await results.mark_processing(keys, [(prediction_id, entry_id)], time.time())
-    await results.finish_and_ack(
-        keys, [(entry, Outcome(ok=True, payload=b'"first"'))], [entry], 1.0
-    )
+    keys = client.server.app[state.PARTITIONS][0]
+    consumer = worker_for(client, "slow").consumer
+    await client.server.app[state.RESULTS].mark(keys, [(prediction_id, entry_id)], time.time())
+    await consumer.finish(keys, [(entry, Outcome(ok=True, payload=b'"first"'))], [entry], 1.0)
     first = await record(rds, prediction_id)
     assert first[b"status"] == b"done" and first[b"result"] == b'"first"'
-    await results.finish_and_ack(keys, [(entry, Outcome(ok=False, error="late"))], [entry], 2.0)
+    await consumer.finish(keys, [(entry, Outcome(ok=False, error="late"))], [entry], 2.0)
     assert await record(rds, prediction_id) == first, "done did not turn into failed"
-    assert (await rds.xpending("predictions", "workers"))["pending"] == 0
+    assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
 
 
 async def test_without_a_job_time_limit_queued_jobs_still_run(make_client: ClientFactory) -> None:
@@ -174,7 +184,7 @@ async def test_a_stream_deleted_under_a_blocked_read_is_recreated_without_an_err
         return any(c.get("cmd") == "xreadgroup" for c in await rds.client_list())
 
     await poll(worker_blocked)
-    await rds.delete("predictions")
+    await rds.delete(STREAM)
 
     async def recreated() -> bool:
         return any("streams and groups exist" in r.getMessage() for r in caplog.records)

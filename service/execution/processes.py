@@ -153,7 +153,7 @@ class Processes:
         """One call on an idle process; again on another one if its process was found dead
         before the call started (it never ran); _Died if it died while the call ran."""
         while True:
-            slot = await self._take()
+            slot = await self._idle_process()
             if call.dropped:
                 self._give_back(slot)
                 raise ModelUnavailable("No one waits for this model call any more.")
@@ -190,7 +190,7 @@ class Processes:
                 for process in _alive(self._pools[slot]):
                     process.terminate()
 
-    async def _take(self) -> int:
+    async def _idle_process(self) -> int:
         """An idle live process; else the next one to become idle, or to be ready again
         after it was replaced (a call never fails only because the processes are
         restarting: a queued job would spend a delivery on it). A process found dead (killed

@@ -65,7 +65,7 @@ def answered(handler: Handler, route: str, keys: Tenants | None = None) -> Handl
             if keys is not None:
                 tenant = request[state.TENANT] = keys.check(request)
                 if tenant.rate:
-                    await request.app[state.LIMITER].take(tenant)
+                    await request.app[state.LIMITER].admit(tenant)
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect: aiohttp sends it as it is

@@ -53,6 +53,21 @@ def setup_docs(
     # The spec was validated as each route was added; the compiled validator is large and
     # no longer needed.
     docs.spec_validate = None
+    _secure(spec, routes, public, admin, auth=auth, admin_auth=admin_auth, limited=rate_limited)
+    return spec
+
+
+def _secure(
+    spec: dict[str, Any],
+    routes: list[web.RouteDef],
+    public: Collection[Callable[..., Any]],
+    admin: Collection[Callable[..., Any]],
+    *,
+    auth: bool,
+    admin_auth: bool,
+    limited: bool,
+) -> None:
+    """Each operation's security (and, ``limited``, its 429); the schemes in use only."""
     for route in routes:
         operation = spec["paths"][_spec_path(route.path)][route.method.lower()]
         if route.handler in admin:
@@ -60,7 +75,7 @@ def setup_docs(
                 operation["security"] = [{"admin": []}]
         elif auth and route.handler not in public:
             operation["security"] = [{"bearer": []}]
-            if rate_limited:  # every tenant's request counts against its rate
+            if limited:  # every tenant's request counts against its rate
                 operation["responses"].setdefault(
                     "429", {"$ref": "#/components/responses/RateLimited"}
                 )
@@ -75,7 +90,6 @@ def setup_docs(
         schemes.pop("admin", None)
     if not schemes:
         spec["components"].pop("securitySchemes")
-    return spec
 
 
 def _spec_path(path: str) -> str:
@@ -140,31 +154,7 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             schemas[stem + def_name] = _to_openapi30(definition, stem)
         input_schema = _to_openapi30(raw, stem)
         input_schema.setdefault("description", f"Input of model {name!r} ({model.kind}).")
-        extras = {
-            "webhook": {"$ref": "#/components/schemas/Webhook"},
-            "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
-            "priority": {"$ref": "#/components/schemas/Priority"},
-        }
-        schemas[f"{stem}PredictRequest"] = {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["input"],
-            "properties": {"input": input_schema, **extras},
-        }
-        schemas[f"{stem}BulkRequest"] = {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["inputs"],
-            "properties": {
-                "inputs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "description": f"Inputs for model {name!r} (at most MAX_BULK).",
-                    "items": input_schema,
-                },
-                **extras,
-            },
-        }
+        _requests(schemas, stem, name, input_schema)
         # A body that succeeds as it stands ("Try it out"), with no webhook in it: given on
         # the media type, as one whole body (a schema-level example would be merged with
         # generated fields by some tools).
@@ -181,6 +171,35 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
         if name == registry.default:
             spec["paths"]["/predict"]["post"]["requestBody"] = single["requestBody"]
             spec["paths"]["/predict/batch"]["post"]["requestBody"] = bulk["requestBody"]
+
+
+def _requests(schemas: dict[str, Any], stem: str, name: str, input_schema: Any) -> None:
+    """``<Stem>PredictRequest`` and ``<Stem>BulkRequest``: a model's request bodies."""
+    extras = {
+        "webhook": {"$ref": "#/components/schemas/Webhook"},
+        "webhook_events": {"$ref": "#/components/schemas/WebhookEvents"},
+        "priority": {"$ref": "#/components/schemas/Priority"},
+    }
+    schemas[f"{stem}PredictRequest"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["input"],
+        "properties": {"input": input_schema, **extras},
+    }
+    schemas[f"{stem}BulkRequest"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["inputs"],
+        "properties": {
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "description": f"Inputs for model {name!r} (at most MAX_BULK).",
+                "items": input_schema,
+            },
+            **extras,
+        },
+    }
 
 
 def _operation(

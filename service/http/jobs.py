@@ -11,8 +11,8 @@ from aiohttp import web
 from service.errors import BadRequest, NotFound
 from service.http import state
 from service.http.io import client_gone, json_response, tenant_of
-from service.http.schemas import NOT_FOUND_MESSAGE, prediction_view
-from service.job import JobRecord, Status
+from service.http.schemas import NOT_FOUND_MESSAGE
+from service.job import JobRecord, Status, prediction_view
 from service.jobs.waiting import wait_for_record
 
 
@@ -69,7 +69,7 @@ async def get_prediction(request: web.Request) -> web.Response:
         app = request.app
         record = await wait_for_record(
             app[state.RESULTS],
-            app[state.COMPLETIONS],
+            app[state.WAITERS],
             prediction_id,
             wait,
             gone=lambda: client_gone(request),
@@ -146,7 +146,7 @@ async def _follow(
 ) -> None:
     """Writes a status event now and at each change, until the job is final."""
     results = request.app[state.RESULTS]
-    completions = request.app[state.COMPLETIONS]
+    waiters = request.app[state.WAITERS]
     sent: Status | None = None
     current: JobRecord | None = record
     while current is not None:
@@ -154,10 +154,10 @@ async def _follow(
             data = orjson.dumps(prediction_view(current))
             await response.write(b"event: status\ndata: " + data + b"\n\n")
             sent = current.status
-        if current.status.final or completions.released:  # released: the replica stops, and
+        if current.status.final or waiters.released:  # released: the replica stops, and
             break  # the client reconnects to another one
         before = current.status
-        current = await completions.wait(
+        current = await waiters.wait(
             prediction_id,
             _KEEPALIVE_SECONDS,
             lambda: results.get(prediction_id),
@@ -167,7 +167,7 @@ async def _follow(
         )
         if client_gone(request):
             raise ConnectionResetError("the client closed the stream")
-        if current is not None and current.status is before and not completions.released:
+        if current is not None and current.status is before and not waiters.released:
             await response.write(b": still " + before.value.encode() + b"\n\n")
 
 

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from service.errors import Overloaded
+
 
 @dataclass
 class Lifecycle:
@@ -38,3 +40,9 @@ class SyncGate:
     """How many sync predictions are running (bounded by MAX_SYNC_IN_FLIGHT)."""
 
     in_flight: int = 0
+
+    def enter(self, most: int) -> None:
+        """Counts one more running; Overloaded (503) when ``most`` run already."""
+        if self.in_flight >= most:
+            raise Overloaded(f"{self.in_flight} predictions are running; try again shortly.")
+        self.in_flight += 1

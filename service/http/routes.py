@@ -13,17 +13,13 @@ from service.http.admin import (
     replay_dead_letters,
 )
 from service.http.answers import UNMATCHED, answered, unmatched
+from service.http.bulk import predict_batch, predict_batch_with_model
 from service.http.docs import setup_docs
 from service.http.health import live, ready
 from service.http.jobs import cancel_prediction, get_prediction, prediction_events
 from service.http.metrics import metrics
 from service.http.models import get_model, list_models
-from service.http.predict import (
-    predict,
-    predict_batch,
-    predict_batch_with_model,
-    predict_with_model,
-)
+from service.http.predict import predict, predict_with_model
 from service.http.tenants import Tenants
 from service.observability.tracing import Tracing
 

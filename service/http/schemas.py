@@ -6,8 +6,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.job import JobRecord, Status
-
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 
 
@@ -92,30 +90,6 @@ class BulkRequest(SubmitFields):
     """Body of POST /predict/batch (each input is checked by the model's schema)."""
 
     inputs: list[Any]
-
-
-def prediction_view(record: JobRecord) -> dict[str, Any]:
-    """The GET /predict/{id} answer for a record, shaped as docs/api.md says."""
-    if record.status is Status.DONE:
-        result = record.result
-    elif record.status in (Status.FAILED, Status.CANCELED, Status.ABORTED):
-        result = None
-    else:
-        result = "processing"
-    view: dict[str, Any] = {
-        "prediction_id": record.prediction_id,
-        "status": record.status.value,
-        "output": {"input": record.input, "result": result},
-        "model": record.model,
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "attempts": record.attempts,
-        "request_id": record.request_id,
-    }
-    if record.status is Status.FAILED:
-        view["error"] = record.error
-    return view
 
 
 ACCEPTED_MESSAGE = "Request received. Processing asynchronously."

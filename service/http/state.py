@@ -16,16 +16,21 @@ from service.jobs.dead_letters import DeadLetters
 from service.jobs.lane import DirectLane
 from service.jobs.queue import JobQueue
 from service.jobs.store import ResultStore
-from service.jobs.waiting import Completions
+from service.jobs.streams import Streams
+from service.jobs.waiting import Waiters
+from service.jobs.webhooks import Policy
 from service.models import ModelRegistry
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.redis.calls import Scripts
 from service.redis.durable import Durable
 from service.redis.embedded import RedisServer
 from service.redis.keys import Partitions
 from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
+#: Where webhooks may go (WEBHOOK_ALLOWED_HOSTS, WEBHOOK_ALLOW_PRIVATE).
+WEBHOOK_POLICY = web.AppKey("webhook_policy", Policy)
 METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 SYNC_GATE = web.AppKey("sync_gate", SyncGate)
@@ -35,6 +40,8 @@ TENANT = web.RequestKey("tenant", Tenant)
 REDIS_URL = web.AppKey("redis_url", str)
 REDIS = web.AppKey("redis", Redis)
 PARTITIONS = web.AppKey("partitions", Partitions)
+SCRIPTS = web.AppKey("scripts", Scripts)
+STREAMS = web.AppKey("streams", Streams)
 EMBEDDED_REDIS = web.AppKey("embedded_redis", RedisServer)
 MODELS = web.AppKey("models", ModelRegistry)
 BATCHERS = web.AppKey("batchers", Batchers)
@@ -46,7 +53,7 @@ LANE = web.AppKey("lane", DirectLane)
 RESULTS = web.AppKey("results", ResultStore)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
-COMPLETIONS = web.AppKey("completions", Completions)
+WAITERS = web.AppKey("waiters", Waiters)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])
 TENANTS = web.AppKey("tenants", Tenants)
 LIMITER = web.AppKey("limiter", Limiter)

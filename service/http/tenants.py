@@ -20,26 +20,22 @@ file that does not parse is logged and the tenants stay as they were.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import os
 import re
-import signal
 import tomllib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from redis.asyncio import Redis
 
 from service.errors import RateLimited, Unauthorized
-from service.redis import lua
-from service.redis.connection import REDIS_FAILURES
+from service.redis.calls import Scripts
+from service.redis.calls.queue import limit
+from service.redis.keys import Names
 
 log = logging.getLogger(__name__)
 
@@ -208,68 +204,17 @@ class Limiter:
     """Each tenant's request rate, held in Redis (one round trip, the same figures on every
     replica): a token bucket of ``burst`` requests refilled at ``rate`` per second."""
 
-    def __init__(self, redis: Redis, prefix: str, version: tuple[int, ...]) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._limit = lua.register(redis, "limit", version)
+    def __init__(self, scripts: Scripts, names: Names) -> None:
+        self._scripts = scripts
+        self._names = names
 
-    async def take(self, tenant: Tenant) -> None:
+    async def admit(self, tenant: Tenant) -> None:
         """Counts one request of ``tenant``; RateLimited (429) when its bucket is empty."""
-        key = f"{self._prefix}:tenant:{tenant.name}:rate"
-        wait_ms: Any = await self._limit(keys=[key], args=[repr(tenant.rate), tenant.burst])
-        if int(wait_ms) > 0:
+        bucket = self._names.rate_bucket(tenant.name)
+        wait_ms = await limit(self._scripts, bucket, tenant.rate, tenant.burst)
+        if wait_ms > 0:
             raise RateLimited(
                 f"Tenant {tenant.name!r} may send {tenant.rate:g} requests per second "
                 f"(bursts of {tenant.burst}); try again shortly.",
-                retry_after=max(1, math.ceil(int(wait_ms) / 1000)),
+                retry_after=max(1, math.ceil(wait_ms / 1000)),
             )
-
-
-async def tenants_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Gives the queue the keys file's tenants (their streams, weights and quotas), the
-    rate limiter, and reloads the file on SIGHUP and when it changes."""
-    from service.http import state
-
-    settings = app[state.SETTINGS]
-    tenants = app[state.TENANTS]
-    if not tenants.keys_file:
-        yield
-        return
-    app[state.LIMITER] = Limiter(app[state.REDIS], settings.stream, app[state.QUEUE].version)
-    applied = {"version": -1}
-
-    async def apply() -> None:
-        if applied["version"] == tenants.version:
-            return
-        named = tenants.named
-        await app[state.QUEUE].add_tenants(
-            {t.name: t.weight for t in named}, {t.name: t.max_queued for t in named}
-        )
-        applied["version"] = tenants.version
-
-    with contextlib.suppress(*REDIS_FAILURES):
-        await apply()
-    wake = asyncio.Event()
-
-    async def follow() -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), settings.api_keys_poll_seconds)
-            forced = wake.is_set()
-            wake.clear()
-            await tenants.reload(force=forced)
-            try:
-                await apply()
-            except REDIS_FAILURES as exc:
-                log.warning("tenants' streams not made yet (%s); trying again", exc)
-
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, wake.set)
-    task = asyncio.create_task(follow(), name="keys-file")
-    yield
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.remove_signal_handler(signal.SIGHUP)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

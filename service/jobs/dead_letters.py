@@ -15,7 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.redis import lua
+from service.redis.calls import Scripts
+from service.redis.calls.records import replay
 from service.redis.keys import Keys, Partitions
 
 #: Most dead letters one page lists, and one replay or purge call handles at a time (each
@@ -28,18 +29,15 @@ def _text(value: bytes | None) -> str:
 
 
 class DeadLetters:
+    """The dead letters of every partition: listed a page at a time, replayed, purged."""
+
     def __init__(
-        self,
-        redis: Redis,
-        partitions: Partitions,
-        ttl_seconds: int,
-        *,
-        version: tuple[int, ...] = (7,),
+        self, redis: Redis, scripts: Scripts, partitions: Partitions, ttl_seconds: int
     ) -> None:
         self._redis = redis
+        self._scripts = scripts
         self._partitions = partitions
         self._ttl = ttl_seconds
-        self._replay = lua.register(redis, "replay", version)
 
     async def count(self) -> int:
         lengths = await asyncio.gather(
@@ -104,17 +102,10 @@ class DeadLetters:
             by_tenant.setdefault(owner.decode() if owner else "", []).append(at)
         out = [""] * len(letters)
         for tenant, positions in by_tenant.items():
-            high, normal, low = keys.of_tenant(tenant).priorities
-            args: list[Any] = [repr(now), self._ttl]
-            for at in positions:
-                args += letters[at]
-            answers = await self._replay(
-                keys=[normal.stream, keys.dead_letters, keys.backlog, high.stream, low.stream]
-                + [keys.record(letters[at][1]) for at in positions],
-                args=args,
-            )
+            owned = [letters[at] for at in positions]
+            answers = await replay(self._scripts, keys.of_tenant(tenant), owned, now, self._ttl)
             for at, answer in zip(positions, answers, strict=True):
-                out[at] = answer.decode()
+                out[at] = answer.value
         return out
 
     async def replay_one(self, prediction_id: str, now: float) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -24,15 +25,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from service.errors import InvalidInput
-from service.http.schemas import prediction_view
-from service.job import stream_entries
+from service.job import prediction_view, stream_entries
 from service.jobs.store import ResultStore
-from service.jobs.webhooks import PublicResolver, Unresolved, check_url, sign
+from service.jobs.webhooks import Policy, PublicResolver, Unresolved, check_url, sign
 from service.observability.tracing import Tracing
-from service.redis import lua
+from service.redis.calls import Scripts
+from service.redis.calls.webhooks import release_due, settle
 from service.redis.connection import REDIS_FAILURES, stream_gone
 from service.redis.keys import Keys, Partitions
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,22 @@ STUCK_FACTOR = 3
 MAX_BLOCK = 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """A dispatcher's settings: its consumer ``name`` in the deliveries' groups, ``at_once``
+    POSTs at most (WEBHOOK_DELIVERIES), the ``secret`` that signs them (WEBHOOK_SECRET),
+    how long one may take (``timeout``), the first wait before a retry (doubling each
+    time), when one is given up (``max_age``, from its first try), and where they may go."""
+
+    name: str
+    at_once: int = 16
+    secret: str | None = None
+    timeout: float = 10.0
+    retry: float = 5.0
+    max_age: float = 3600.0
+    policy: Policy = field(default_factory=Policy)
+
+
 class Dispatcher:
     """Posts due deliveries, at most WEBHOOK_DELIVERIES at a time; a slot that frees up is
     filled at once (a slow receiver holds its own slot, not the next deliveries)."""
@@ -49,20 +65,20 @@ class Dispatcher:
     def __init__(
         self,
         redis: Redis,
+        scripts: Scripts,
         partitions: Partitions,
         results: ResultStore,
-        settings: Settings,
+        settings: DeliverySettings,
         tracing: Tracing | None = None,
     ) -> None:
         self._redis = redis
+        self._scripts = scripts
         self._tracing = tracing
         self._partitions = partitions
         self._results = results
         self._settings = settings
-        self._consumer = f"{settings.consumer_name}-webhooks"
+        self._consumer = settings.name
         self._stopping = asyncio.Event()
-        self._release_due = lua.register(redis, "release_due")
-        self._settle = lua.register(redis, "settle_delivery")
         self._warned_unsigned = False
         self._next_reclaim: dict[int, float] = {}
 
@@ -70,9 +86,9 @@ class Dispatcher:
         self._stopping.set()
 
     async def run(self) -> None:
-        timeout = self._settings.webhook_timeout_seconds
+        timeout = self._settings.timeout
         connector = aiohttp.TCPConnector(
-            resolver=None if self._settings.webhook_allow_private else PublicResolver()
+            resolver=None if self._settings.policy.allow_private else PublicResolver()
         )
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -94,7 +110,7 @@ class Dispatcher:
         self, keys: Keys, http: aiohttp.ClientSession, sending: set[asyncio.Task[None]]
     ) -> None:
         while not self._stopping.is_set():
-            free = self._settings.webhook_deliveries - len(sending)
+            free = self._settings.at_once - len(sending)
             if free <= 0:
                 await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -133,15 +149,12 @@ class Dispatcher:
         no longer than the first retry's wait: a retry one of them schedules meanwhile is
         never due before this wait ends, so it is released on time."""
         now = time.time()
-        next_due = await self._release_due(
-            keys=[keys.webhook_retries, keys.webhooks],
-            args=[now, self._settings.webhook_deliveries],
-        )
+        next_due = await release_due(self._scripts, keys, now, self._settings.at_once)
         # Wake for the next retry on time, or after at most half a second.
-        block = MAX_BLOCK if not next_due else min(MAX_BLOCK, max(0.01, float(next_due) - now))
+        block = MAX_BLOCK if next_due is None else min(MAX_BLOCK, max(0.01, next_due - now))
         if busy:
-            block = min(block, self._settings.webhook_retry_seconds)
-        stuck = self._settings.webhook_timeout_seconds * STUCK_FACTOR
+            block = min(block, self._settings.retry)
+        stuck = self._settings.timeout * STUCK_FACTOR
         try:
             if now >= self._next_reclaim.get(keys.index, 0.0):  # a dispatcher died mid-POST
                 claimed = await self._redis.xautoclaim(
@@ -192,19 +205,16 @@ class Dispatcher:
         if delivered:
             await self._ack(keys, entry_id)
             return
-        wait = min(self._settings.webhook_retry_seconds * 2 ** (attempt - 1), MAX_BACKOFF)
-        if time.time() + wait - since > self._settings.webhook_max_age_seconds:
+        wait = min(self._settings.retry * 2 ** (attempt - 1), MAX_BACKOFF)
+        if time.time() + wait - since > self._settings.max_age:
             log.warning("webhook for %s given up after %d attempts", prediction_id, attempt)
             await self._ack(keys, entry_id)
             return
         member = b"%s|%d|%.3f" % (key, attempt + 1, since)
-        await self._settle(
-            keys=[keys.webhook_retries, keys.webhooks],
-            args=[GROUP, entry_id, member, repr(time.time() + wait)],
-        )
+        await settle(self._scripts, keys, GROUP, entry_id, (member, time.time() + wait))
 
     async def _ack(self, keys: Keys, entry_id: bytes) -> None:
-        await self._settle(keys=[keys.webhook_retries, keys.webhooks], args=[GROUP, entry_id])
+        await settle(self._scripts, keys, GROUP, entry_id)
 
     async def _post(
         self,
@@ -217,7 +227,7 @@ class Dispatcher:
         """True when delivered (2xx) or never deliverable; False to try again later.
         ``more_headers``: the trace's, when traced."""
         try:
-            await check_url(url, self._settings)  # again: DNS and settings may have changed
+            await check_url(url, self._settings.policy)  # again: DNS may have changed
         except Unresolved as exc:  # perhaps a passing DNS fault: like any failed POST
             log.info("webhook for %s: %s; will retry", prediction_id, exc.detail[0]["msg"])
             return False
@@ -231,8 +241,8 @@ class Dispatcher:
             "X-Webhook-Timestamp": timestamp,
             **(more_headers or {}),
         }
-        if self._settings.webhook_secret:
-            headers["X-Webhook-Signature"] = sign(self._settings.webhook_secret, timestamp, body)
+        if self._settings.secret:
+            headers["X-Webhook-Signature"] = sign(self._settings.secret, timestamp, body)
         elif not self._warned_unsigned:
             log.warning("WEBHOOK_SECRET is not set: webhook deliveries go out unsigned")
             self._warned_unsigned = True

@@ -51,9 +51,9 @@ class DirectLane:
         self._closed = True
         return list(self._tasks)
 
-    def take(self, partition: Keys, entries: list[Entry]) -> None:
+    def deliver(self, keys: Keys, entries: list[Entry]) -> None:
         if entries and self._run is not None and not self._closed:
-            task = asyncio.create_task(self._run(partition, entries))
+            task = asyncio.create_task(self._run(keys, entries))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 

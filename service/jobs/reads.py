@@ -6,18 +6,32 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
-from service.job import Entry, deleted_ids, parse_entries, script_entries, stream_entries
+from service.job import Entry, deleted_ids, parse_entries, stream_entries
+from service.redis.calls import Scripts
+from service.redis.calls.queue import take
 from service.redis.keys import Keys, Partitions
 
 log = logging.getLogger(__name__)
 
 #: Entries to run, each list with the keys of the stream it came from.
 Batches = list[tuple[Keys, list[Entry]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """A consumer's reads (at most ``batch_size`` entries a read, a blocking read waits
+    ``block_ms``, entries idle ``visibility_ms`` in another consumer are reclaimed) and the
+    life of the records it ends (``ttl``, RESULT_TTL_SECONDS)."""
+
+    batch_size: int
+    block_ms: int
+    visibility_ms: int
+    ttl: int = 3600
 
 
 class Reader:
@@ -39,17 +53,14 @@ class Reader:
     def __init__(
         self,
         redis: Redis,
-        take: AsyncScript,
+        scripts: Scripts,
         partitions: Partitions,
         partition: Keys,
         consumer: str,
-        *,
-        batch_size: int,
-        block_ms: int,
-        visibility_ms: int,
+        reads: ConsumerSettings,
     ) -> None:
         self._redis = redis
-        self._take = take
+        self._scripts = scripts
         self._partitions = partitions
         self._partition = partition
         self._version = -1
@@ -59,10 +70,10 @@ class Reader:
         self._credit: list[int] = []
         self._refresh()
         self.consumer = consumer
-        self._size = batch_size
-        self._block_ms = block_ms
-        self._visibility_ms = visibility_ms
-        self._reclaim_every = visibility_ms / 2000
+        self._size = reads.batch_size
+        self._block_ms = reads.block_ms
+        self._visibility_ms = reads.visibility_ms
+        self._reclaim_every = reads.visibility_ms / 2000
         self._next_reclaim = 0.0
         self._own_pending_done = False
         self._turn = 0
@@ -125,10 +136,9 @@ class Reader:
 
     async def _fill(self, streams: tuple[Keys, ...]) -> Batches:
         """Up to a batch in all, from the first of ``streams`` on; never blocks."""
-        reply: Any = await self._take(
-            keys=[k.stream for k in streams], args=[streams[0].group, self.consumer, self._size]
+        return await self._parse(
+            streams, await take(self._scripts, streams, self.consumer, self._size)
         )
-        return await self._parse(streams, [script_entries(r) for r in reply])
 
     async def _wait(self) -> Batches:
         """Waits up to the block time for any stream; up to a batch from each."""

@@ -4,24 +4,26 @@ per job (under the worker's logger, with the fields a log search filters on)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from service.job import Entry, Outcome
+from service.job import Entry, Outcome, Status
 from service.observability.metrics import Metrics
+from service.redis.words import Marked
 
 log = logging.getLogger("service.jobs.worker")
 
 
 def report_given_up(
-    consumer: str, metrics: Metrics, entries: list[Entry], prior: list[bytes]
+    consumer: str, metrics: Metrics, entries: list[Entry], prior: Sequence[Status | Marked]
 ) -> None:
     """Counts and logs the jobs of a batch given up on before running (dead-lettered,
     timed out) or aborted (their Cancel-After passed)."""
     for entry, status in zip(entries, prior, strict=True):
-        if status in (b"dead", b"expired"):
+        if status in (Marked.DEAD, Marked.EXPIRED):
             metrics.count_prediction(entry.model, "async", False)
-            reason = "timed out" if status == b"expired" else "dead-lettered"
+            reason = "timed out" if status is Marked.EXPIRED else "dead-lettered"
             _log(consumer, logging.WARNING, entry, "failed", reason)
-        elif status == b"aborted":
+        elif status is Marked.ABORTED:
             metrics.count_prediction(entry.model, "async", "aborted")
             _log(consumer, logging.INFO, entry, "aborted", "aborted: Cancel-After passed")
 

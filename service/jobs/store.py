@@ -1,4 +1,6 @@
-"""The job record store: mark processing, finish once, cancel, read. Records expire."""
+"""The job records: a batch marked before it runs, a queued job canceled, a sync request's
+record kept, and reads. Records expire. (A batch's records are written final by its
+consumer, with the ack: `service.jobs.consumer`.)"""
 
 from __future__ import annotations
 
@@ -7,43 +9,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from service.errors import RedisSlow
 from service.execution.coalesce import Coalescer
-from service.job import Entry, JobRecord, Outcome
-from service.redis import lua
+from service.job import JobRecord, Outcome, Status
+from service.redis.calls import Scripts
+from service.redis.calls import records as calls
+from service.redis.calls.records import Limits
 from service.redis.keys import Keys, Partitions
+from service.redis.words import Marked
 
 
 class ResultStore:
     """The records of every partition: a batch's calls go to its partition (``keys``);
-    reads and cancels find a job's partition from its id."""
+    reads and cancels find a job's partition from its id. ``limits``: what mark.lua holds
+    a job to, and how long a record lives; a read waits for Redis at most ``timeout``
+    seconds (0: no bound)."""
 
     def __init__(
-        self,
-        redis: Redis,
-        partitions: Partitions,
-        ttl_seconds: int,
-        max_deliveries: int = 3,
-        job_timeout: float = 0.0,
-        *,
-        version: tuple[int, ...] = (7,),
-        timeout: float = 0.0,
+        self, scripts: Scripts, partitions: Partitions, limits: Limits, timeout: float = 0.0
     ) -> None:
-        self._redis = redis
+        self._scripts = scripts
         self._partitions = partitions
-        self._ttl = ttl_seconds
-        self._max_deliveries = max_deliveries
-        self._job_timeout = job_timeout
-        # Accepted work moves on even while Redis is out of memory (Redis 7; the scripts ask
-        # for allow-oom): finishing a job deletes its stream entry, so the queue drains and
-        # memory frees, while new submits are refused.
-        self._mark = lua.register(redis, "mark", version)
-        self._finish = lua.register(redis, "finish", version)
-        self._cancel = lua.register(redis, "cancel", version)
-        self._read = lua.register(redis, "read", version)
-        self._keep_sync = lua.register(redis, "keep_sync", version)
+        self._limits = limits
         # Reads that come together share a call, one coalescer per partition: a slow node
         # holds up only the reads of its own partitions (503 after ``timeout`` seconds).
         self._reads: list[Coalescer[str, JobRecord | None]] = [
@@ -51,80 +39,27 @@ class ResultStore:
             for p in partitions.all
         ]
 
-    async def mark_processing(
-        self, partition: Keys, jobs: Sequence[tuple[str, bytes]], now: float
-    ) -> list[bytes]:
+    async def mark(
+        self, keys: Keys, jobs: Sequence[tuple[str, bytes]], now: float
+    ) -> list[Status | Marked]:
         """Moves each (prediction id, entry id) of one partition's batch on in one round
-        trip: processing, or failed for a deadline passed or too many deliveries. Answers
-        each job's previous status, b"expired" or b"dead" (b"" when its record is gone).
-        See RUNNABLE.
-        """
-        keys = [partition.dead_letters, partition.webhooks]
-        keys += [partition.record(p) for p, _ in jobs]
-        args: list[Any] = [
-            repr(now),
-            self._ttl,
-            self._max_deliveries,
-            self._job_timeout,
-            partition.completions,
-            partition.started,
-            partition.publish,
-        ]
-        args.extend(entry_id for _, entry_id in jobs)
-        return await self._mark(keys=keys, args=args)
-
-    async def finish_and_ack(
-        self,
-        partition: Keys,
-        finished: Sequence[tuple[Entry, Outcome]],
-        entries: Sequence[Entry],
-        now: float,
-        wanted: Sequence[bool] = (),
-    ) -> list[JobRecord | None]:
-        """Writes the final records of ``finished`` once and acks ``entries``: one call.
-        Answers the records of the jobs ``wanted`` flags (None for the others); one that
-        this call ended is built from what the worker holds, not read back."""
-        keys = [partition.stream, partition.webhooks, partition.backlog]
-        args: list[Any] = [
-            partition.group,
-            repr(now),
-            self._ttl,
-            partition.completions,
-            partition.publish,
-            "".join("1" if w else "0" for w in wanted) if any(wanted) else "",
-        ]
-        for entry, outcome in finished:
-            keys.append(partition.record(entry.prediction_id))
-            if outcome.ok:
-                args.append(b"R" + outcome.payload)
-            else:
-                args.append(("C" if outcome.canceled else "E") + outcome.error)
-        for entry in entries:
-            args += (entry.entry_id, entry.model)
-        replies = await self._finish(keys=keys, args=args)
-        if not any(wanted):
-            return [None] * len(finished)
-        return [
-            JobRecord.just_ended(e, o, now, flat, partition.tenant)
-            for (e, o), flat in zip(finished, replies, strict=True)
-        ]
+        trip: processing, or ended for a deadline passed or too many deliveries. Answers
+        each job's status before, or what ended it (see `service.redis.calls.records`)."""
+        return await calls.mark(self._scripts, keys, jobs, now, self._limits)
 
     async def cancel(
         self, prediction_id: str, now: float, tenant: str = ""
-    ) -> tuple[str, JobRecord | None]:
+    ) -> tuple[Status | None, JobRecord | None]:
         """Cancels the job if it is still queued and ``tenant``'s; answers the status it had
-        ('' if none, or another tenant's) and the record as it is now, in one round trip."""
-        partition = self._partitions.of(prediction_id)
-        before, flat = await self._cancel(
-            keys=[partition.record(prediction_id)],
-            args=[repr(now), partition.completions, partition.publish, tenant],
-        )
-        return before.decode(), JobRecord.from_flat(prediction_id, flat)
+        (None if none, or another tenant's) and the record as it is now, in one round
+        trip."""
+        keys = self._partitions.of(prediction_id)
+        before, flat = await calls.cancel(self._scripts, keys, prediction_id, now, tenant)
+        return before, JobRecord.from_flat(prediction_id, flat)
 
     async def keep_sync(self, record: JobRecord, events: str, outcome: Outcome) -> None:
         """Writes the final record of a sync request that named a webhook, and its webhook
         delivery when ``events`` name how it ended: one call."""
-        keys = self._partitions.of(record.prediction_id)
         fields: dict[str, Any] = {
             "model": record.model,
             "input": orjson.dumps(record.input),
@@ -142,10 +77,9 @@ class ResultStore:
             fields["error"] = record.error
         if record.tenant:
             fields["tenant"] = record.tenant
-        flat = [item for pair in fields.items() for item in pair]
-        await self._keep_sync(
-            keys=[keys.record(record.prediction_id), keys.webhooks],
-            args=[self._ttl, record.status.value, *flat],
+        keys = self._partitions.of(record.prediction_id)
+        await calls.keep_sync(
+            self._scripts, keys, record.prediction_id, record.status, fields, self._limits.ttl
         )
 
     async def get(self, prediction_id: str) -> JobRecord | None:
@@ -156,7 +90,5 @@ class ResultStore:
         self, keys: Keys, prediction_ids: list[str]
     ) -> list[JobRecord | None]:
         """Reads of one partition that came together: one script call."""
-        replies = await self._read(keys=[keys.record(p) for p in prediction_ids])
-        return [
-            JobRecord.from_flat(p, flat) for p, flat in zip(prediction_ids, replies, strict=True)
-        ]
+        flats = await calls.read(self._scripts, keys, prediction_ids)
+        return [JobRecord.from_flat(p, flat) for p, flat in zip(prediction_ids, flats, strict=True)]

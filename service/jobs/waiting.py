@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _SWEEP_SECONDS = 1.0
 
 
-class Completions:
+class Waiters:
     """Local waiters, woken by what every partition's two channels announce: ``done``
     (jobs that ended) and ``started`` (jobs that began running). A waiter asks for one or
     for both."""
@@ -172,7 +172,7 @@ def _time_up(future: asyncio.Future[JobRecord | None]) -> None:
 
 async def wait_for_record(
     results: ResultStore,
-    completions: Completions,
+    waiters: Waiters,
     prediction_id: str,
     seconds: float,
     *,
@@ -181,7 +181,7 @@ async def wait_for_record(
 ) -> JobRecord | None:
     """The record once the job is final, or as it is after ``seconds``; None when the
     client left meanwhile (``gone``) or the job is unknown."""
-    return await completions.wait(
+    return await waiters.wait(
         prediction_id,
         seconds,
         lambda: results.get(prediction_id),
@@ -193,7 +193,7 @@ async def wait_for_record(
 async def submit_and_wait(
     queue: JobQueue,
     results: ResultStore,
-    completions: Completions,
+    waiters: Waiters,
     job: NewJob,
     seconds: float,
     *,
@@ -204,17 +204,17 @@ async def submit_and_wait(
     The job is registered before it is queued, so its end cannot be announced unseen and
     the wait needs no first read.
     """
-    watching = completions.register(job.prediction_id)
+    watching = waiters.register(job.prediction_id)
     try:
         prediction_id = await queue.submit(job)
     except BaseException:
-        completions.unregister(job.prediction_id, watching)
+        waiters.unregister(job.prediction_id, watching)
         raise
     registered: asyncio.Future[JobRecord | None] | None = watching
     if prediction_id != job.prediction_id:  # an earlier job's id, by Idempotency-Key
-        completions.unregister(job.prediction_id, watching)
+        waiters.unregister(job.prediction_id, watching)
         registered = None
     record = await wait_for_record(
-        results, completions, prediction_id, seconds, gone=gone, registered=registered
+        results, waiters, prediction_id, seconds, gone=gone, registered=registered
     )
     return prediction_id, record

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +27,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from service.errors import InvalidInput
-from service.settings import Settings
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -68,7 +68,17 @@ def non_public(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-async def check_url(url: str, settings: Settings) -> None:
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Where webhooks may go: ``allowed_hosts`` (WEBHOOK_ALLOWED_HOSTS, comma-separated;
+    empty: any public host), and private, loopback and link-local addresses only with
+    ``allow_private`` (WEBHOOK_ALLOW_PRIVATE)."""
+
+    allowed_hosts: str = ""
+    allow_private: bool = False
+
+
+async def check_url(url: str, policy: Policy) -> None:
     """Raises InvalidInput (422) unless ``url`` may receive webhooks."""
     try:
         parts = urlsplit(url)  # checks a bracketed IPv6 address, too
@@ -81,11 +91,11 @@ async def check_url(url: str, settings: Settings) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise _refused("the port is not a number from 0 to 65535") from None
-    listed = settings.webhook_allowed_hosts.split(",")
+    listed = policy.allowed_hosts.split(",")
     allowed = {h.strip().strip("[]").lower() for h in listed if h.strip()}  # [::1] or ::1
     if allowed and host not in allowed:
         raise _refused(f"host {host!r} is not in WEBHOOK_ALLOWED_HOSTS")
-    if settings.webhook_allow_private:
+    if policy.allow_private:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -48,7 +48,7 @@ class Channels:
         self._channels = {
             channel.encode(): (keys, ended)
             for keys in partitions.all
-            for channel, ended in ((keys.completions, True), (keys.started, False))
+            for channel, ended in ((keys.done, True), (keys.started, False))
         }
         # Its own connections: a subscribed connection can do nothing else, and it must
         # not time out while the channels are quiet.
@@ -58,11 +58,11 @@ class Channels:
     def start(self) -> None:
         if self._partitions.sharded:
             self._tasks = [
-                asyncio.create_task(self._listen_to_shard(keys), name=f"completions-{keys.index}")
+                asyncio.create_task(self._listen_to_shard(keys), name=f"channels-{keys.index}")
                 for keys in self._partitions.all
             ]
         else:
-            self._tasks = [asyncio.create_task(self._listen_to_all(), name="completions")]
+            self._tasks = [asyncio.create_task(self._listen_to_all(), name="channels")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -78,7 +78,7 @@ class Channels:
             await pubsub.subscribe(*channels)
             return pubsub, None
 
-        await self._follow(subscribed, "message", "completions channels")
+        await self._follow(subscribed, "message", "done channels")
 
     async def _listen_to_shard(self, keys: Keys) -> None:
         cluster: Any = self._redis
@@ -86,7 +86,7 @@ class Channels:
 
         async def subscribed() -> tuple[PubSub, Redis | None]:
             await cluster.initialize()  # the slot map, once (and again after a failure)
-            node = cluster.get_node_from_key(keys.completions)
+            node = cluster.get_node_from_key(keys.done)
             primary = Redis(
                 host=node.host,
                 port=node.port,
@@ -99,7 +99,7 @@ class Channels:
             )
             pubsub = primary.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.ssubscribe(keys.completions, keys.started)
+                await pubsub.ssubscribe(keys.done, keys.started)
             except BaseException:
                 await pubsub.aclose()
                 await primary.aclose()

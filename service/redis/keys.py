@@ -24,7 +24,6 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from service.job import new_id
-from service.settings import Settings
 
 #: The priorities of queued jobs, highest first; a partition has one stream each.
 PRIORITIES = ("high", "normal", "low")
@@ -87,7 +86,7 @@ class Keys:
         return self.base + ":webhooks:retry"
 
     @property
-    def completions(self) -> str:
+    def done(self) -> str:
         """Channel: record keys of jobs that just ended, comma-separated."""
         return self.base + ":done"
 
@@ -133,9 +132,22 @@ def idempotency_name(tenant: str, key: str, item: int | None = None) -> str:
     return f"{tenant} {key} {item}"
 
 
-def meta_key(settings: Settings) -> str:
-    """JSON of what the stored queue was made with: partition count and hash tags."""
-    return f"{settings.stream}:meta"
+@dataclass(frozen=True, slots=True)
+class Names:
+    """What every key of the queue is named from: STREAM, GROUP and KEY_PREFIX."""
+
+    stream: str = "predictions"
+    group: str = "workers"
+    key_prefix: str = "prediction:"
+
+    @property
+    def meta(self) -> str:
+        """JSON of what the stored queue was made with: partition count and hash tags."""
+        return f"{self.stream}:meta"
+
+    def rate_bucket(self, tenant: str) -> str:
+        """Hash: a tenant's token bucket (`tokens`, `at`), expiring once full again."""
+        return f"{self.stream}:tenant:{tenant}:rate"
 
 
 def partition_of(name: str, count: int) -> int:
@@ -146,27 +158,22 @@ def partition_of(name: str, count: int) -> int:
 class Partitions:
     """Every partition of the queue, in order."""
 
-    def __init__(self, settings: Settings, tags: list[str] | None, sharded: bool = False):
+    def __init__(self, names: Names, tags: list[str] | None, sharded: bool = False):
         """``tags``: one hash tag per partition; None for the one untagged partition."""
         publish = "SPUBLISH" if sharded else "PUBLISH"
         if tags is None:
-            self.all = [Keys(settings.stream, settings.group, settings.key_prefix, publish)]
+            self.all = [Keys(names.stream, names.group, names.key_prefix, publish)]
         else:
             self.all = [
-                Keys(
-                    base,
-                    settings.group,
-                    f"{settings.key_prefix}{base}:",
-                    publish,
-                    index,
-                )
-                for index, base in enumerate("{" + f"{settings.stream}:{t}" + "}" for t in tags)
+                Keys(base, names.group, f"{names.key_prefix}{base}:", publish, index)
+                for index, base in enumerate("{" + f"{names.stream}:{t}" + "}" for t in tags)
             ]
+        self.names = names
         self.tags = tags
         self.sharded = sharded
         #: Set: every tenant that ever had streams here (so that a tenant taken out of the
         #: keys file still has its queued jobs read and counted after a restart).
-        self.registry = f"{settings.stream}:tenants"
+        self.registry = f"{names.stream}:tenants"
         #: Every tenant whose streams are read, with its weight: the default tenant ("")
         #: first, then those of the keys file. It only grows while the process runs (a
         #: tenant taken out of the file still has its queued jobs run).
@@ -191,8 +198,8 @@ class Partitions:
         return [k for t in self.tenants for k in partition.of_tenant(t).priorities]
 
     @classmethod
-    def single(cls, settings: Settings) -> Partitions:
-        return cls(settings, None)
+    def single(cls, names: Names) -> Partitions:
+        return cls(names, None)
 
     def __len__(self) -> int:
         return len(self.all)

@@ -20,8 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from service.redis.connection import unavailable
-from service.redis.keys import Partitions, meta_key
-from service.settings import Settings
+from service.redis.keys import Names, Partitions
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +29,19 @@ class PartitionMismatch(RuntimeError):
     """QUEUE_PARTITIONS differs from what the stored queue was made with."""
 
 
-async def open_partitions(redis: Redis, settings: Settings, cluster: bool) -> Partitions:
-    """The partitions of the queue in ``redis``: as stored, or decided now and stored."""
-    meta = meta_key(settings)
+async def open_partitions(redis: Redis, names: Names, wanted: int, cluster: bool) -> Partitions:
+    """The partitions of the queue in ``redis``: as stored, or decided now (``wanted``, or
+    by default one on one node and one per primary on a cluster) and stored."""
+    meta = names.meta
     raw = await redis.get(meta)
     stored: dict[str, Any] = json.loads(raw) if raw else {}
     if not stored:
-        count = settings.queue_partitions or (len(_primaries(redis)) if cluster else 1)
+        count = wanted or (len(_primaries(redis)) if cluster else 1)
         if not cluster and count == 1:
-            return Partitions.single(settings)  # the plain names of earlier versions
-        await _refuse_over_a_plain_queue(redis, settings, count)
+            return Partitions.single(names)  # the plain names of earlier versions
+        await _refuse_over_a_plain_queue(redis, names, count)
         chosen = (
-            _balanced_tags(redis, settings.stream, count)
+            _balanced_tags(redis, names.stream, count)
             if cluster
             else [str(i) for i in range(count)]
         )
@@ -56,28 +56,28 @@ async def open_partitions(redis: Redis, settings: Settings, cluster: bool) -> Pa
             log.warning("cannot store the partition layout yet (%s)", unavailable(exc))
     count = int(stored["partitions"])
     tags: list[str] | None = stored.get("tags")
-    if settings.queue_partitions and settings.queue_partitions != count:
+    if wanted and wanted != count:
         raise PartitionMismatch(
-            f"QUEUE_PARTITIONS={settings.queue_partitions}, but the queue stored in Redis "
+            f"QUEUE_PARTITIONS={wanted}, but the queue stored in Redis "
             f"was made with {count} partitions (see {meta}). Every replica must use the "
             f"same count: unset QUEUE_PARTITIONS (or set it to {count}), or change it as "
             "the README says (drain the queue, stop every replica, delete the meta key)."
         )
     if count > 1 or tags is not None:
         log.info("queue in %d partitions: %s", count, ", ".join(tags or []))
-    return Partitions(settings, tags, sharded=cluster)
+    return Partitions(names, tags, sharded=cluster)
 
 
-async def _refuse_over_a_plain_queue(redis: Redis, settings: Settings, count: int) -> None:
+async def _refuse_over_a_plain_queue(redis: Redis, names: Names, count: int) -> None:
     """A queue made before partitions (the plain stream) holding work is not left behind."""
     try:
-        plain = Partitions.single(settings)[0].priorities
+        plain = Partitions.single(names)[0].priorities
         waiting = sum([await redis.xlen(keys.stream) for keys in plain])
     except RedisError:
         return
     if waiting:
         raise PartitionMismatch(
-            f"QUEUE_PARTITIONS={count}, but the one-partition queue {settings.stream!r} "
+            f"QUEUE_PARTITIONS={count}, but the one-partition queue {names.stream!r} "
             f"holds {waiting} entries. Drain it with QUEUE_PARTITIONS=1 first (the README "
             "says how to change the count safely)."
         )

@@ -4,6 +4,8 @@ Each file opens with what its KEYS and ARGV are and what it returns. Two convent
 these files, handled here:
 
 - `--! include <file>` is replaced by that file (shared functions such as `start_job`).
+- `STATUS`, `SUBMITTED`, `MARKED`, `ENDING` and `REPLAYED` are tables of the words the
+  scripts share with Python, written before each script from `service.redis.words`.
 - `-- flags: <flags>` asks for Redis 7 script flags (`allow-oom`: the script may run while
   Redis is out of memory). They are given as a `#!lua flags=...` first line when the
   server is Redis 7 or later, and left out for 6.2, which knows no script flags.
@@ -21,6 +23,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from service.redis.words import lua_tables
+
 _FOLDER = Path(__file__).parent
 _INCLUDE = re.compile(r"^--! include (\S+)$", re.MULTILINE)
 _FLAGS = re.compile(r"^-- flags: (\S+)$", re.MULTILINE)
@@ -28,9 +32,10 @@ _FLAGS = re.compile(r"^-- flags: (\S+)$", re.MULTILINE)
 
 @cache
 def source(name: str) -> str:
-    """The text of script ``name`` ("submit"), its includes written out."""
+    """The text of script ``name`` ("submit"), its includes written out, after the tables of
+    the words it shares with Python (`service.redis.words`)."""
     text = (_FOLDER / f"{name}.lua").read_text()
-    return _INCLUDE.sub(lambda m: (_FOLDER / m.group(1)).read_text(), text)
+    return lua_tables() + _INCLUDE.sub(lambda m: (_FOLDER / m.group(1)).read_text(), text)
 
 
 def flags(name: str) -> str:

@@ -3,7 +3,7 @@
 --
 -- KEYS: the stream, the webhook deliveries stream, the backlog hash (jobs queued or
 --   running, by model), then one record key per finished job.
--- ARGV: group, finished time, record TTL (s), completions channel, the command to
+-- ARGV: group, finished time, record TTL (s), done channel, the command to
 --   announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
 --   record; '' for no records at all), then one outcome per job ('R' + the result as JSON
 --   when done, 'E' + the error when failed, 'C' + why when canceled: it ran past its
@@ -12,7 +12,7 @@
 -- and finished time, and a webhook delivery when its events name that status (or, for
 -- canceled, 'failed'); a record
 -- that is final already keeps its value; a record that is gone is not recreated.
--- The jobs it ends are announced on the completions channel; then the entries are acked
+-- The jobs it ends are announced on the done channel; then the entries are acked
 -- (each one leaves its model's backlog, once; a model at 0 leaves the hash) and deleted (the stream keeps only work that
 -- waits or runs).
 -- Returns: with flags, per flagged job ({} for the others): '=' and the fields the caller
@@ -26,19 +26,19 @@ local ended, out = {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
   local status = redis.call('HGET', key, 'status')
-  local written, f = status == 'queued' or status == 'processing', nil
+  local written, f = status == STATUS.QUEUED or status == STATUS.PROCESSING, nil
   if written then
     local outcome = ARGV[6 + i]
-    local final, kind = 'failed', string.sub(outcome, 1, 1)
-    if kind == 'R' then
-      final = 'done'
-      redis.call('HSET', key, 'status', 'done', 'result', string.sub(outcome, 2),
+    local final, kind = STATUS.FAILED, string.sub(outcome, 1, 1)
+    if kind == ENDING.DONE then
+      final = STATUS.DONE
+      redis.call('HSET', key, 'status', STATUS.DONE, 'result', string.sub(outcome, 2),
                  'finished_at', now)
-    elseif kind == 'C' then
-      final = 'canceled'
-      redis.call('HSET', key, 'status', 'canceled', 'result', 'null', 'finished_at', now)
+    elseif kind == ENDING.CANCELED then
+      final = STATUS.CANCELED
+      redis.call('HSET', key, 'status', STATUS.CANCELED, 'result', 'null', 'finished_at', now)
     else
-      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+      redis.call('HSET', key, 'status', STATUS.FAILED, 'result', 'null',
                  'error', string.sub(outcome, 2), 'finished_at', now)
     end
     redis.call('EXPIRE', key, ttl)
@@ -47,7 +47,7 @@ for i = 1, jobs do
                    'created_at')
     local events = ',' .. (f[2] or '') .. ','
     if f[1] and (string.find(events, ',' .. final .. ',', 1, true)
-                 or (final == 'canceled' and string.find(events, ',failed,', 1, true))) then
+                 or (final == STATUS.CANCELED and string.find(events, ',' .. STATUS.FAILED .. ',', 1, true))) then
       redis.call('XADD', KEYS[2], '*', 'key', key)
     end
   end

@@ -15,13 +15,13 @@ for i = 1, #KEYS - 1 do
   local id, key = ARGV[i + 2], KEYS[i + 1]
   local held = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
   local status = redis.call('HGET', key, 'status')
-  if #held == 1 and (status == 'processing' or status == 'queued') then
+  if #held == 1 and (status == STATUS.PROCESSING or status == STATUS.QUEUED) then
     local entry = redis.call('XRANGE', KEYS[1], id, id)
     if #entry == 1 then
       redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
       redis.call('XACK', KEYS[1], group, id)
       redis.call('XDEL', KEYS[1], id)
-      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HSET', key, 'status', STATUS.QUEUED)
       handed = handed + 1
     end
   end

@@ -21,7 +21,7 @@ end
 redis.call('HSET', KEYS[1], 'status', final, unpack(fields))
 redis.call('EXPIRE', KEYS[1], ttl)
 if string.find(events, ',' .. final .. ',', 1, true)
-    or (final ~= 'done' and string.find(events, ',failed,', 1, true)) then
+    or (final ~= STATUS.DONE and string.find(events, ',' .. STATUS.FAILED .. ',', 1, true)) then
   redis.call('XADD', KEYS[2], '*', 'key', KEYS[1])
   return 1
 end

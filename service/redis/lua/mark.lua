@@ -3,7 +3,7 @@
 --
 -- KEYS: the dead-letter stream, the webhook deliveries stream, then one record key per job
 --   of the batch.
--- ARGV: now, record TTL (s), max deliveries, job timeout (s, 0: none), completions
+-- ARGV: now, record TTL (s), max deliveries, job timeout (s, 0: none), done
 --   channel, started channel, the command to announce with (PUBLISH, or SPUBLISH on a
 --   cluster), then per job its stream entry id.
 -- Per job, by its status:
@@ -15,7 +15,7 @@
 --     as dead_entry (for replay.lua) ('dead');
 --   queued/processing otherwise: started (start_job); answers its status before;
 --   done/failed/canceled (a re-delivery, or canceled while queued), or gone: untouched.
--- Jobs it ends are announced on the completions channel (and get a webhook delivery when
+-- Jobs it ends are announced on the done channel (and get a webhook delivery when
 -- they have a webhook whose events name 'failed', or for an aborted one 'aborted' or
 -- 'failed'), jobs it starts on the started channel.
 -- Returns: per job its status before ('' when the record is gone), or
@@ -30,46 +30,47 @@ for i = 3, #KEYS do
   local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at',
                        'cancel_at')
   local status = f[1]
-  if status == 'queued' or status == 'processing' then
+  if status == STATUS.QUEUED or status == STATUS.PROCESSING then
     local attempts = tonumber(f[2]) or 0
     local cancel_at = tonumber(f[5])
     if cancel_at and now >= cancel_at then
-      redis.call('HSET', key, 'status', 'aborted', 'result', 'null', 'finished_at', ARGV[1])
+      redis.call('HSET', key, 'status', STATUS.ABORTED, 'result', 'null', 'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
-      status = 'aborted'
+      status = MARKED.ABORTED
       ended[#ended + 1] = key
     -- The time limit counts from submission, or from a replay of a dead letter.
     elseif timeout > 0 and now - (tonumber(f[4] or f[3]) or now) > timeout then
-      redis.call('HSET', key, 'status', 'failed', 'result', 'null',
+      redis.call('HSET', key, 'status', STATUS.FAILED, 'result', 'null',
                  'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
-      status = 'expired'
+      status = MARKED.EXPIRED
       ended[#ended + 1] = key
     elseif attempts >= max_deliveries then
       local reason = 'gave up after ' .. attempts .. ' deliveries'
-      redis.call('HSET', key, 'status', 'failed', 'result', 'null', 'error', reason,
+      redis.call('HSET', key, 'status', STATUS.FAILED, 'result', 'null', 'error', reason,
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       local dead = redis.call('XADD', KEYS[1], 'MAXLEN', '~', 100000, '*', 'key', key,
                               'entry', ARGV[5 + i], 'reason', reason, 'at', ARGV[1])
       redis.call('HSET', key, 'dead_entry', dead)
-      status = 'dead'
+      status = MARKED.DEAD
       ended[#ended + 1] = key
     else
       start_job(key, ARGV[1])
       started[#started + 1] = key
     end
   end
-  if status == 'expired' or status == 'dead' or status == 'aborted' then
+  if status == MARKED.EXPIRED or status == MARKED.DEAD or status == MARKED.ABORTED then
     local hook = redis.call('HMGET', key, 'webhook', 'webhook_events')
     local events = ',' .. (hook[2] or '') .. ','
-    if hook[1] and (string.find(events, ',failed,', 1, true)
-                    or (status == 'aborted' and string.find(events, ',aborted,', 1, true))) then
+    if hook[1] and (string.find(events, ',' .. STATUS.FAILED .. ',', 1, true)
+                    or (status == MARKED.ABORTED
+                    and string.find(events, ',' .. STATUS.ABORTED .. ',', 1, true))) then
       redis.call('XADD', KEYS[2], '*', 'key', key)
     end
   end
-  out[i - 2] = status or ''
+  out[i - 2] = status or MARKED.GONE
 end
 if #ended > 0 then redis.call(ARGV[7], ARGV[5], table.concat(ended, ',')) end
 if #started > 0 then redis.call(ARGV[7], ARGV[6], table.concat(started, ',')) end

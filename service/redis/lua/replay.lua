@@ -25,24 +25,24 @@ for i = 6, #KEYS do
   local key, at = KEYS[i], 3 + (i - 6) * 2
   local dead_entry, id = ARGV[at], ARGV[at + 1]
   if redis.call('XDEL', KEYS[2], dead_entry) == 0 then
-    out[#out + 1] = 'no'
+    out[#out + 1] = REPLAYED.NO
   else
     local f = redis.call('HMGET', key, 'status', 'model', 'input', 'request_id', 'priority',
                          'traceparent')
     if not f[1] then
-      out[#out + 1] = 'gone'
-    elseif f[1] ~= 'failed' then
-      out[#out + 1] = 'stale'
+      out[#out + 1] = REPLAYED.GONE
+    elseif f[1] ~= STATUS.FAILED then
+      out[#out + 1] = REPLAYED.STALE
     else
       redis.call('HDEL', key, 'result', 'error', 'started_at', 'finished_at', 'dead_entry',
                  'cancel_at')
-      redis.call('HSET', key, 'status', 'queued', 'attempts', 0, 'requeued_at', now)
+      redis.call('HSET', key, 'status', STATUS.QUEUED, 'attempts', 0, 'requeued_at', now)
       redis.call('EXPIRE', key, ttl)
       local fields = {'id', id, 'model', f[2], 'input', f[3], 'rid', f[4] or '', 'at', now}
       if f[6] then fields[#fields + 1] = 'tp'; fields[#fields + 1] = f[6] end
       redis.call('XADD', streams[f[5]] or KEYS[1], '*', unpack(fields))
       redis.call('HINCRBY', KEYS[3], f[2], 1)
-      out[#out + 1] = 'replayed'
+      out[#out + 1] = REPLAYED.REPLAYED
     end
   end
 end

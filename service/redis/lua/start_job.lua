@@ -3,6 +3,6 @@
 -- now, with one more attempt. Answers the attempts so far. The one place a job starts:
 -- a worker's mark (mark.lua) and the direct lane of a submit (submit.lua) both call it.
 local function start_job(key, now)
-  redis.call('HSET', key, 'status', 'processing', 'started_at', now)
+  redis.call('HSET', key, 'status', STATUS.PROCESSING, 'started_at', now)
   return redis.call('HINCRBY', key, 'attempts', 1)
 end

@@ -51,7 +51,7 @@ if whole then
   -- is written and each job answers its earlier id, or 'conflict' for another body.
   local known_any, answers = false, {}
   for i = 1, jobs do
-    answers[i] = 'conflict'
+    answers[i] = SUBMITTED.CONFLICT
     local idem, digest = extras(i)
     if idem > 0 then
       local known = redis.call('GET', KEYS[idem])
@@ -59,14 +59,14 @@ if whole then
         known_any = true
         local sep = string.find(known, '|', 1, true)
         if string.sub(known, sep + 1) == digest then
-          answers[i] = 'dup:' .. string.sub(known, 1, sep - 1)
+          answers[i] = SUBMITTED.DUP .. string.sub(known, 1, sep - 1)
         end
       end
     end
   end
   if known_any then return answers end
   if limit > 0 and waiting + jobs > limit then
-    for i = 1, jobs do out[i] = 'full' end
+    for i = 1, jobs do out[i] = SUBMITTED.FULL end
     return out
   end
 end
@@ -92,21 +92,21 @@ for i = 1, jobs do
   if redis.call('EXISTS', key) == 1 then
     -- The same job again: a client retry of a call that did land (ids are random, so
     -- only a retry names a record that exists). It is not written or queued twice.
-    out[i] = 'ok'
+    out[i] = SUBMITTED.OK
   elseif known then
     local sep = string.find(known, '|', 1, true)
     if string.sub(known, sep + 1) == digest then
-      out[i] = 'dup:' .. string.sub(known, 1, sep - 1)
+      out[i] = SUBMITTED.DUP .. string.sub(known, 1, sep - 1)
     else
-      out[i] = 'conflict'
+      out[i] = SUBMITTED.CONFLICT
     end
     all_ok = false
   elseif limit > 0 and waiting >= limit then
-    out[i] = 'full'
+    out[i] = SUBMITTED.FULL
     all_ok = false
   else
     local id, model, input, rid = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
-    redis.call('HSET', key, 'status', 'queued', 'model', model, 'input', input,
+    redis.call('HSET', key, 'status', STATUS.QUEUED, 'model', model, 'input', input,
                'created_at', now, 'attempts', 0, 'request_id', rid)
     if webhook ~= '' then
       redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
@@ -133,7 +133,7 @@ for i = 1, jobs do
     if not queued[model] then models[#models + 1] = model end
     queued[model] = (queued[model] or 0) + 1
     if idem > 0 then redis.call('SET', KEYS[idem], id .. '|' .. digest, 'EX', ttl) end
-    out[i] = 'ok'
+    out[i] = SUBMITTED.OK
   end
   entry_ids[i] = entry_ids[i] or ''
 end
