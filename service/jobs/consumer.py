@@ -87,6 +87,8 @@ class Consumer:
         this call ended is built from what the worker holds, not read back."""
         ttl = self.settings.ttl
         ended = await finish(self._scripts, keys, finished, acked, now, ttl, wanted)
+        if not any(wanted):
+            return [None] * len(finished)
         return [
             _record(entry, outcome, now, answer, keys.tenant)
             for (entry, outcome), answer in zip(finished, ended, strict=True)

@@ -48,14 +48,15 @@ async def mark(
     ]
     args.extend(entry_id for _, entry_id in jobs)
     reply = await scripts.run("mark", names, args)
-    return [_marked(text(word)) for word in reply]
+    return [_MARK_WORDS[word] for word in reply]
 
 
-def _marked(word: str) -> Status | Marked:
-    try:
-        return Marked(word)
-    except ValueError:
-        return Status(word)
+#: mark.lua's answers, by the bytes of the reply (a lookup, not a parse, per job).
+_MARK_WORDS: dict[bytes, Status | Marked] = {
+    **{s.value.encode(): s for s in Status},
+    **{m.value.encode(): m for m in Marked},
+}
+_DONE, _FAILED, _CANCELED = (e.value.encode() for e in Ending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +95,9 @@ async def finish(
     for entry, outcome in finished:
         names.append(keys.record(entry.prediction_id))
         if outcome.ok:
-            args.append(Ending.DONE.encode() + outcome.payload)
+            args.append(_DONE + outcome.payload)
         else:
-            ending = Ending.CANCELED if outcome.canceled else Ending.FAILED
-            args.append(ending + outcome.error)
+            args.append((_CANCELED if outcome.canceled else _FAILED) + outcome.error.encode())
     for entry in acked:
         args += (entry.entry_id, entry.model)
     reply = await scripts.run("finish", names, args)
