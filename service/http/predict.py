@@ -99,8 +99,12 @@ def sync_answer(
     """A sync request's answer (counted): 200 with its result; 500 when the model failed;
     504 with the status when its Cancel-After ended it. With a webhook, the id of its
     record too."""
+    metrics = app[state.METRICS]
+    if outcome.ok and not prediction_id:  # the usual answer, first
+        metrics.count_prediction(model, "sync", True)
+        return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
     ended = deadlines.ended(outcome)
-    app[state.METRICS].count_prediction(model, "sync", outcome.ok or ended.value)
+    metrics.count_prediction(model, "sync", outcome.ok or ended.value)
     extra = {"prediction_id": prediction_id} if prediction_id else {}
     if outcome.ok:
         return json_response({"input": raw, "result": orjson.Fragment(outcome.payload), **extra})

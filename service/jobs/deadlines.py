@@ -9,6 +9,7 @@ functions below decide what happens once it is running.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,12 @@ def sync_wait(job_timeout: float, cancel_after: float) -> Wait:
     """The wait for a sync call: JOB_TIMEOUT_SECONDS, or its Cancel-After when sooner."""
     if cancel_after and (not job_timeout or cancel_after < job_timeout):
         return Wait(cancel_after, cancels=True)
-    return Wait(job_timeout)
+    return _limit(job_timeout)
+
+
+@functools.cache
+def _limit(job_timeout: float) -> Wait:
+    return Wait(job_timeout)  # the same for every request: made once
 
 
 def ended(outcome: Outcome) -> Status:
