@@ -16,6 +16,7 @@ from service.app import create_app
 from service.errors import ModelLoadError
 from service.execution.executor import calls_running
 from service.execution.loop import use_event_loop
+from service.execution.streams import streams_running
 from service.http import server
 from service.http.tenants import KeysFileError
 from service.observability.logs import setup_logging
@@ -93,7 +94,7 @@ def _exit_without_waiting_for_model_threads() -> None:
     running in a thread cannot be interrupted, and the interpreter would wait for it at
     exit (its thread pool joins its threads). Leave without waiting: its result was
     dropped already, and its job is still pending for another replica."""
-    running = calls_running()
+    running = calls_running() + streams_running()
     if not running:
         return
     logging.getLogger("service").warning(

@@ -16,7 +16,7 @@ from service.http import state
 from service.jobs.consumer import Consumer, retire
 from service.jobs.delivery import DeliverySettings, Dispatcher
 from service.jobs.reads import ConsumerSettings
-from service.jobs.runner import JobRunner
+from service.jobs.runner import JobRunner, RunLimits
 from service.jobs.worker import Worker
 from service.redis.connection import REDIS_FAILURES
 
@@ -53,11 +53,13 @@ def make_worker(
         JobRunner(
             app[state.MODELS],
             app[state.BATCHERS],
-            settings.job_timeout_seconds,
+            app[state.OUTPUTS],
+            RunLimits(settings.job_timeout_seconds, settings.max_stream_chunks),
             app.get(state.TRACING),
         ),
         app[state.METRICS],
         app[state.WAITERS],
+        app[state.STREAM_SLOTS],
     )
 
 

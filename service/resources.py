@@ -21,14 +21,16 @@ from service.http.docs import add_model_schemas
 from service.http.lifecycle import Lifecycle
 from service.jobs.dead_letters import DeadLetters
 from service.jobs.lane import DirectLane
+from service.jobs.outputs import Outputs, OutputSettings
 from service.jobs.queue import JobQueue, QueueSettings
 from service.jobs.store import ResultStore
 from service.jobs.streams import Streams
 from service.jobs.waiting import Waiters
+from service.jobs.worker import StreamSlots
 from service.models import ModelRegistry, model_configs
 from service.redis.calls import Scripts
 from service.redis.calls.records import Limits
-from service.redis.connection import REDIS_FAILURES, connect, server_version, unavailable
+from service.redis.connection import REDIS_FAILURES, close, connect, server_version, unavailable
 from service.redis.durable import Durable
 from service.redis.embedded import RedisServer
 from service.redis.keys import Names, Partitions
@@ -49,6 +51,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.executor_threads,
         settings.process_workers,
         [c for c in configs if c.execution == "process"],
+        settings.stream_threads,
     )
     await executor.warm_up()
     add_model_schemas(app[state.OPENAPI_SPEC], registry)
@@ -121,7 +124,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             redis, names(settings), settings.queue_partitions, cluster=target.mode == "cluster"
         )
     except BaseException:
-        await redis.aclose()
+        await close(redis)
         raise
     app[state.REDIS] = redis
     app[state.SCRIPTS] = scripts
@@ -132,7 +135,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[state.DURABLE] = durable
     _stores(app, scripts, partitions, durable)
     group = await _ensure_streams(redis, streams)
-    app[state.WAITERS] = waiters = Waiters(target, partitions)
+    app[state.WAITERS] = waiters = Waiters(target, partitions, settings.consumer_name)
+    app[state.OUTPUTS].appended = waiters.appended
     waiters.start()
     yield
     if group is not None:
@@ -142,7 +146,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await waiters.stop()
     if durable is not None:
         await durable.aclose()
-    await redis.aclose()
+    await close(redis)
 
 
 def _stores(
@@ -165,6 +169,18 @@ def _stores(
         durable=durable,
     )
     app[state.DEAD_LETTERS] = DeadLetters(app[state.REDIS], scripts, partitions, ttl)
+    app[state.STREAM_SLOTS] = StreamSlots(settings.stream_threads)
+    app[state.OUTPUTS] = Outputs(
+        app[state.REDIS],
+        scripts,
+        partitions,
+        OutputSettings(
+            ttl,
+            settings.stream_webhook_interval_seconds,
+            settings.consumer_name,
+            settings.redis_timeout_seconds,
+        ),
+    )
 
 
 async def _ensure_streams(redis: Redis, streams: Streams) -> asyncio.Task[None] | None:
@@ -174,7 +190,7 @@ async def _ensure_streams(redis: Redis, streams: Streams) -> asyncio.Task[None] 
         await streams.ensure()
     except REDIS_FAILURES as exc:
         if unavailable(exc) is None:
-            await redis.aclose()
+            await close(redis)
             raise
         return asyncio.create_task(_keep_ensuring(streams), name="consumer-group")
     return None

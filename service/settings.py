@@ -138,6 +138,25 @@ class Settings(BaseSettings):
         60.0, ge=0, description="Cap of 'Prefer: wait=N' and of GET /predict/{id}?wait=N."
     )
     max_bulk: int = Field(1000, ge=1, description="Most inputs in one POST /predict/batch.")
+    max_stream_chunks: int = Field(
+        10_000,
+        ge=1,
+        description="Most chunks one call of a streaming model may yield: past it the model "
+        "is stopped and the call fails, saying so.",
+    )
+    stream_threads: int = Field(
+        64,
+        ge=1,
+        description="Threads for streaming calls (each holds one from its first chunk to its "
+        "last, mostly waiting): that many streams run at once, and a replica's workers run "
+        "that many queued streaming jobs at once, beside their reads.",
+    )
+    stream_webhook_interval_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Least time between two 'output' webhook posts of one running streaming "
+        "job (its record with the chunks so far).",
+    )
     webhook_secret: str | None = Field(
         None, description="Key of the HMAC-SHA256 signature of webhook deliveries."
     )

@@ -22,6 +22,8 @@ SLOW_SECONDS = 2.0
 
 def reset() -> None:
     calls.clear()
+    closed.clear()
+    made.clear()
     batch_sizes.clear()
     gate.clear()
     started.clear()
@@ -247,3 +249,81 @@ class BuggyCheck:
 
     def predict(self, value: str) -> str:
         return value
+
+
+# -- streaming models ------------------------------------------------------------------------
+
+#: What the streaming test models saw end: the value of each generator whose finally ran;
+#: and the chunks `counting` made (in this process).
+closed: list[Any] = []
+made: list[int] = []
+
+
+def counting(value: dict[str, Any]) -> Any:
+    """Yields {"n": i} for i below value["n"], value.get("every", 0) seconds apart (but
+    the first value["fast"] at once); with value["gated"], only once the gate opens. Says
+    in `closed` (and in $TEST_JOURNAL, across processes) when its generator is closed."""
+    journal = os.environ.get("TEST_JOURNAL")
+
+    def note(line: str) -> None:
+        if journal:
+            with open(journal, "a") as out:
+                out.write(f"{line} {value.get('tag')} {os.getpid()}\n")
+
+    try:
+        if value.get("gated") and not gate.wait(GATE_TIMEOUT):
+            raise TimeoutError("gate never opened")
+        for i in range(int(value["n"])):
+            if value.get("every") and i >= value.get("fast", 0):
+                threading.Event().wait(float(value["every"]))
+            made.append(i)
+            note(f"yield {i}")
+            yield {"n": i, **({"pad": "x" * value["pad"]} if value.get("pad") else {})}
+    finally:
+        closed.append(value.get("tag"))
+        note("closed")
+
+
+async def counting_async(value: dict[str, Any]) -> Any:
+    """The async twin of `counting`."""
+    import asyncio
+
+    try:
+        for i in range(int(value["n"])):
+            if value.get("every"):
+                await asyncio.sleep(float(value["every"]))
+            yield {"n": i}
+    finally:
+        closed.append(value.get("tag"))
+
+
+class Counter_:
+    """A class whose predict is a generator: yields the words of its text."""
+
+    input_type = str
+
+    def predict(self, text: str) -> Any:
+        yield from text.split()
+
+
+def held_stream(value: Any) -> Any:
+    """Yields "first", then waits for the gate before "second": a reader sees the first
+    chunk while the model still runs."""
+    try:
+        yield "first"
+        started.set()
+        if not gate.wait(GATE_TIMEOUT):
+            raise TimeoutError("gate never opened")
+        yield "second"
+    finally:
+        closed.append("held")
+
+
+def bad_stream(value: str) -> Any:
+    """Yields two chunks, then fails as ``value`` says: "raise" raises, "set" yields a set
+    (not JSON)."""
+    yield 1
+    yield 2
+    if value == "raise":
+        raise RuntimeError("the stream broke")
+    yield {1, 2}

@@ -21,6 +21,7 @@ PLACEHOLDERS = {
     "prediction_id": "<id>",
     "key": "<key>",
     "consumer": "<consumer>",
+    "replica": "<consumer>",
     "tenant": "<tenant>",
 }
 

@@ -532,23 +532,52 @@ async def test_cancel_cancels_only_a_queued_job(
     r: Redis, status: str, answer: bytes, after: str
 ) -> None:
     await add_job(r, 1, status)
-    before, flat = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH"])
-    assert before == answer
+    before, flat, stopping = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""])
+    assert (before, stopping) == (answer, 0)
     assert dict(zip(flat[::2], flat[1::2], strict=True))[b"status"] == after.encode()
     assert (await record(r, 1))["status"] == after
+    assert "stop" not in await record(r, 1)
+
+
+@pytest.mark.parametrize(
+    ("status", "streaming", "stopping"),
+    [
+        ("processing", ["m"], 1),  # its model streams: asked to stop
+        ("processing", ["other", "m"], 1),
+        ("processing", ["other"], 0),  # another model streams: left as it is (409)
+        ("processing", [], 0),
+        ("done", ["m"], 0),  # final: never touched
+        ("canceled", ["m"], 0),
+    ],
+)
+async def test_cancel_asks_a_running_job_of_a_streaming_model_to_stop(
+    r: Redis, status: str, streaming: list[str], stopping: int
+) -> None:
+    await add_job(r, 1, status)
+    before, _, asked = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "", *streaming])
+    assert (before, asked) == (status.encode(), stopping)
+    fields = await record(r, 1)
+    assert fields["status"] == status, "the worker ends it, not cancel"
+    assert fields.get("stop") == ("1" if stopping else None)
 
 
 async def test_cancel_leaves_another_tenants_job_and_answers_it_as_gone(r: Redis) -> None:
     await add_job(r, 1, tenant="acme")
-    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "other"]) == [b"", []]
-    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""]) == [b"", []]
+    gone = [b"", [], 0]
+    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "other"]) == gone
+    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""]) == gone
     assert (await record(r, 1))["status"] == "queued"
-    before, _ = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "acme"])
+    before, _, _ = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "acme"])
     assert before == b"queued" and (await record(r, 1))["status"] == "canceled"
+    await add_job(r, 2, "processing", tenant="acme")
+    stop = ["300", DONE, "PUBLISH", "other", "m"]
+    assert await call(r, "cancel", [rec(2)], stop) == gone, "nor asks another's to stop"
+    assert "stop" not in await record(r, 2)
 
 
 async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
-    assert await call(r, "cancel", [rec("gone")], ["300", DONE, "PUBLISH"]) == [b"", []]
+    gone = [b"", [], 0]
+    assert await call(r, "cancel", [rec("gone")], ["300", DONE, "PUBLISH", ""]) == gone
     assert not await r.exists(rec("gone"))
     await add_job(r, 1)
     reply = await call(r, "read", [rec(1), rec("gone")], [])
@@ -717,3 +746,93 @@ async def test_limit_lets_a_burst_through_then_refills_at_the_rate(r: Redis) -> 
     # A long pause refills to the burst, never beyond.
     await r.hset(bucket, mapping={"at": repr(at - 3600), "tokens": "0"})
     assert [await call(r, "limit", [bucket], ["0.5", "2"]) for _ in range(3)][2] > 0
+
+
+# -- append --------------------------------------------------------------------------------
+
+
+def append_args(
+    *jobs: tuple[int, list[str]], now: str = "100", interval: str = "0.5", by: str = "worker"
+) -> list[Any]:
+    """ARGV of append.lua for jobs given as (first number, chunks), appended by ``by``."""
+    args: list[Any] = [now, 60, "PUBLISH", KEYS.to_replica(""), interval, by]
+    for first, chunks in jobs:
+        args += [first, len(chunks), *chunks]
+    return args
+
+
+def append_keys(*ids: int) -> list[str]:
+    names = [HOOKS]
+    for i in ids:
+        names += [rec(i), KEYS.chunks(str(i)), KEYS.watchers(str(i))]
+    return names
+
+
+async def chunks_of(r: Redis, i: int) -> list[tuple[bytes, bytes]]:
+    return [(entry_id, f[b"c"]) for entry_id, f in await r.xrange(KEYS.chunks(str(i)))]
+
+
+async def test_append_keeps_chunks_numbered_and_tells_the_watchers(r: Redis) -> None:
+    await add_job(r, 1, "processing")
+    await add_job(r, 2, "processing")
+    await r.sadd(KEYS.watchers("1"), "replica-a", "replica-b", "worker")
+    pubsub = r.pubsub()
+    channels = [KEYS.to_replica(who) for who in ("replica-a", "replica-b", "worker")]
+    await pubsub.subscribe(*channels)
+    for _ in channels:
+        await pubsub.get_message(timeout=1)
+    reply = await call(
+        r, "append", append_keys(1, 2), append_args((1, ['"a"', '"b"']), (1, ['"x"']))
+    )
+    assert reply == [b"go", b"go"]
+    assert await chunks_of(r, 1) == [(b"0-1", b'"a"'), (b"0-2", b'"b"')]
+    assert await chunks_of(r, 2) == [(b"0-1", b'"x"')]
+    assert 0 < await r.ttl(KEYS.chunks("1")) <= 60
+    told = []
+    for _ in range(2):
+        message = await pubsub.get_message(timeout=1)
+        assert message is not None
+        told.append((message["channel"], message["data"]))
+    assert sorted(told) == sorted(
+        (KEYS.to_replica(who).encode(), rec(1).encode()) for who in ("replica-a", "replica-b")
+    ), "each watcher of job 1 once; job 2 has none"
+    # The appending replica ("worker") tells its own followers itself: never on its channel.
+    assert await pubsub.get_message(timeout=0.2) is None
+    await pubsub.aclose()
+    # The next chunks follow the first ones; a rerun (a first chunk numbered 1) starts over.
+    await call(r, "append", append_keys(1), append_args((3, ['"c"'])))
+    assert [n for n, _ in await chunks_of(r, 1)] == [b"0-1", b"0-2", b"0-3"]
+    await call(r, "append", append_keys(1), append_args((1, ['"again"'])))
+    assert await chunks_of(r, 1) == [(b"0-1", b'"again"')]
+
+
+@pytest.mark.parametrize(
+    ("status", "fields"),
+    [("processing", {"stop": "1"}), ("canceled", {}), ("done", {}), ("queued", {})],
+    ids=["asked to stop", "canceled", "done", "queued"],
+)
+async def test_append_answers_stop_and_keeps_nothing_for_a_job_not_to_go_on(
+    r: Redis, status: str, fields: dict[str, str]
+) -> None:
+    await add_job(r, 1, status, **fields)
+    assert await call(r, "append", append_keys(1), append_args((1, ['"a"']))) == [b"stop"]
+    assert not await r.exists(KEYS.chunks("1"))
+    assert (await record(r, 1))["status"] == status
+
+
+async def test_append_of_a_gone_record_stops_and_recreates_nothing(r: Redis) -> None:
+    assert await call(r, "append", append_keys(7), append_args((1, ['"a"']))) == [b"stop"]
+    assert not await r.exists(rec(7)) and not await r.exists(KEYS.chunks("7"))
+
+
+async def test_append_queues_an_output_webhook_at_most_every_interval(r: Redis) -> None:
+    hook = {"webhook": "http://h/x", "webhook_events": "output,done"}
+    await add_job(r, 1, "processing", **hook)
+    await add_job(r, 2, "processing", webhook="http://h/x", webhook_events="done")
+    both = append_keys(1, 2)
+    await call(r, "append", both, append_args((1, ['"a"']), (1, ['"x"']), now="100"))
+    await call(r, "append", both, append_args((2, ['"b"']), (2, ['"y"']), now="100.2"))
+    await call(r, "append", both, append_args((3, ['"c"']), (3, ['"z"']), now="100.6"))
+    entries = await r.xrange(HOOKS)
+    assert [(f[b"key"], f[b"event"]) for _, f in entries] == [(rec(1).encode(), b"output")] * 2
+    assert (await record(r, 1))["output_at"] == "100.6"

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.background import make_worker
+from service.redis import connection
 from service.redis.connection import connect
 from service.redis.embedded import RedisServer, free_port
 from service.redis.url import parse as parse_redis_url
@@ -334,3 +335,18 @@ async def test_shutdown_ends_within_the_grace_period_and_answers_everyone_first(
     assert await rds.hget(KEYS.record(prediction_id), "status") == b"queued"
     assert (await rds.xpending(STREAM, GROUP))["pending"] == 0
     assert await rds.xlen(STREAM) == 1
+
+
+@pytest.mark.modes("single", "sentinel")
+async def test_commands_past_the_pool_wait_for_a_connection(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More commands at once than the pool has connections (a burst of stream followers
+    # woken together) wait for one to come back: none fails with "Too many connections".
+    monkeypatch.setattr(connection, "POOL_SIZE", 3)
+    client = connection.client_for(parse_redis_url(redis_url), socket_timeout=5)
+    try:
+        answers = await asyncio.gather(*(client.blpop(["nothing"], 0.1) for _ in range(10)))
+        assert answers == [None] * 10
+    finally:
+        await connection.close(client)

@@ -347,6 +347,36 @@ async def test_a_sync_request_with_a_webhook_is_answered_and_posted(
     assert len(rec.calls) == 1
 
 
+async def test_a_running_stream_posts_its_chunks_so_far_then_its_final_record(
+    make_client: ClientFactory, receiver: tuple[Receiver, str]
+) -> None:
+    rec, url = receiver
+    client = await make_client(
+        **hook_settings(model="tests.models:counting", stream_webhook_interval_seconds=0.1)
+    )
+    body = {
+        "input": {"n": 8, "every": 0.05},
+        "webhook": url,
+        "webhook_events": ["output", "done"],
+    }
+    resp = await client.post("/predict", json=body, headers={"Async-Mode": "true"})
+    prediction_id = (await resp.json())["prediction_id"]
+    assert (await wait_final(client, prediction_id))["status"] == "done"
+
+    async def final_posted() -> bool:
+        return any(json.loads(b)["status"] == "done" for _, b in rec.calls)
+
+    await poll(final_posted)
+    posts = [json.loads(body) for _, body in rec.calls]
+    interim = [p for p in posts if p["status"] == "processing"]
+    assert 1 <= len(interim) <= 5, "at most one post every 0.1 s of a 0.4 s stream"
+    for post in interim:  # the chunks so far: a beginning of the whole output, in order
+        made = post["output"]["result"]
+        assert made == [{"n": i} for i in range(len(made))]
+    assert posts[-1]["output"]["result"] == [{"n": i} for i in range(8)]
+    assert all(h["X-Prediction-ID"] == prediction_id for h, _ in rec.calls)
+
+
 async def _delivered(rec: Receiver, count: int) -> bool:
     return len(rec.calls) >= count
 

@@ -4,6 +4,8 @@
         print(await client.predict("What a lovely day"))
         job = await client.submit("Queued text")
         print(await job.result(timeout=30))
+        async for chunk in client.stream("Once upon a time", model="generate"):
+            print(chunk, end="")  # a model that streams: each chunk as it is made
 
     with Client("http://localhost:8080") as client:
         print(client.predict("What a lovely day"))
@@ -16,7 +18,8 @@ install this package without its server dependencies (`pip install --no-deps <th
 repository>`, then `pip install aiohttp`).
 """
 
-from service.client.clients import AsyncClient, Client, Job, SyncJob
+from service.client.blocking import Client, SyncJob
+from service.client.clients import AsyncClient, Job
 from service.client.errors import (
     BadRequestError,
     ClientError,

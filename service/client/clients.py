@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
@@ -18,6 +17,7 @@ from service.client.errors import (
     PredictionTimeoutError,
     error_for,
 )
+from service.client.events import STREAM_TIMEOUT, answer, follow
 
 T = TypeVar("T")
 
@@ -71,8 +71,18 @@ class Job:
                 )
 
     async def cancel(self) -> dict[str, Any]:
-        """Cancels the job if it is still queued (ConflictError if it already runs)."""
+        """Cancels the job if it is still queued, or stops it if it streams (ConflictError
+        if it runs a model that does not stream)."""
         return await self.client._call("DELETE", f"/predict/{self.prediction_id}")
+
+    def stream(self) -> AsyncIterator[Any]:
+        """The job's chunks as its model yields them, from the first, to the end (a model
+        that does not stream: none); a dropped connection is made again, on any replica,
+        resuming just after the last chunk received. Raises as ``result`` does when the
+        job fails or is canceled."""
+        client = self.client
+        url = f"{client.base_url}/predict/{self.prediction_id}/events"
+        return follow(client._http(), url, {})
 
 
 class AsyncClient:
@@ -154,6 +164,28 @@ class AsyncClient:
         body = await self._call("POST", self._path(model), {"input": value})
         return body["result"]
 
+    async def stream(
+        self, value: Any, *, model: str | None = None, queued: bool = True, **options: Any
+    ) -> AsyncIterator[Any]:
+        """The chunks of a model that streams, as it yields them. Queued (the default): the
+        job is submitted (``options`` as for ``submit``) and followed, so a dropped
+        connection resumes where it left off, on any replica. ``queued=False``: one sync
+        request, the fastest to its first chunk, which cannot resume."""
+        if queued:
+            job = await self.submit(value, model=model, **options)
+            async for chunk in job.stream():
+                yield chunk
+            return
+        headers = {"Accept": "text/event-stream"}
+        async with self._http().post(
+            self.base_url + self._path(model),
+            json={"input": value},
+            headers=headers,
+            timeout=STREAM_TIMEOUT,
+        ) as response:
+            async for chunk in answer(response):
+                yield chunk
+
     async def submit(
         self,
         value: Any,
@@ -212,72 +244,3 @@ class AsyncClient:
 
 #: Sessions being closed for clients that were dropped without closing them.
 _closing: set[asyncio.Task[None]] = set()
-
-
-class SyncJob:
-    """A queued prediction, for the blocking Client."""
-
-    def __init__(self, client: Client, job: Job) -> None:
-        self._client = client
-        self._job = job
-        self.prediction_id = job.prediction_id
-
-    def status(self) -> dict[str, Any]:
-        return self._client._run(self._job.status())
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._client._run(self._job.result(timeout))
-
-    def cancel(self) -> dict[str, Any]:
-        return self._client._run(self._job.cancel())
-
-
-class Client:
-    """The blocking client: the same calls as AsyncClient, on a private event loop."""
-
-    def __init__(self, base_url: str = "http://localhost:8080", **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._async = AsyncClient(base_url, **options)
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coroutine)
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._loop.is_closed():
-            self._run(self._async.close())
-            self._loop.close()
-
-    def __del__(self) -> None:
-        # Used without `with` and dropped: close the connection on the private loop.
-        with contextlib.suppress(Exception):
-            self.close()
-
-    def predict(self, value: Any, *, model: str | None = None) -> Any:
-        return self._run(self._async.predict(value, model=model))
-
-    def submit(self, value: Any, **options: Any) -> SyncJob:
-        """As AsyncClient.submit: model, idempotency_key, webhook, webhook_events, priority,
-        cancel_after."""
-        return SyncJob(self, self._run(self._async.submit(value, **options)))
-
-    def submit_many(self, values: list[Any], **options: Any) -> list[SyncJob]:
-        """As AsyncClient.submit_many: webhook, webhook_events, priority, cancel_after."""
-        jobs = self._run(self._async.submit_many(values, **options))
-        return [SyncJob(self, job) for job in jobs]
-
-    def get(self, prediction_id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        return self._run(self._async.get(prediction_id, wait=wait))
-
-    def models(self) -> dict[str, Any]:
-        return self._run(self._async.models())

@@ -11,6 +11,7 @@ from service.execution.executor import Executor
 from service.execution.inline import InlinePolicy, timed
 from service.execution.loop import BoundLoop
 from service.execution.processes import Call
+from service.execution.streams import Chunks
 from service.execution.timers import Deadlines
 from service.job import Outcome
 from service.models import Model
@@ -90,6 +91,11 @@ class Batcher:
         if give_up_after > 0:
             self._deadlines.expire_after(loop, future, give_up_after)
         return future
+
+    def stream(self, value: Any) -> Chunks:
+        """Starts a streaming call for one input (a model that streams: never batched, see
+        `service.execution.streams`); answers the channel of its chunks."""
+        return self._executor.stream(self.model, value)
 
     def started(self, future: asyncio.Future[Outcome]) -> bool:
         """Whether the batch of this future (from `run_one`) is running now."""
@@ -224,11 +230,14 @@ class Batchers:
             )
             for name, model in models.items()
         }
+        self._executor = executor
 
     def __getitem__(self, name: str) -> Batcher:
         return self._batchers[name]
 
     def abandon(self, error: Exception) -> None:
-        """`Batcher.abandon` for every model."""
+        """`Batcher.abandon` for every model; the streams under way are stopped, their
+        readers told why."""
         for batcher in self._batchers.values():
             batcher.abandon(error)
+        self._executor.abandon_streams(error)

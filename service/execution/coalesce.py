@@ -22,6 +22,11 @@ class Coalescer(Generic[T, R]):
     caller whose item it carried; so does one that takes longer than ``within`` seconds
     (0: no bound), with ``too_slow()``: the callers are answered, and the next flush goes
     out.
+
+    With ``spacing``, flushes start at least that many seconds apart: an item added sooner
+    after the last one waits for the rest of it (and shares the flush with whatever comes
+    meanwhile); one added later goes at once. Under load that trades at most ``spacing``
+    of delay for far fewer round trips; a lone caller never waits.
     """
 
     def __init__(
@@ -29,10 +34,13 @@ class Coalescer(Generic[T, R]):
         flush: Callable[[list[T]], Awaitable[list[R]]],
         within: float = 0.0,
         too_slow: Callable[[], Exception] | None = None,
+        spacing: float = 0.0,
     ) -> None:
         self._flush = flush
         self._within = within
         self._too_slow = too_slow or TimeoutError
+        self._spacing = spacing
+        self._last = -spacing  # when the last flush started (loop time)
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
         self._task: asyncio.Task[None] | None = None
@@ -51,6 +59,12 @@ class Coalescer(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._items:
+                if self._spacing:
+                    loop = asyncio.get_running_loop()
+                    early = self._last + self._spacing - loop.time()
+                    if early > 0:
+                        await asyncio.sleep(early)
+                    self._last = loop.time()
                 items, futures = self._items, self._futures
                 self._items, self._futures = [], []
                 try:

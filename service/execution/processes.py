@@ -21,33 +21,13 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from service.errors import ModelUnavailable
+from service.execution import children
 from service.execution.loop import BoundLoop
+from service.execution.streams import Chunks, End
 from service.job import Outcome
-from service.models import Model, ModelConfig, load_model
+from service.models import ModelConfig
 
 log = logging.getLogger(__name__)
-
-# Models of a pool process, loaded once by its initializer, and the number of the call it
-# started last (shared with the parent: a call whose process died before it started it
-# never ran, and is run again on the new process).
-_CHILD_MODELS: dict[str, Model] = {}
-_CHILD_STARTED: Any = None
-
-
-def _child_init(configs: list[ModelConfig], started: Any) -> None:
-    global _CHILD_STARTED
-    _CHILD_STARTED = started
-    for config in configs:
-        _CHILD_MODELS[config.name] = load_model(config.name, config.spec, "process")
-
-
-def _child_run_batch(name: str, values: list[Any], number: int) -> list[Outcome]:
-    _CHILD_STARTED.value = number
-    return _CHILD_MODELS[name].run_batch(values)
-
-
-def _noop() -> None:
-    return None
 
 
 def _alive(pool: ProcessPoolExecutor) -> list[Any]:
@@ -104,7 +84,7 @@ class Processes:
             max_workers=1,
             # spawn: a fresh interpreter, not a fork of a process with threads and a loop.
             mp_context=self._context,
-            initializer=_child_init,
+            initializer=children.init,
             initargs=(self._models, self._started[slot]),
         )
 
@@ -162,7 +142,7 @@ class Processes:
             self._calls[slot] = call
             try:
                 return await self._loop().run_in_executor(
-                    pool, _child_run_batch, model, values, number
+                    pool, children.run_batch, model, values, number
                 )
             except BrokenProcessPool:
                 interrupted = slot in self._interrupted
@@ -178,6 +158,33 @@ class Processes:
                 del self._calls[slot]
                 if slot not in self._rebuilding:
                     self._give_back(slot)
+
+    async def stream(self, model: str, value: Any, chunks: Chunks) -> None:
+        """Runs a streaming call on an idle process, pulling its chunks one at a time into
+        ``chunks`` (the process waits between them while the reader has no room); stops
+        it, closing its generator, when the reader stops. A process that dies ends the
+        stream with an error; it is replaced."""
+        slot = await self._idle_process()
+        pool, number = self._pools[slot], next(self._numbers)
+        loop = self._loop()
+        end = End()
+        try:
+            await loop.run_in_executor(pool, children.open_stream, model, value, number)
+            while not chunks.stopped:
+                item = await loop.run_in_executor(pool, children.next_chunk, number)
+                if isinstance(item, End):
+                    end = item
+                    break
+                await chunks.put(item)
+            else:
+                await loop.run_in_executor(pool, children.close_stream, number)
+        except BrokenProcessPool:
+            self._replace(slot, pool)
+            end = End(f"The process running model {model!r} died; it is being restarted.")
+        finally:
+            if slot not in self._rebuilding:
+                self._give_back(slot)
+        await chunks.put(end)
 
     def interrupt(self, call: Call) -> None:
         """Ends the process running ``call`` (its callers all gave up); the call sees its
@@ -235,7 +242,7 @@ class Processes:
 
     async def _warm(self, slot: int) -> None:
         try:
-            await self._loop().run_in_executor(self._pools[slot], _noop)
+            await self._loop().run_in_executor(self._pools[slot], children.noop)
         except Exception:
             log.exception("a new model process failed to start; it stays out of service")
             del self._rebuilding[slot]
@@ -253,7 +260,7 @@ class Processes:
     async def warm_up(self) -> None:
         """Starts every process now (each loads its models) rather than on first use."""
         loop = self._loop()
-        await asyncio.gather(*(loop.run_in_executor(pool, _noop) for pool in self._pools))
+        await asyncio.gather(*(loop.run_in_executor(pool, children.noop) for pool in self._pools))
 
     def shutdown(self) -> None:
         """Ends every process; a call still running is not waited for (its job is still

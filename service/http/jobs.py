@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 
-import orjson
 from aiohttp import web
 
 from service.errors import BadRequest, NotFound
 from service.http import state
 from service.http.io import client_gone, json_response, tenant_of
 from service.http.schemas import NOT_FOUND_MESSAGE
-from service.job import JobRecord, Status, prediction_view
+from service.http.sse import follow, last_event_id, open_events
+from service.job import JobRecord, prediction_view
 from service.jobs.waiting import wait_for_record
 
 
@@ -92,7 +92,8 @@ async def _own_record(request: web.Request, prediction_id: str, tenant: str) -> 
     return record
 
 
-_KEEPALIVE_SECONDS = 15.0
+#: How long a DELETE of a running stream waits for it to stop before it answers 202.
+_STOP_WAIT_SECONDS = 10.0
 #: The status logged and counted for a long-poll whose client left before the answer
 #: (nginx's convention; never sent: there is no one to send it to).
 CLIENT_CLOSED = 499
@@ -101,82 +102,48 @@ CLIENT_CLOSED = 499
 async def prediction_events(request: web.Request) -> web.StreamResponse:
     """
     ---
-    summary: Follow a prediction's status as server-sent events
+    summary: Follow a prediction as server-sent events (its status, and a model's chunks)
     description: >-
-      `text/event-stream`: one `status` event with the record (the GET shape) now and at
-      every change of status, until the job is final; then the stream ends. A comment line
-      every 15 s keeps idle connections open.
+      `text/event-stream`: a `status` event with the record (the GET shape) now and at
+      every change of status until the job is final. A job of a model that streams also
+      gets an `output` event per chunk, in order, as the model yields it (`id:` the chunk's
+      number, `data:` the chunk as JSON); the final status follows the last one. Send
+      `Last-Event-ID` (or `?last_event_id=`) with the last id received to resume after it:
+      no chunk twice, none missed, on any replica, while the job runs or after it ended,
+      until its record expires. A comment line every 15 s keeps idle connections open.
     tags: [predictions]
     parameters:
       - $ref: "#/components/parameters/PredictionId"
+      - $ref: "#/components/parameters/LastEventId"
+      - $ref: "#/components/parameters/LastEventIdQuery"
     responses:
-      "200":
-        description: "Events: `event: status` with `data:` the record as JSON."
-        content:
-          text/event-stream:
-            schema:
-              type: object
-              properties:
-                event: {type: string, enum: [status]}
-                data: {type: string, description: "The record (the GET shape) as JSON."}
+      "200": {$ref: "#/components/responses/JobEvents"}
+      "400": {$ref: "#/components/responses/BadRequest"}
       "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/PredictionNotFound"}
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
-    record = await _own_record(request, prediction_id, tenant_of(request))
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-ID": request[state.REQUEST_ID],
-        }
-    )
-    await response.prepare(request)
+    after = last_event_id(request)
+    await _own_record(request, prediction_id, tenant_of(request))
+    response = await open_events(request)
     try:
-        await _follow(request, response, prediction_id, record)
+        await follow(request, response, prediction_id, after)
+        await response.write_eof()
     except ConnectionResetError:  # the client went away: nothing more to send, no error
-        return response
-    await response.write_eof()
+        pass
     return response
-
-
-async def _follow(
-    request: web.Request, response: web.StreamResponse, prediction_id: str, record: JobRecord
-) -> None:
-    """Writes a status event now and at each change, until the job is final."""
-    results = request.app[state.RESULTS]
-    waiters = request.app[state.WAITERS]
-    sent: Status | None = None
-    current: JobRecord | None = record
-    while current is not None:
-        if current.status is not sent:
-            data = orjson.dumps(prediction_view(current))
-            await response.write(b"event: status\ndata: " + data + b"\n\n")
-            sent = current.status
-        if current.status.final or waiters.released:  # released: the replica stops, and
-            break  # the client reconnects to another one
-        before = current.status
-        current = await waiters.wait(
-            prediction_id,
-            _KEEPALIVE_SECONDS,
-            lambda: results.get(prediction_id),
-            until=lambda r, before=before: r is None or r.status is not before,  # type: ignore[misc]
-            changes=True,
-            gone=lambda: client_gone(request),
-        )
-        if client_gone(request):
-            raise ConnectionResetError("the client closed the stream")
-        if current is not None and current.status is before and not waiters.released:
-            await response.write(b": still " + before.value.encode() + b"\n\n")
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
     """
     ---
-    summary: Cancel a queued prediction
+    summary: Cancel a queued prediction, or stop a running stream
     description: >-
-      A job still queued is marked `canceled` and never runs (200, its record). A job
+      A job still queued is marked `canceled` and never runs (200, its record). A running
+      job of a model that streams is stopped before its next chunk (its generator is
+      closed) and ends `canceled`, keeping the chunks it made: 200 with its record once it
+      stopped, or 202 with the record as it is if it has not within 10 s. Any other job
       already running or finished is left as it is: 409 with its current status. Canceling
       twice answers 200 both times.
     tags: [predictions]
@@ -184,7 +151,12 @@ async def cancel_prediction(request: web.Request) -> web.Response:
       - $ref: "#/components/parameters/PredictionId"
     responses:
       "200":
-        description: Canceled.
+        description: Canceled (or stopped).
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Prediction"}
+      "202":
+        description: A running stream was asked to stop and has not yet; its record.
         content:
           application/json:
             schema: {$ref: "#/components/schemas/Prediction"}
@@ -198,10 +170,21 @@ async def cancel_prediction(request: web.Request) -> web.Response:
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
-    results = request.app[state.RESULTS]
-    before, record = await results.cancel(prediction_id, time.time(), tenant_of(request))
+    app = request.app
+    streaming = app[state.MODELS].streaming
+    before, record, stopping = await app[state.RESULTS].cancel(
+        prediction_id, time.time(), tenant_of(request), streaming
+    )
     if not before or record is None:
         raise NotFound(NOT_FOUND_MESSAGE)
+    if stopping:  # a running stream stops before its next chunk: its end is waited for
+        record = await wait_for_record(
+            app[state.RESULTS], app[state.WAITERS], prediction_id, _STOP_WAIT_SECONDS
+        )
+        if record is None:
+            raise NotFound(NOT_FOUND_MESSAGE)
+        status = 200 if record.status.final else 202
+        return json_response(prediction_view(record), status=status)
     if before not in ("queued", "canceled"):
         return json_response(
             {

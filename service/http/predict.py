@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from service.errors import PredictionFailed, PredictionTimeout
-from service.http import state
+from service.http import sse, state
 from service.http.io import (
     PredictBody,
     async_mode,
@@ -26,8 +26,10 @@ from service.http.io import (
     traced,
 )
 from service.http.schemas import ACCEPTED_MESSAGE
+from service.http.sse import wants_events
 from service.job import JobRecord, NewJob, Outcome, Status, prediction_view
 from service.jobs import deadlines
+from service.jobs.runner import drain
 from service.jobs.waiting import submit_and_wait
 from service.jobs.webhooks import check_url
 from service.redis.keys import idempotency_name
@@ -54,7 +56,7 @@ def rules(request: web.Request, settings: Settings) -> Rules:
     return Rules(queued, wait, key, deadline)
 
 
-async def predict(request: web.Request) -> web.Response:
+async def predict(request: web.Request) -> web.StreamResponse:
     # Kept flat on purpose: every coroutine layer here costs each request (about 1 us, 2%
     # of a sync request: docs/benchmarks.md, "Fewer layers per request");
     # POST /predict comes here straight, POST /models/{name}/predict through one wrapper.
@@ -76,6 +78,11 @@ async def predict(request: web.Request) -> web.Response:
     gate.enter(settings.max_sync_in_flight)
     batcher = app[state.BATCHERS][model.name]
     created = time.time()
+    if model.streams or wants_events(request):
+        try:
+            return await _streamed(request, body, value, wait, created)
+        finally:
+            gate.in_flight -= 1
     try:
         future = batcher.run_one(value, wait.seconds)
         outcome = await future
@@ -116,6 +123,33 @@ def sync_answer(
     if extra:
         return json_response({"error": outcome.error, **extra}, status=500)
     raise PredictionFailed(outcome.error)
+
+
+async def _streamed(
+    request: web.Request, body: PredictBody, value: Any, wait: deadlines.Wait, created: float
+) -> web.StreamResponse:
+    """A sync request of a model that streams, or one that asks for events: the chunks as
+    events while the model yields them (Accept: text/event-stream), or the usual answer,
+    its result the list of them. A model that does not stream, asked for events, sends its
+    output as one event."""
+    app = request.app
+    settings = app[state.SETTINGS]
+    batcher = app[state.BATCHERS][request.match_info.get("name") or app[state.MODELS].default]
+    model = batcher.model.name
+    if batcher.model.streams:
+        chunks = batcher.stream(value)
+    else:
+        chunks = await sse.whole(batcher, value, wait)
+    if wants_events(request):
+        response, outcome = await sse.answer_now(request, model, body.input, chunks, wait)
+    else:
+        outcome = await drain(
+            chunks, wait, settings.job_timeout_seconds, settings.max_stream_chunks
+        )
+    kept = await _keep(request, model, body, created, outcome) if body.webhook else ""
+    if wants_events(request):
+        return response
+    return sync_answer(app, model, body.input, outcome, kept)
 
 
 async def _queue(request: web.Request, model: str, body: PredictBody, asked: Rules) -> web.Response:
@@ -232,15 +266,18 @@ predict.__doc__ = (
     summary: Predict with the default model, now or queued
     description: >-
       With `Async-Mode: false` (or no header) the model runs at once and the answer holds its
-      result. With `Async-Mode: true` the job is recorded and queued, and the answer holds a
-      prediction id to poll at `GET /predict/{prediction_id}` (also in the `Location` header).
+      result; with `Accept: text/event-stream` too, the answer is a stream of events, each
+      chunk of a model that streams sent as the model yields it. With `Async-Mode: true` the
+      job is recorded and queued, and the answer holds a prediction id to poll at
+      `GET /predict/{prediction_id}` (also in the `Location` header); its events, chunks
+      included, at `GET /predict/{prediction_id}/events`.
     tags: [predictions]
     parameters:"""
     + _PREDICT_SPEC_TAIL
 )
 
 
-async def predict_with_model(request: web.Request) -> web.Response:
+async def predict_with_model(request: web.Request) -> web.StreamResponse:
     return await predict(request)  # the model is named in the path
 
 

@@ -62,7 +62,7 @@ class WebhookFields(BaseModel):
     # "" (the default, never validated) means none; a given URL, null included, is checked.
     webhook: Annotated[str, StringConstraints(max_length=2048, pattern=WEBHOOK_URL)] = ""
     webhook_events: Annotated[
-        list[Literal["done", "failed", "aborted", "canceled"]], Field(min_length=1)
+        list[Literal["done", "failed", "aborted", "canceled", "output"]], Field(min_length=1)
     ] = [
         "done",
         "failed",

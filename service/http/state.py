@@ -14,11 +14,13 @@ from service.http.lifecycle import Lifecycle, SyncGate
 from service.http.tenants import Limiter, Tenant, Tenants
 from service.jobs.dead_letters import DeadLetters
 from service.jobs.lane import DirectLane
+from service.jobs.outputs import Outputs
 from service.jobs.queue import JobQueue
 from service.jobs.store import ResultStore
 from service.jobs.streams import Streams
 from service.jobs.waiting import Waiters
 from service.jobs.webhooks import Policy
+from service.jobs.worker import StreamSlots
 from service.models import ModelRegistry
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
@@ -52,6 +54,8 @@ DURABLE = web.AppKey("durable", Durable)
 LANE = web.AppKey("lane", DirectLane)
 RESULTS = web.AppKey("results", ResultStore)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
+OUTPUTS = web.AppKey("outputs", Outputs)
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 WAITERS = web.AppKey("waiters", Waiters)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

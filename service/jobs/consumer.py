@@ -44,12 +44,15 @@ class Consumer:
         self.settings = settings
         self._scripts = scripts
         self._streams = streams
-        self._reader = Reader(redis, scripts, streams.partitions, partition, name, settings)
         self._held = Held(redis, name, settings.visibility_ms / 3000)
+        self._reader = Reader(
+            redis, scripts, streams.partitions, partition, name, settings, self._held.holds
+        )
 
-    async def next(self) -> Batches:
-        """The next entries to run, a list per stream (see `Reader.next`); each is held."""
-        batches = await self._reader.next()
+    async def next(self, most: int = 0) -> Batches:
+        """The next entries to run (at most ``most``, a batch when 0), a list per stream
+        (see `Reader.next`); each is held."""
+        batches = await self._reader.next(most)
         for keys, entries in batches:
             self._held.hold(keys, entries)
         return batches
@@ -149,6 +152,9 @@ class Held:
             held[entry.entry_id] = held.get(entry.entry_id, 0) + 1
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
+
+    def holds(self, keys: Keys, entry_id: bytes) -> bool:
+        return entry_id in self._ids.get(keys, ())
 
     def release(self, keys: Keys, entries: list[Entry]) -> None:
         held = self._ids.get(keys)

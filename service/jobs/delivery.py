@@ -30,6 +30,7 @@ from service.jobs.store import ResultStore
 from service.jobs.webhooks import Policy, PublicResolver, Unresolved, check_url, sign
 from service.observability.tracing import Tracing
 from service.redis.calls import Scripts
+from service.redis.calls.outputs import read as read_chunks
 from service.redis.calls.webhooks import release_due, settle
 from service.redis.connection import REDIS_FAILURES, stream_gone
 from service.redis.keys import Keys, Partitions
@@ -195,14 +196,23 @@ class Dispatcher:
         if record is None or not record.webhook:  # expired meanwhile: nothing to send
             await self._ack(keys, entry_id)
             return
-        body = orjson.dumps(prediction_view(record))
+        interim = fields.get(b"event") == b"output"
+        if interim and record.status.final:  # the final post is due anyway: this one is not
+            await self._ack(keys, entry_id)
+            return
+        view = prediction_view(record)
+        if interim:  # the record with its chunks so far, while it runs
+            view["output"]["result"] = [
+                orjson.Fragment(c) for c in await self._chunks(keys, prediction_id)
+            ]
+        body = orjson.dumps(view)
         if self._tracing is not None and record.traceparent:
             headers: dict[str, Any] = {}
             with self._tracing.webhook(record.traceparent, record.webhook, headers):
                 delivered = await self._post(http, prediction_id, record.webhook, body, headers)
         else:
             delivered = await self._post(http, prediction_id, record.webhook, body)
-        if delivered:
+        if delivered or interim:  # an interim post that failed is not tried again
             await self._ack(keys, entry_id)
             return
         wait = min(self._settings.retry * 2 ** (attempt - 1), MAX_BACKOFF)
@@ -212,6 +222,13 @@ class Dispatcher:
             return
         member = b"%s|%d|%.3f" % (key, attempt + 1, since)
         await settle(self._scripts, keys, GROUP, entry_id, (member, time.time() + wait))
+
+    async def _chunks(self, keys: Keys, prediction_id: str) -> list[bytes]:
+        """A running job's chunks so far."""
+        out: list[bytes] = []
+        while page := await read_chunks(self._redis, keys, prediction_id, len(out), 1000):
+            out += [chunk for _, chunk in page]
+        return out
 
     async def _ack(self, keys: Keys, entry_id: bytes) -> None:
         await settle(self._scripts, keys, GROUP, entry_id)

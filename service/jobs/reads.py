@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class Reader:
         partition: Keys,
         consumer: str,
         reads: ConsumerSettings,
+        running: Callable[[Keys, bytes], bool] = lambda keys, entry_id: False,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -70,7 +72,11 @@ class Reader:
         self._credit: list[int] = []
         self._refresh()
         self.consumer = consumer
-        self._size = reads.batch_size
+        self._size = self._most = reads.batch_size
+        # Entries this consumer runs now (a streaming job runs beside the reads): its own
+        # pending ones are read past them, not started twice.
+        self._running = running
+        self._pending_after: dict[Keys, str] = {}
         self._block_ms = reads.block_ms
         self._visibility_ms = reads.visibility_ms
         self._reclaim_every = reads.visibility_ms / 2000
@@ -83,6 +89,7 @@ class Reader:
         """Reads this consumer's own pending entries first again (a batch left pending, or
         the streams recreated)."""
         self._own_pending_done = False
+        self._pending_after.clear()
 
     def _refresh(self) -> None:
         """Follows the tenants (the keys file was reloaded)."""
@@ -93,10 +100,11 @@ class Reader:
         self._credit = [0] * len(self._weights)
         self._streams = tuple(k for p in range(3) for t in self._tenants for k in (t[p],))
 
-    async def next(self) -> Batches:
-        """The next entries to run ([] for none): own pending ones until there are none
-        (that pass answers []), idle ones of others every half visibility timeout, else
-        new ones."""
+    async def next(self, most: int = 0) -> Batches:
+        """The next entries to run ([] for none), at most ``most`` (a batch when 0): own
+        pending ones until there are none (that pass answers []), idle ones of others
+        every half visibility timeout, else new ones."""
+        self._most = min(most, self._size) if most > 0 else self._size
         if self._version != self._partitions.version:
             self._refresh()
         if not self._own_pending_done:
@@ -116,7 +124,7 @@ class Reader:
         batches = await self._fill(self._order()) if self._backlog else []
         if not batches:
             batches = await self._wait()
-        self._backlog = sum(len(entries) for _, entries in batches) >= self._size
+        self._backlog = sum(len(entries) for _, entries in batches) >= self._most
         return batches
 
     def _order(self) -> tuple[Keys, ...]:
@@ -137,7 +145,7 @@ class Reader:
     async def _fill(self, streams: tuple[Keys, ...]) -> Batches:
         """Up to a batch in all, from the first of ``streams`` on; never blocks."""
         return await self._parse(
-            streams, await take(self._scripts, streams, self.consumer, self._size)
+            streams, await take(self._scripts, streams, self.consumer, self._most)
         )
 
     async def _wait(self) -> Batches:
@@ -147,7 +155,7 @@ class Reader:
             streams[0].group,
             self.consumer,
             {k.stream: ">" for k in streams},
-            count=self._size,
+            count=self._most,
             block=self._block_ms,
         )
         if not reply:
@@ -173,13 +181,22 @@ class Reader:
             await self._redis.xack(keys.stream, keys.group, *gone)
 
     async def _own_pending(self, keys: Keys) -> list[Entry]:
-        """This consumer's entries of one stream delivered and never acked (a restart)."""
-        reply = await self._redis.xreadgroup(
-            keys.group, self.consumer, {keys.stream: "0"}, count=self._size
-        )
-        raw = stream_entries(reply)
-        await self._ack_deleted(keys, raw)
-        return parse_entries(raw)
+        """This consumer's entries of one stream delivered and never acked (a restart),
+        but for those it runs now."""
+        while True:
+            after = self._pending_after.get(keys, "0")
+            reply = await self._redis.xreadgroup(
+                keys.group, self.consumer, {keys.stream: after}, count=self._most
+            )
+            raw = stream_entries(reply)
+            if not raw:
+                return []
+            await self._ack_deleted(keys, raw)
+            last = raw[-1][0]
+            self._pending_after[keys] = last.decode() if isinstance(last, bytes) else last
+            entries = [e for e in parse_entries(raw) if not self._running(keys, e.entry_id)]
+            if entries:
+                return entries
 
     async def _reclaim(self, keys: Keys) -> list[Entry]:
         """Takes over entries of one stream that other consumers left idle longer than the
@@ -190,14 +207,14 @@ class Reader:
         """
         claimed: list[Entry] = []
         cursor: Any = "0-0"
-        while len(claimed) < self._size:
+        while len(claimed) < self._most:
             reply = await self._redis.xautoclaim(
                 keys.stream,
                 keys.group,
                 self.consumer,
                 self._visibility_ms,
                 start_id=cursor,
-                count=self._size - len(claimed),
+                count=self._most - len(claimed),
             )
             cursor, raw = reply[0], reply[1]
             await self._ack_deleted(keys, raw)

@@ -6,39 +6,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from service.errors import InvalidInput, NotFound
 from service.execution.batching import Batchers
+from service.execution.streams import Chunks, End
 from service.job import Entry, Outcome
 from service.jobs import deadlines
+from service.jobs.outputs import Outputs
 from service.models import ModelRegistry
 from service.observability.tracing import Tracing
+from service.redis.keys import Keys
 
 _NO_SPAN = contextlib.nullcontext()
 
 
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """A job fails past ``job_timeout`` seconds from submission (0: none), and a streaming
+    call past ``max_chunks`` chunks."""
+
+    job_timeout: float = 0.0
+    max_chunks: int = 10_000
+
+
 class JobRunner:
-    """Predicts the entries of a batch with ``models`` through their ``batchers``; with
-    ``tracing``, each model call is a span linked to its jobs."""
+    """Predicts the entries of a batch with ``models`` through their ``batchers``; a model
+    that streams runs each job on its own, its chunks kept in ``outputs`` as they come.
+    With ``tracing``, each model call is a span linked to its jobs."""
 
     def __init__(
         self,
         models: ModelRegistry,
         batchers: Batchers,
-        job_timeout: float = 0.0,
+        outputs: Outputs,
+        limits: RunLimits,
         tracing: Tracing | None = None,
     ) -> None:
         self._models = models
         self._batchers = batchers
-        self._job_timeout = job_timeout
+        self._outputs = outputs
+        self._job_timeout = limits.job_timeout
+        self._max_chunks = limits.max_chunks
         self._tracing = tracing
 
-    async def predict(self, entries: list[Entry]) -> list[Outcome]:
-        """Outcomes in entry order: one batch call per model; a job that cannot run here
-        (an unknown model, an input that no longer fits) fails alone, saying why."""
+    @property
+    def streaming(self) -> bool:
+        """Whether any model here streams."""
+        return bool(self._models.streaming)
+
+    def streams(self, model: str) -> bool:
+        """Whether ``model`` streams (its jobs run one by one, beside the worker's reads)."""
+        return model in self._models.streaming
+
+    async def predict(self, entries: list[Entry], keys: Keys) -> list[Outcome]:
+        """Outcomes in entry order: one batch call per model (one call per job of a model
+        that streams); a job that cannot run here (an unknown model, an input that no
+        longer fits) fails alone, saying why. ``keys``: the partition of the entries."""
         if self._tracing is not None:
             self._tracing.jobs_started(entries, time.time())
         outcomes: list[Outcome] = [Outcome(ok=False)] * len(entries)
@@ -58,7 +86,12 @@ class JobRunner:
             values.append(value)
         for name, (slots, values) in groups.items():
             batch = [entries[i] for i in slots]
-            results = await self._call(name, batch, values)
+            if self._models.get(name).streams:
+                results = await asyncio.gather(
+                    *(self._stream(name, keys, e, v) for e, v in zip(batch, values, strict=True))
+                )
+            else:
+                results = await self._call(name, batch, values)
             now = time.time()
             for i, entry, outcome in zip(slots, batch, results, strict=True):
                 outcomes[i] = deadlines.settled(entry, outcome, now)
@@ -78,3 +111,67 @@ class JobRunner:
         except TimeoutError:
             ended = deadlines.CANCELED if wait.cancels else deadlines.timed_out(self._job_timeout)
             return [ended] * len(values)
+
+    async def _stream(self, model: str, keys: Keys, entry: Entry, value: Any) -> Outcome:
+        """One job of a streaming model: each chunk kept in Redis as it comes (so readers on
+        any replica follow it), the final result the list of them. Stopped before its next
+        chunk by a DELETE, its Cancel-After or its time limit (then canceled, or failed:
+        timed out), or past MAX_STREAM_CHUNKS (failed)."""
+
+        appender = self._outputs.appender(keys, entry.prediction_id)
+        wait = deadlines.batch_wait([entry], self._job_timeout, time.time())
+        chunks = self._batchers[model].stream(value)
+        try:
+            outcome = await drain(chunks, wait, self._job_timeout, self._max_chunks, appender.add)
+        except BaseException:
+            appender.drop()
+            raise
+        # Every chunk lands before the final record is written; a stop asked meanwhile
+        # (a DELETE racing the last chunk) still ends the job canceled.
+        if not await appender.landed() and outcome.ok:
+            return STOPPED
+        return outcome
+
+
+#: A running stream its reader stopped (a DELETE): canceled, its chunks so far kept.
+STOPPED = Outcome(ok=False, error="canceled: stopped by a DELETE", canceled=True)
+
+
+async def drain(
+    chunks: Chunks,
+    wait: deadlines.Wait,
+    job_timeout: float,
+    most: int,
+    each: Callable[[int, bytes], Awaitable[bool]] | None = None,
+) -> Outcome:
+    """Reads a streaming call to its end, handing each chunk to ``each`` (with its number)
+    as it comes: the outcome, its result the list of the chunks. Stops the model before
+    its next chunk when ``each`` answers False (canceled), when ``wait`` runs out
+    (canceled past a Cancel-After, failed past JOB_TIMEOUT_SECONDS), past ``most`` chunks
+    (failed, saying so), or when the reader fails or is cancelled."""
+    made: list[bytes] = []
+    try:
+        # One timer for the whole call (the reader's writes included), not one per chunk.
+        async with asyncio.timeout(wait.seconds or None):
+            while True:
+                item = await chunks.next()
+                if isinstance(item, End):
+                    if item.error:
+                        return Outcome(ok=False, error=item.error)
+                    return Outcome(ok=True, payload=b"[" + b",".join(made) + b"]")
+                if len(made) == most:
+                    chunks.stop()
+                    error = (
+                        f"stopped: the model yielded more than MAX_STREAM_CHUNKS ({most}) chunks"
+                    )
+                    return Outcome(ok=False, error=error)
+                made.append(item)
+                if each is not None and not await each(len(made), item):
+                    chunks.stop()
+                    return STOPPED
+    except TimeoutError:
+        chunks.stop()
+        return deadlines.CANCELED if wait.cancels else deadlines.timed_out(job_timeout)
+    except BaseException:
+        chunks.stop()
+        raise

@@ -48,14 +48,17 @@ class ResultStore:
         return await calls.mark(self._scripts, keys, jobs, now, self._limits)
 
     async def cancel(
-        self, prediction_id: str, now: float, tenant: str = ""
-    ) -> tuple[Status | None, JobRecord | None]:
-        """Cancels the job if it is still queued and ``tenant``'s; answers the status it had
-        (None if none, or another tenant's) and the record as it is now, in one round
-        trip."""
+        self, prediction_id: str, now: float, tenant: str = "", streaming: Sequence[str] = ()
+    ) -> tuple[Status | None, JobRecord | None, bool]:
+        """Cancels the job if it is still queued and ``tenant``'s, or asks it to stop if it
+        runs and its model is one of ``streaming``; answers the status it had (None if
+        none, or another tenant's), the record as it is now, and whether it was asked to
+        stop: one round trip."""
         keys = self._partitions.of(prediction_id)
-        before, flat = await calls.cancel(self._scripts, keys, prediction_id, now, tenant)
-        return before, JobRecord.from_flat(prediction_id, flat)
+        before, flat, stopping = await calls.cancel(
+            self._scripts, keys, prediction_id, now, tenant, streaming
+        )
+        return before, JobRecord.from_flat(prediction_id, flat), stopping
 
     async def keep_sync(self, record: JobRecord, events: str, outcome: Outcome) -> None:
         """Writes the final record of a sync request that named a webhook, and its webhook

@@ -10,15 +10,16 @@ the listener reconnecting) costs at most the wait, never a wrong answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from service.execution.loop import BoundLoop
 from service.execution.timers import Deadlines
 from service.job import JobRecord, NewJob
 from service.jobs.queue import JobQueue
 from service.jobs.store import ResultStore
-from service.redis.channels import Channels
+from service.redis.channels import Channels, Heard
 from service.redis.keys import Keys, Partitions
 from service.redis.url import RedisTarget
 
@@ -29,14 +30,20 @@ _SWEEP_SECONDS = 1.0
 
 class Waiters:
     """Local waiters, woken by what every partition's two channels announce: ``done``
-    (jobs that ended) and ``started`` (jobs that began running). A waiter asks for one or
-    for both."""
+    (jobs that ended) and ``started`` (jobs that began running), and by what this
+    replica's own channel says of the jobs it follows (new chunks). A waiter asks for the
+    end, for any change of status, and maybe for new chunks too."""
 
-    def __init__(self, target: RedisTarget, partitions: Partitions) -> None:
-        self._channels = Channels(target, partitions, self._announced, self._wake_all)
-        # Waiters for the end of a job, and waiters for any change of its status.
+    def __init__(self, target: RedisTarget, partitions: Partitions, replica: str) -> None:
+        self._channels = Channels(target, partitions, replica, self._announced, self._wake_all)
+        # Waiters for the end of a job, for any change of its status, for its new chunks.
         self._ends: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
         self._changes: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
+        self._outputs: dict[str, set[asyncio.Future[JobRecord | None]]] = {}
+        # Jobs followed here (`following`): the status changes heard of each, and by how
+        # many followers.
+        self._moves: dict[str, int] = {}
+        self._followers: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop = BoundLoop()
         #: Set when the replica stops: waits answer at once from then on.
@@ -53,19 +60,33 @@ class Waiters:
     async def stop(self) -> None:
         await self._channels.stop()
 
-    def _announced(self, keys: Keys, ended: bool, data: bytes) -> None:
-        if not (self._changes or (ended and self._ends)):
+    def _announced(self, keys: Keys, heard: Heard, data: bytes) -> None:
+        if heard is Heard.OUTPUT:
+            self._wake(keys.prediction_id(data), heard)
+            return
+        if not (self._changes or self._moves or (heard is Heard.ENDED and self._ends)):
             return  # no one here waits for these: not worth parsing
         for key in data.split(b","):
-            self._wake(keys.prediction_id(key), ended)
+            self._wake(keys.prediction_id(key), heard)
 
-    def _wake(self, prediction_id: str, ended: bool, record: JobRecord | None = None) -> None:
-        for waiters in (self._changes, self._ends) if ended else (self._changes,):
+    def _wake(self, prediction_id: str, heard: Heard, record: JobRecord | None = None) -> None:
+        woken: tuple[dict[str, set[asyncio.Future[JobRecord | None]]], ...]
+        if heard is not Heard.OUTPUT and prediction_id in self._moves:
+            self._moves[prediction_id] += 1
+        if heard is Heard.ENDED:
+            woken = (self._changes, self._ends, self._outputs)
+        else:
+            woken = (self._changes,) if heard is Heard.STARTED else (self._outputs,)
+        for waiters in woken:
             waiting = waiters.pop(prediction_id, None)
             if waiting is not None:
                 for future in waiting:
                     if not future.done():
                         future.set_result(record)
+
+    def appended(self, prediction_id: str) -> None:
+        """New chunks of a job followed here, appended here (see `Outputs.appended`)."""
+        self._wake(prediction_id, Heard.OUTPUT)
 
     def waited_for(self, prediction_id: str) -> bool:
         """Whether someone here waits for this job to end."""
@@ -74,7 +95,7 @@ class Waiters:
     def ended(self, record: JobRecord) -> None:
         """Hands a final record that this replica just wrote to its local waiters: they
         need not read it back (the channel announcement still reaches everyone else)."""
-        self._wake(record.prediction_id, True, record)
+        self._wake(record.prediction_id, Heard.ENDED, record)
 
     def release(self) -> None:
         """The replica is stopping: every waiter is answered now with the record as it is
@@ -83,21 +104,64 @@ class Waiters:
         self._wake_all()
 
     def _wake_all(self) -> None:
-        for prediction_id in list(self._ends) + list(self._changes):
-            self._wake(prediction_id, True)
+        for prediction_id in {*self._ends, *self._changes, *self._outputs, *self._moves}:
+            self._wake(prediction_id, Heard.ENDED)
+
+    @contextlib.contextmanager
+    def following(self, prediction_id: str) -> Iterator[None]:
+        """While inside, the status changes heard of the job are counted (`moves`): a
+        follower woken for new chunks alone need not read the record again."""
+        self._followers[prediction_id] = self._followers.get(prediction_id, 0) + 1
+        self._moves.setdefault(prediction_id, 0)
+        try:
+            yield
+        finally:
+            left = self._followers.pop(prediction_id) - 1
+            if left:
+                self._followers[prediction_id] = left
+            else:
+                self._moves.pop(prediction_id, None)
+
+    def moves(self, prediction_id: str) -> int:
+        """How many status changes of a job followed here were heard (see `following`)."""
+        return self._moves.get(prediction_id, 0)
 
     def register(
-        self, prediction_id: str, changes: bool = False
+        self, prediction_id: str, changes: bool = False, outputs: bool = False
     ) -> asyncio.Future[JobRecord | None]:
-        """A future resolved when the job ends (or, with ``changes``, changes status).
-        Register before the job can end, then pass it to `wait`, or `unregister` it."""
+        """A future resolved when the job ends (or, with ``changes``, changes status; with
+        ``outputs``, also when it has new chunks). Register before the job can end, then
+        pass it to `wait` or `changed`, or `unregister` it."""
         future: asyncio.Future[JobRecord | None] = self._loop().create_future()
         waiters = self._changes if changes else self._ends
         waiters.setdefault(prediction_id, set()).add(future)
+        if outputs:
+            self._outputs.setdefault(prediction_id, set()).add(future)
         return future
 
+    async def changed(
+        self,
+        prediction_id: str,
+        future: asyncio.Future[JobRecord | None],
+        seconds: float,
+        gone: Callable[[], bool] | None = None,
+    ) -> None:
+        """Waits on a registered ``future`` (see `register`) for at most ``seconds``, or
+        until the client is ``gone``; then unregisters it."""
+        loop = self._loop()
+        self._deadlines.expire_after(loop, future, seconds)
+        if gone is not None:
+            self._leavers[future] = gone
+            if self._sweep_timer is None:
+                self._sweep_timer = loop.call_later(_SWEEP_SECONDS, self._sweep)
+        try:
+            await future
+        finally:
+            self.unregister(prediction_id, future)
+            self._leavers.pop(future, None)
+
     def unregister(self, prediction_id: str, future: asyncio.Future[JobRecord | None]) -> None:
-        for waiters in (self._ends, self._changes):
+        for waiters in (self._ends, self._changes, self._outputs):
             waiting = waiters.get(prediction_id)
             if waiting is not None and future in waiting:
                 waiting.discard(future)

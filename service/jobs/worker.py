@@ -33,6 +33,46 @@ def _gone(exc: BaseException) -> str:
     return "a stream it read was deleted"
 
 
+class StreamSlots:
+    """How many queued jobs of streaming models a replica runs at once (``size``,
+    STREAM_THREADS). Its workers run such jobs beside their reads (a stream may last
+    minutes: a worker that waited for it would leave the jobs queued behind it waiting
+    too); a read takes no more entries than there are free slots, and each streaming job
+    read waits for its slot before it is marked running (two workers' reads may have
+    counted the same free slot)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.running = 0
+        self._freed = asyncio.Event()
+
+    def free(self) -> int:
+        return max(0, self.size - self.running)
+
+    async def take(self, stopping: asyncio.Event) -> bool:
+        """Takes a slot once one is free; False (none taken) if ``stopping`` is set first
+        (checked every half second)."""
+        while not self.free():
+            if stopping.is_set():
+                return False
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), 0.5)
+        self.running += 1
+        return True
+
+    def give(self) -> None:
+        self.running -= 1
+        self._freed.set()
+
+    async def wait(self, stopping: asyncio.Event) -> None:
+        """Until a slot is free or ``stopping`` is set (checked every half second)."""
+        while not self.free() and not stopping.is_set():
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), 0.5)
+
+
 class Worker:
     """Runs what its ``consumer`` reads: marks each batch (``store``), predicts it
     (``runner``) and finishes it (the consumer), counting and logging each job
@@ -46,12 +86,16 @@ class Worker:
         runner: JobRunner,
         metrics: Metrics,
         waiters: Waiters | None = None,
+        slots: StreamSlots | None = None,
     ) -> None:
         self.consumer = consumer
         self._store = store
         self._runner = runner
         self._metrics = metrics
         self._waiters = waiters
+        # Jobs of streaming models run beside the reads, in these slots (when given).
+        self._slots = slots if runner.streaming else None
+        self._alone: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._outage = False  # Redis is away (logged once)
         self._gone = 0  # steps in a row that found a stream or group missing
@@ -64,7 +108,13 @@ class Worker:
         """Reads the next entries and runs them, a batch per stream they came from; answers
         how many. Every entry read is kept claimed from the read until it is finished or
         handed back, also while it waits for the batches read with it to run first."""
-        batches = await self.consumer.next()
+        most = 0
+        if self._slots is not None:
+            await self._slots.wait(self._stopping)
+            if self._stopping.is_set():
+                return 0
+            most = self._slots.free()
+        batches = await self.consumer.next(most)
         try:
             for done, (keys, entries) in enumerate(batches):
                 try:
@@ -84,13 +134,66 @@ class Worker:
         records and acks every entry of the batch (one more call). ``keys``: those of the
         stream the entries came from (the partition's normal one if not given)."""
         keys = keys or self.consumer.partition
+        alone = await self._take_slots(keys, entries)
         prior = await self._store.mark(
             keys, [(e.prediction_id, e.entry_id) for e in entries], time.time()
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         report_given_up(self.name, self._metrics, entries, prior)
+        if alone:
+            for entry in entries:
+                if entry.entry_id not in alone:
+                    continue
+                if entry in runnable:
+                    self._run_alone(keys, entry)
+                else:  # not to run (final, dead-lettered, expired): acked below
+                    alone.discard(entry.entry_id)
+                    self._slots.give()  # type: ignore[union-attr]
+            runnable = [e for e in runnable if e.entry_id not in alone]
+            entries = [e for e in entries if e.entry_id not in alone]
+            if not entries:
+                return
         # Jobs already final (a redelivery), dead-lettered or expired are acked, not run.
         await self._run(keys, runnable, entries)
+
+    async def _take_slots(self, keys: Keys, entries: list[Entry]) -> set[bytes]:
+        """A slot for each entry of a streaming model, waiting for them (see StreamSlots);
+        answers those entries. A replica that stops meanwhile hands the batch back."""
+        if self._slots is None:
+            return set()
+        alone = {e.entry_id for e in entries if self._runner.streams(e.model)}
+        for taken in range(len(alone)):
+            if not await self._slots.take(self._stopping):
+                for _ in range(taken):
+                    self._slots.give()
+                await self._hand_back(keys, entries, entries)
+                raise ShuttingDown("The replica stops: the batch went back on the queue.")
+        return alone
+
+    def _run_alone(self, keys: Keys, entry: Entry) -> None:
+        """Starts a job of a streaming model in a task of its own, in the slot it took: it
+        ends (its record written, its entry acked) when its stream does, whatever runs
+        beside it."""
+        assert self._slots is not None
+        self.consumer.hold(keys, [entry])  # past the read's release, until its run ends
+        task = asyncio.create_task(self._alone_run(keys, entry))
+        self._alone.add(task)
+        task.add_done_callback(self._alone.discard)
+
+    async def _alone_run(self, keys: Keys, entry: Entry) -> None:
+        assert self._slots is not None
+        try:
+            await self._run(keys, [entry], [entry])
+        except ShuttingDown:
+            pass  # handed back to the queue (see _run)
+        except Exception as exc:
+            # Its outcome could not be written (Redis away too long): the entry stays
+            # pending, to be read again by this consumer, or reclaimed.
+            log.warning("%s: job %s did not end: %s", self.name, entry.prediction_id, exc)
+            self.consumer.restart()
+        finally:
+            self.consumer.release(keys, [entry])
+            self._slots.give()
 
     async def run_started(self, keys: Keys, entries: list[Entry]) -> None:
         """Runs a batch that submit.lua started already (the direct lane): no mark call."""
@@ -99,7 +202,7 @@ class Worker:
     async def _run(self, keys: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         self.consumer.hold(keys, batch)  # the lane's batches (a read's are held already)
         try:
-            outcomes = await self._runner.predict(runnable)
+            outcomes = await self._runner.predict(runnable, keys)
         except ShuttingDown:
             # The grace period ends before this batch does: its jobs go back on the queue
             # for another replica (at once, not after the visibility timeout), and the
@@ -173,6 +276,9 @@ class Worker:
             if self._outage:
                 log.info("%s: Redis is back", self.name)
             self._outage, self._gone, backoff = False, 0, 0.1
+        # Streaming jobs still running end (or, past the grace period, go back on the
+        # queue) before the worker does.
+        await asyncio.gather(*self._alone, return_exceptions=True)
 
     async def _recover(self, exc: Exception) -> bool:
         """Logs why a step failed and readies the next one; True when it may run at once."""

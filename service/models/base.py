@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,9 @@ class Model:
     #: its calls prove fast (INLINE_MAX_MS) they run on the event loop itself. Off unless
     #: declared: a call on the loop holds up every request of the replica while it runs.
     inline = False
+    #: Its predict is a generator (or an async one): it yields its output piece by piece,
+    #: and each call runs on its own (`service.execution.streams`), never in a batch.
+    streams = False
     #: Batching for this model where it knows better than the replica's settings (None:
     #: the setting): most inputs per call (MAX_BATCH_SIZE), longest wait in ms for a batch
     #: to fill (MAX_BATCH_DELAY_MS), and calls at once (as many as EXECUTOR_THREADS). A
@@ -123,6 +128,10 @@ class Model:
         except (TypeError, orjson.JSONEncodeError) as exc:
             log.warning("model %s: an output is not JSON: %s", self.name, exc)
             return failure(exc)
+
+    def open_stream(self, value: Any) -> Any:
+        """A streaming model's generator (or async generator) for one validated input."""
+        raise NotImplementedError
 
     def run_one(self, value: Any) -> Outcome:
         """Blocking: predict one validated input. Runs in the executor, never on the loop."""
@@ -221,3 +230,21 @@ def example_from_schema(schema: dict[str, Any], defs: dict[str, Any], depth: int
             for name in schema.get("required", [])
         }
     return "text"  # any input at all
+
+
+def chunks_of(stream: Any) -> Generator[Any, None, None]:
+    """The chunks of a generator, or of an async generator (run on a loop of its own, in
+    the calling thread); closing this closes the model's generator (its finally runs)."""
+    if not inspect.isasyncgen(stream):
+        yield from stream
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(stream.aclose())
+        loop.close()

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from service.errors import ModelLoadError
-from service.models.base import BATCHING, Model, batching_value
+from service.models.base import BATCHING, Model, batching_value, chunks_of
 
 
 def import_spec(spec: str) -> Any:
@@ -94,6 +94,9 @@ class PythonModel(Model):
         )
         self.obj = obj
         self.inline = bool(getattr(obj, "inline", False))
+        self.streams = inspect.isgeneratorfunction(self._predict) or inspect.isasyncgenfunction(
+            self._predict
+        )
         for knob in BATCHING:
             setattr(self, knob, batching_value(knob, getattr(obj, knob, None)))
         declared_in, declared_out = _annotations(self._predict)
@@ -106,6 +109,11 @@ class PythonModel(Model):
         )
 
     def predict(self, value: Any) -> Any:
+        if self.streams:  # asked for the whole output at once: every chunk, in a list
+            return list(chunks_of(self._predict(value)))
+        return self._predict(value)
+
+    def open_stream(self, value: Any) -> Any:
         return self._predict(value)
 
     def declared_example(self) -> Any:

@@ -100,6 +100,8 @@ class ModelRegistry:
     def __init__(self, models: dict[str, Model], default: str) -> None:
         self.models = models
         self.default = default
+        #: The names of the models that stream (a running job of theirs can be stopped).
+        self.streaming = [name for name, model in models.items() if model.streams]
 
     @classmethod
     def load(cls, configs: list[ModelConfig], default: str) -> ModelRegistry:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,16 +30,27 @@ log = logging.getLogger(__name__)
 _RECONNECT_SECONDS = 1.0
 
 
+class Heard(Enum):
+    """What a channel announces: jobs that ended, jobs that started, or (on this replica's
+    own channel) new chunks of jobs it follows."""
+
+    ENDED = "ended"
+    STARTED = "started"
+    OUTPUT = "output"
+
+
 class Channels:
-    """Calls ``announced(keys, ended, data)`` for each announcement of partition ``keys``
-    (``ended``: on its done channel; ``data``: record keys, comma-separated), and
-    ``missed()`` whenever announcements may have been missed (a lost connection)."""
+    """Calls ``announced(keys, heard, data)`` for each announcement of partition ``keys``
+    (``data``: record keys, comma-separated), and ``missed()`` whenever announcements may
+    have been missed (a lost connection). ``replica``: this replica's name, whose own
+    channel (`Keys.to_replica`) is followed too."""
 
     def __init__(
         self,
         target: RedisTarget,
         partitions: Partitions,
-        announced: Callable[[Keys, bool, bytes], None],
+        replica: str,
+        announced: Callable[[Keys, Heard, bytes], None],
         missed: Callable[[], None],
     ) -> None:
         self._target = target
@@ -46,9 +58,13 @@ class Channels:
         self._announced = announced
         self._missed = missed
         self._channels = {
-            channel.encode(): (keys, ended)
+            channel.encode(): (keys, heard)
             for keys in partitions.all
-            for channel, ended in ((keys.done, True), (keys.started, False))
+            for channel, heard in (
+                (keys.done, Heard.ENDED),
+                (keys.started, Heard.STARTED),
+                (keys.to_replica(replica), Heard.OUTPUT),
+            )
         }
         # Its own connections: a subscribed connection can do nothing else, and it must
         # not time out while the channels are quiet.
@@ -99,7 +115,7 @@ class Channels:
             )
             pubsub = primary.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.ssubscribe(keys.done, keys.started)
+                await pubsub.ssubscribe(*(c for c, (k, _) in self._channels.items() if k is keys))
             except BaseException:
                 await pubsub.aclose()
                 await primary.aclose()
@@ -130,8 +146,8 @@ class Channels:
                 outage = False
                 async for message in pubsub.listen():
                     if message["type"] == kind:
-                        keys, ended = self._channels[message["channel"]]
-                        self._announced(keys, ended, message["data"])
+                        keys, heard = self._channels[message["channel"]]
+                        self._announced(keys, heard, message["data"])
                     elif message["type"] in ("sunsubscribe", "unsubscribe"):
                         raise RedisConnectionError("the channels moved to another node")
             except (RedisError, RedisClusterException, OSError) as exc:

@@ -4,6 +4,7 @@ with a bounded retry, and the names of Redis refusals that pass."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, cast
 
@@ -13,14 +14,16 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
+    ConnectionPool,
     SSLConnection,
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ClusterDownError,
+    MaxConnectionsError,
     MovedError,
     RedisClusterException,
     RedisError,
@@ -107,6 +110,50 @@ class _UnixConnection(_CPacking, UnixDomainSocketConnection):
     pass
 
 
+#: Connections a pool opens to one Redis node at most; past them a command waits for one.
+POOL_SIZE = 256
+#: How long a command waits for a connection of a full pool before it fails (a Redis
+#: that slow is answered 503 like one that is away).
+POOL_WAIT_SECONDS = 5.0
+
+
+class _Waits:
+    """A connection pool that, all of its connections in use, makes a command wait for one
+    to come back (up to POOL_WAIT_SECONDS) instead of failing at once with "Too many
+    connections": a burst of requests (many stream followers woken at once) queues for
+    Redis rather than answering 503. Free connections cost no wait."""
+
+    _room: asyncio.Event | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        ends = 0.0
+        while True:
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[misc]
+            except MaxConnectionsError:
+                now = asyncio.get_running_loop().time()
+                ends = ends or now + POOL_WAIT_SECONDS
+                if now >= ends:
+                    raise
+                self._room = room = self._room or asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(room.wait(), ends - now)
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)  # type: ignore[misc]
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
+
+
+class _Pool(_Waits, ConnectionPool):
+    pass
+
+
+class _SentinelPool(_Waits, SentinelConnectionPool):
+    pass
+
+
 _C_PACKING: dict[type, type] = {
     Connection: _TcpConnection,
     SSLConnection: _SslConnection,
@@ -131,10 +178,9 @@ def client_for(
         "health_check_interval": health_check_interval,
     }
     if target.mode == "single":
-        client: Redis = Redis.from_url(target.url, **common, **retries)
-        pool = client.connection_pool
+        pool = _Pool.from_url(target.url, max_connections=POOL_SIZE, **common, **retries)
         pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
-        return client
+        return Redis.from_pool(pool)
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.mode == "sentinel":
         sentinel = Sentinel(
@@ -148,7 +194,14 @@ def client_for(
         # The primary Sentinel names now; after a failover the pool asks again, and a
         # connection to a demoted primary (READONLY) is dropped for one to the new one.
         primary: Redis = sentinel.master_for(
-            target.master, db=target.db, ssl=target.tls, **auth, **common, **retries
+            target.master,
+            connection_pool_class=_SentinelPool,
+            max_connections=POOL_SIZE,
+            db=target.db,
+            ssl=target.tls,
+            **auth,
+            **common,
+            **retries,
         )
         return primary
     cluster = RedisCluster(
@@ -160,6 +213,15 @@ def client_for(
         **common,
     )
     return cast(Redis, cluster)
+
+
+async def close(client: Redis) -> None:
+    """Closes a client of `client_for`, and on Sentinel the clients it asked the sentinels
+    for the primary with."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager is not None else ():
+        await sentinel.aclose()
 
 
 async def connect(

@@ -95,6 +95,20 @@ class Keys:
         """Channel: record keys of jobs that just started running, comma-separated."""
         return self.base + ":started"
 
+    def to_replica(self, replica: str) -> str:
+        """Channel: what one replica follows of this partition's jobs (record keys of jobs
+        with new chunks), told only to the replicas that follow them."""
+        return f"{self.base}:to:{replica}"
+
+    def chunks(self, prediction_id: str) -> str:
+        """Stream of a streaming job's chunks (ids 0-1, 0-2, ...: their numbers); it expires
+        with the record."""
+        return self.record(prediction_id) + ":chunks"
+
+    def watchers(self, prediction_id: str) -> str:
+        """Set of the replicas following a streaming job's chunks (told on `to_replica`)."""
+        return self.record(prediction_id) + ":watch"
+
     def write_probe(self, consumer: str) -> str:
         """A short-lived key a replica writes to see that Redis takes writes (readiness)."""
         return f"{self.base}:probe:{consumer}"

@@ -47,6 +47,14 @@ class Replayed(StrEnum):
     NO = "no"
 
 
+class Appended(StrEnum):
+    """append.lua's answer for one streaming job: go on, or stop (its record asks it to,
+    or it is no longer running)."""
+
+    GO = "go"
+    STOP = "stop"
+
+
 #: The tables every script sees, by their Lua name.
 TABLES: dict[str, type[StrEnum]] = {
     "STATUS": Status,
@@ -54,6 +62,7 @@ TABLES: dict[str, type[StrEnum]] = {
     "MARKED": Marked,
     "ENDING": Ending,
     "REPLAYED": Replayed,
+    "APPENDED": Appended,
 }
 
 

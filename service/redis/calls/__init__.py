@@ -5,7 +5,8 @@ result. No caller counts offsets in KEYS or ARGV, or reads a reply word as a str
 `Scripts` registers every script once per client; the calls take it as their first
 argument. `queue` holds the calls of the streams (submit, take, hand back, retire, the
 rate limit), `records` those of the records (mark, finish, cancel, read, keep a sync
-record, replay a dead letter), `webhooks` those of the deliveries.
+record, replay a dead letter), `outputs` those of streaming jobs' chunks, `webhooks`
+those of the deliveries.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ NAMES = (
     "replay",
     "release_due",
     "settle_delivery",
+    "append",
 )
 
 #: How a call is sent: the script, KEYS, ARGV -> the reply (a durable submit adds a WAIT).

@@ -115,16 +115,22 @@ async def finish(
 
 
 async def cancel(
-    scripts: Scripts, keys: Keys, prediction_id: str, now: float, tenant: str
-) -> tuple[Status | None, Flat]:
-    """Cancels the job if it is still queued and ``tenant``'s: its status before (None when
-    unknown, or another tenant's) and its record as it is now."""
-    before, flat = await scripts.run(
+    scripts: Scripts,
+    keys: Keys,
+    prediction_id: str,
+    now: float,
+    tenant: str,
+    streaming: Sequence[str] = (),
+) -> tuple[Status | None, Flat, bool]:
+    """Cancels the job if it is still queued and ``tenant``'s, or asks it to stop if it
+    runs and its model is one of ``streaming``: its status before (None when unknown, or
+    another tenant's), its record as it is now, and whether it was asked to stop."""
+    before, flat, stopping = await scripts.run(
         "cancel",
         [keys.record(prediction_id)],
-        [repr(now), keys.done, keys.publish, tenant],
+        [repr(now), keys.done, keys.publish, tenant, *streaming],
     )
-    return (Status(text(before)) if before else None), flat
+    return (Status(text(before)) if before else None), flat, bool(stopping)
 
 
 async def read(scripts: Scripts, keys: Keys, prediction_ids: Sequence[str]) -> list[Flat]:
