@@ -9,8 +9,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY service ./service
-# Optional extras, e.g. --build-arg EXTRAS=sklearn,onnx for scikit-learn and ONNX models.
-ARG EXTRAS=""
+# Optional extras, e.g. --build-arg EXTRAS=s3,sklearn,onnx for scikit-learn and ONNX models;
+# s3 (the S3 store's client) is in by default: docker-compose.yml keeps files in S3.
+ARG EXTRAS="s3"
 # DL3013 (pin versions): this installs the project itself; its dependency ranges live in
 # setup.cfg, the one place they are kept.
 # hadolint ignore=DL3013

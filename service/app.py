@@ -16,7 +16,7 @@ from service.http.tenants import Tenants
 from service.jobs.webhooks import Policy
 from service.observability.metrics import Metrics
 from service.observability.tracing import from_env as tracing_from_env
-from service.resources import embedded_redis_ctx, models_ctx, redis_ctx
+from service.resources import embedded_redis_ctx, files_ctx, models_ctx, redis_ctx
 from service.settings import Settings
 
 #: Sync calls still running this long before the shutdown deadline are answered 503, so
@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     else:
         app.cleanup_ctx.append(embedded_redis_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(files_ctx)
     keys = None
     if settings.api_key or settings.api_keys_file:
         keys = app[state.TENANTS] = Tenants(settings.api_key or "", settings.api_keys_file or "")

@@ -56,6 +56,7 @@ def make_worker(
             app[state.OUTPUTS],
             RunLimits(settings.job_timeout_seconds, settings.max_stream_chunks),
             app.get(state.TRACING),
+            app.get(state.FILES),
         ),
         app[state.METRICS],
         app[state.WAITERS],

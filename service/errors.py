@@ -37,6 +37,12 @@ class NotFound(ServiceError):
     status = 404
 
 
+class PayloadTooLarge(ServiceError):
+    """A file over MAX_FILE_BYTES, or the other parts of a multipart body over MAX_BODY_BYTES."""
+
+    status = 413
+
+
 class UnsupportedMediaType(ServiceError):
     """The body is not sent as application/json."""
 
@@ -120,6 +126,13 @@ class ModelUnavailable(ServiceError):
 
     status = 503
     retry_after = 1
+
+
+class StoreUnavailable(ServiceError):
+    """The blob store (BLOB_URL) cannot be reached or refused us: retry after Retry-After."""
+
+    status = 503
+    retry_after = 2
 
 
 class PredictionFailed(ServiceError):

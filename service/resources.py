@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis
 
+from service.blobs import open_store
+from service.errors import StoreUnavailable
 from service.execution.batching import Batchers
 from service.execution.executor import Executor
 from service.execution.memory import release_freed_memory
@@ -20,12 +22,15 @@ from service.http import state
 from service.http.docs import add_model_schemas
 from service.http.lifecycle import Lifecycle
 from service.jobs.dead_letters import DeadLetters
+from service.jobs.files import Files
+from service.jobs.intake import FileSettings
 from service.jobs.lane import DirectLane
 from service.jobs.outputs import Outputs, OutputSettings
 from service.jobs.queue import JobQueue, QueueSettings
 from service.jobs.store import ResultStore
 from service.jobs.streams import Streams
 from service.jobs.waiting import Waiters
+from service.jobs.webhooks import Policy
 from service.jobs.worker import StreamSlots
 from service.models import ModelRegistry, model_configs
 from service.redis.calls import Scripts
@@ -215,6 +220,44 @@ async def _keep_ensuring(streams: Streams) -> None:
         if waited:
             log.info("consumer group created")
         return
+
+
+async def files_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The blob store of job files (BLOB_URL) and a task that removes them when due. An
+    unreachable store does not stop the start: the requests that need it answer 503."""
+    settings = app[state.SETTINGS]
+    store = open_store(settings.blob_url, settings.data_dir)
+    urls = Policy(
+        settings.input_url_allowed_hosts,
+        settings.input_url_allow_private,
+        "INPUT_URL_ALLOWED_HOSTS",
+    )
+    files = Files(
+        store,
+        app[state.REDIS],
+        names(settings).files,
+        FileSettings(
+            settings.max_file_bytes,
+            settings.result_ttl_seconds,
+            settings.blob_presign,
+            urls,
+            settings.input_url_timeout_seconds,
+            settings.data_dir / "uploads",
+        ),
+        app[state.METRICS],
+    )
+    app[state.FILES] = files
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        log.warning("%s; requests with files answer 503 until it answers", exc)
+    every = min(30.0, max(1.0, settings.result_ttl_seconds / 4))  # a few sweeps per TTL
+    sweeper = asyncio.create_task(files.sweep_forever(every), name="file-sweep")
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await files.close()
 
 
 def names(settings: Settings) -> Names:

@@ -183,7 +183,38 @@ class Settings(BaseSettings):
         ge=0,
         description="Webhook POSTs one replica sends at once (0: this replica sends none).",
     )
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body.")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body (and the JSON parts of a multipart body, "
+        "together); files have their own limit, MAX_FILE_BYTES.",
+    )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1,
+        description="Largest file input (an upload, a URL's body, a data: URI), each: past "
+        "it the request answers 413 and the upload stops there.",
+    )
+    blob_url: str = Field(
+        "",
+        description="Where the bytes of file inputs and outputs live: s3://bucket/prefix "
+        "(endpoint and credentials from the AWS_* variables: for replicas on several hosts), "
+        "or a folder. Empty: the folder 'files' under DATA_DIR (one host).",
+    )
+    blob_presign: bool = Field(
+        False,
+        description="With an S3 store, GET /predict/{id}/files/{name} answers a redirect to "
+        "a presigned URL (valid 5 minutes) instead of passing the bytes through.",
+    )
+    input_url_allowed_hosts: str = Field(
+        "", description="Comma-separated hosts input URLs may name (empty: any public host)."
+    )
+    input_url_allow_private: bool = Field(
+        False, description="Allow input URLs to private, loopback and link-local addresses."
+    )
+    input_url_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest fetch of one input URL (422 past it)."
+    )
     body_timeout_seconds: float = Field(
         30.0, gt=0, description="A request body must arrive within this many seconds (408)."
     )
@@ -214,7 +245,11 @@ class Settings(BaseSettings):
         description="After SIGTERM, everything (requests, batches, deliveries) is done "
         "within this many seconds.",
     )
-    data_dir: Path = Field(Path("data"), description="Embedded redis-server: AOF folder.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Folder of the embedded redis-server's AOF, of uploads being received "
+        "and (with no BLOB_URL) of stored files.",
+    )
     embedded_redis_port: int = Field(
         0, ge=0, le=65535, description="Embedded redis-server port (0: any free port)."
     )

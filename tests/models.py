@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator
 
 calls: Counter[str] = Counter()
 batch_sizes: list[int] = []
@@ -27,6 +29,7 @@ def reset() -> None:
     batch_sizes.clear()
     gate.clear()
     started.clear()
+    gated_files.clear()
 
 
 def release() -> None:
@@ -327,3 +330,67 @@ def bad_stream(value: str) -> Any:
     if value == "raise":
         raise RuntimeError("the stream broke")
     yield {1, 2}
+
+
+# -- files ----------------------------------------------------------------------------------
+class Upload(BaseModel):
+    """A file and a number: the model reads the file and answers what it saw."""
+
+    data: Path
+    note: str = ""
+
+
+def measure(value: Upload) -> dict[str, Any]:
+    """The size and SHA-256 of the file it was given, and where it lay (a local path)."""
+    calls["measure"] += 1
+    body = value.data.read_bytes()
+    return {
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "local": value.data.is_file(),
+        "suffix": value.data.suffix,
+        "note": value.note,
+    }
+
+
+def whole_file(path: Path) -> dict[str, int]:
+    """A whole input that is one file (a parameter annotated Path)."""
+    return {"size": path.stat().st_size}
+
+
+class Reverse:
+    """Returns its file's bytes reversed, as a file (bytes of a declared type) beside a
+    JSON field: the result holds the stored file's URL."""
+
+    output_content_type = "application/octet-stream"
+    input_type = Upload
+
+    def predict(self, value: Upload) -> dict[str, Any]:
+        if gated_files.is_set():
+            gate.wait(GATE_TIMEOUT)
+        return {"reversed": value.data.read_bytes()[::-1], "note": value.note}
+
+
+#: Set: Reverse waits for `release()` before it answers (a job held running).
+gated_files = threading.Event()
+
+
+def copy_back(value: Upload) -> Path:
+    """Returns the very file it was given (a Path): the service stores a copy of it."""
+    return value.data
+
+
+class Thumbnailish:
+    """Returns PNG-typed bytes (not a real image: the service only stores them)."""
+
+    output_content_type = "image/png"
+
+    def predict(self, size: int) -> bytes:
+        return b"\x89PNG" + bytes(size)
+
+
+def file_lines(value: Upload) -> Any:
+    """Streams the lines of its file, one chunk each."""
+    with value.data.open() as lines:
+        for line in lines:
+            yield line.rstrip("\n")

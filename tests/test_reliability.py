@@ -245,6 +245,7 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
         ("GET", f"/predict/{some_id}"),
         ("DELETE", f"/predict/{some_id}"),
         ("GET", f"/predict/{some_id}/events"),
+        ("GET", f"/predict/{some_id}/files/input.png"),
         ("GET", "/models"),
         ("GET", "/models/default"),
         ("POST", "/models/default/predict"),

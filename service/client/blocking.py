@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -96,6 +97,10 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 self._run(chunks.aclose())  # type: ignore[attr-defined]
+
+    def download(self, url: str, target: str | Path) -> Path:
+        """Writes a file of a prediction to ``target`` (see AsyncClient.download)."""
+        return self._run(self._async.download(url, target))
 
     def models(self) -> dict[str, Any]:
         return self._run(self._async.models())

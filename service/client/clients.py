@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import mimetypes
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,7 +18,9 @@ from service.client.errors import (
     JobCanceledError,
     PredictionFailedError,
     PredictionTimeoutError,
+    body_of,
     error_for,
+    raise_for,
 )
 from service.client.events import STREAM_TIMEOUT, answer, follow
 
@@ -32,6 +37,27 @@ def _webhook_fields(webhook: str | None, events: list[str] | None) -> dict[str, 
     if events is not None:
         fields["webhook_events"] = events
     return fields
+
+
+def _form(value: Any, options: dict[str, Any]) -> aiohttp.FormData | None:
+    """A multipart body when the input holds files (``Path`` values, or is one), with each
+    file streamed from disk; None for an input without files (sent as JSON)."""
+    if isinstance(value, PurePath):
+        files, others = {"input": value}, {}
+    elif isinstance(value, dict) and any(isinstance(v, PurePath) for v in value.values()):
+        files = {k: v for k, v in value.items() if isinstance(v, PurePath)}
+        others = {k: v for k, v in value.items() if not isinstance(v, PurePath)}
+    else:
+        return None
+    form = aiohttp.FormData()
+    for name, item in {**others, **options}.items():
+        form.add_field(name, json.dumps(item), content_type="application/json")
+    for name, path in files.items():
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        # aiohttp closes the file once it is sent.
+        handle = Path(path).open("rb")  # noqa: SIM115
+        form.add_field(name, handle, filename=path.name, content_type=kind)
+    return form
 
 
 @dataclass
@@ -144,13 +170,19 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> Any:
+        """One request; a predict body whose input holds files goes as multipart."""
+        form = None
+        if isinstance(body, dict) and "input" in body:
+            form = _form(body["input"], {k: v for k, v in body.items() if k != "input"})
         async with self._http().request(
-            method, self.base_url + path, json=body, headers=headers, params=params
+            method,
+            self.base_url + path,
+            json=None if form is not None else body,
+            data=form,
+            headers=headers,
+            params=params,
         ) as resp:
-            try:
-                payload = await resp.json(content_type=None)
-            except ValueError:
-                payload = {"error": await resp.text()}
+            payload = await body_of(resp)
             if resp.status >= 400:
                 raise error_for(resp.status, payload)
             return payload
@@ -160,7 +192,9 @@ class AsyncClient:
         return "/predict" if model is None else f"/models/{model}/predict"
 
     async def predict(self, value: Any, *, model: str | None = None) -> Any:
-        """Predicts at once (sync mode); answers the model's output."""
+        """Predicts at once (sync mode); answers the model's output. ``Path`` values in
+        the input (or an input that is one) are uploaded; a file in the output is its URL
+        (see ``download``)."""
         body = await self._call("POST", self._path(model), {"input": value})
         return body["result"]
 
@@ -240,6 +274,21 @@ class AsyncClient:
     async def models(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._call("GET", "/models")
         return body
+
+    async def download(self, url: str, target: str | Path) -> Path:
+        """Writes a file of a prediction (a URL from its input or result: on the service,
+        or presigned elsewhere) to ``target``, a chunk at a time; answers its path."""
+        target = Path(target)
+        full = url if "://" in url else self.base_url + url
+        async with self._http().get(full) as resp:
+            await raise_for(resp)
+            out = await asyncio.to_thread(target.open, "wb")
+            try:
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    await asyncio.to_thread(out.write, chunk)
+            finally:
+                out.close()
+        return target
 
 
 #: Sessions being closed for clients that were dropped without closing them.

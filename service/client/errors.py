@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
 
 class ClientError(Exception):
     """The server answered an error; ``status`` and ``message`` are its own."""
@@ -69,3 +71,17 @@ def error_for(status: int, body: Any) -> ClientError:
     message = body.get("error", "") if isinstance(body, dict) else str(body)
     detail = body.get("detail") if isinstance(body, dict) else None
     return _BY_STATUS.get(status, ClientError)(status, message, detail)
+
+
+async def body_of(response: aiohttp.ClientResponse) -> Any:
+    """An answer's JSON body, or ``{"error": <its text>}`` when it is not JSON."""
+    try:
+        return await response.json(content_type=None)
+    except ValueError:
+        return {"error": await response.text()}
+
+
+async def raise_for(response: aiohttp.ClientResponse) -> None:
+    """Raises the error an answer of status 400 or more stands for."""
+    if response.status >= 400:
+        raise error_for(response.status, await body_of(response))

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from service.client.errors import JobCanceledError, PredictionFailedError, error_for
+from service.client.errors import JobCanceledError, PredictionFailedError, raise_for
 
 #: Reconnections in a row before a follower gives up.
 _RECONNECTS = 8
@@ -29,12 +29,7 @@ class Event:
 
 async def events(response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
     """The events of a text/event-stream answer, as they arrive."""
-    if response.status >= 400:
-        try:
-            payload = await response.json(content_type=None)
-        except ValueError:
-            payload = {"error": await response.text()}
-        raise error_for(response.status, payload)
+    await raise_for(response)
     kind, event_id, pending = "message", "", b""
     data: list[str] = []
     async for piece in response.content.iter_any():

@@ -3,6 +3,8 @@ a named one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
@@ -23,7 +25,27 @@ from service.http.predict import BODY_ERRORS
 from service.http.schemas import ACCEPTED_MESSAGE
 from service.job import NewJob
 from service.jobs.webhooks import check_url
+from service.models.base import Model
 from service.redis.keys import idempotency_name
+
+
+def check_inputs(model: Model, inputs: list[Any]) -> None:
+    """422 unless every input fits the model (``detail`` naming each bad one by index),
+    or when the model takes files (they are sent one request each)."""
+    if model.file_fields:
+        raise InvalidInput(
+            f"Model {model.name!r} takes files: send each input to POST /predict (multipart "
+            "or JSON with URLs), not in a bulk submit."
+        )
+    problems = []
+    for index, value in enumerate(inputs):
+        try:
+            model.validate(value)
+        except InvalidInput as exc:
+            for item in exc.detail:
+                problems.append({**item, "loc": ["inputs", index, *item["loc"][1:]]})
+    if problems:
+        raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
 
 
 async def predict_batch(request: web.Request) -> web.Response:
@@ -36,15 +58,7 @@ async def predict_batch(request: web.Request) -> web.Response:
     raw_body = await read_body(request, settings.body_timeout_seconds)
     body = parse_bulk_body(raw_body, settings.max_bulk)
     inputs = body.inputs
-    problems = []
-    for index, value in enumerate(inputs):
-        try:
-            model.validate(value)
-        except InvalidInput as exc:
-            for item in exc.detail:
-                problems.append({**item, "loc": ["inputs", index, *item["loc"][1:]]})
-    if problems:
-        raise InvalidInput("Some inputs do not fit the model; nothing was queued.", problems)
+    check_inputs(model, inputs)
     if body.webhook:
         await check_url(body.webhook, app[state.WEBHOOK_POLICY])
     request_id = request[state.REQUEST_ID]

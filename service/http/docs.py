@@ -154,6 +154,7 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             schemas[stem + def_name] = _to_openapi30(definition, stem)
         input_schema = _to_openapi30(raw, stem)
         input_schema.setdefault("description", f"Input of model {name!r} ({model.kind}).")
+        form = _file_fields(input_schema, model.file_fields) if model.file_fields else None
         _requests(schemas, stem, name, input_schema)
         # A body that succeeds as it stands ("Try it out"), with no webhook in it: given on
         # the media type, as one whole body (a schema-level example would be merged with
@@ -166,11 +167,51 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
             bulk["requestBody"]["content"]["application/json"]["example"] = {
                 "inputs": [example] * 2
             }
+        if form is not None:
+            single["requestBody"]["content"]["multipart/form-data"] = {"schema": form}
         spec["paths"][f"/models/{name}/predict"] = {"post": single}
         spec["paths"][f"/models/{name}/predict/batch"] = {"post": bulk}
         if name == registry.default:
             spec["paths"]["/predict"]["post"]["requestBody"] = single["requestBody"]
             spec["paths"]["/predict/batch"]["post"]["requestBody"] = bulk["requestBody"]
+
+
+_FILE_URL = {
+    "type": "string",
+    "format": "uri",
+    "description": "A file: an http(s) URL the service fetches, or a data: URI.",
+}
+_FILE_PART = {"type": "string", "format": "binary", "description": "A file."}
+
+
+def _file_fields(input_schema: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Marks a model's file fields in its JSON input schema as URI strings (in place), and
+    answers the schema of its multipart/form-data body: the file fields binary, the other
+    fields and the request's options as parts of their own."""
+    options = {
+        "webhook": {"type": "string", "format": "uri"},
+        "webhook_events": {"type": "string", "description": "done,failed,... (or a JSON list)"},
+        "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+    }
+    if fields == ("",):
+        input_schema.clear()
+        input_schema.update(_FILE_URL)
+        return {
+            "type": "object",
+            "required": ["input"],
+            "properties": {"input": _FILE_PART, **options},
+        }
+    properties = input_schema.get("properties", {})
+    parts: dict[str, Any] = {}
+    for name, field in properties.items():
+        if name in fields:
+            nullable = "anyOf" in field
+            properties[name] = {**_FILE_URL, "nullable": True} if nullable else dict(_FILE_URL)
+            parts[name] = _FILE_PART
+        else:
+            parts[name] = field
+    required = [n for n in input_schema.get("required", []) if n in parts]
+    return {"type": "object", "required": required, "properties": {**parts, **options}}
 
 
 def _requests(schemas: dict[str, Any], stem: str, name: str, input_schema: Any) -> None:

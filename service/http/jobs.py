@@ -64,7 +64,7 @@ async def get_prediction(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     if wait > 0 and request.app[state.PARTITIONS].tenanted:
         # Another tenant's job is not waited for: it is unknown to this caller.
-        await _own_record(request, prediction_id, tenant)
+        await own_record(request, prediction_id, tenant)
     if wait > 0:
         app = request.app
         record = await wait_for_record(
@@ -83,7 +83,7 @@ async def get_prediction(request: web.Request) -> web.Response:
     return json_response(prediction_view(record))
 
 
-async def _own_record(request: web.Request, prediction_id: str, tenant: str) -> JobRecord:
+async def own_record(request: web.Request, prediction_id: str, tenant: str) -> JobRecord:
     """The job's record, if the caller's tenant owns it; else NotFound, as for an unknown
     id (another tenant's job is never shown, nor said to exist)."""
     record = await request.app[state.RESULTS].get(prediction_id)
@@ -125,7 +125,7 @@ async def prediction_events(request: web.Request) -> web.StreamResponse:
     """
     prediction_id = parse_id(request.match_info["prediction_id"])
     after = last_event_id(request)
-    await _own_record(request, prediction_id, tenant_of(request))
+    await own_record(request, prediction_id, tenant_of(request))
     response = await open_events(request)
     try:
         await follow(request, response, prediction_id, after)
@@ -185,6 +185,8 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             raise NotFound(NOT_FOUND_MESSAGE)
         status = 200 if record.status.final else 202
         return json_response(prediction_view(record), status=status)
+    if before == "queued" and record.model in app[state.MODELS].with_files:
+        await app[state.FILES].discard(prediction_id)  # it will never run: its files go now
     if before not in ("queued", "canceled"):
         return json_response(
             {

@@ -3,56 +3,40 @@
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
-import orjson
 from aiohttp import web
 
-from service.errors import PredictionFailed, PredictionTimeout
 from service.http import sse, state
 from service.http.io import (
     PredictBody,
     async_mode,
-    body_digest,
     cancel_after,
     check_json,
-    client_gone,
     idempotency_key,
-    json_response,
     parse_predict_body,
     prefer,
     read_body,
-    tenant_of,
-    traced,
 )
-from service.http.schemas import ACCEPTED_MESSAGE
 from service.http.sse import wants_events
-from service.job import JobRecord, NewJob, Outcome, Status, prediction_view
+from service.http.submit import Rules, keep_sync, past_wait, queue_job, sync_answer
+from service.http.uploads import answer_with_files, predict_with_files
 from service.jobs import deadlines
+from service.jobs.files import has_files
 from service.jobs.runner import drain
-from service.jobs.waiting import submit_and_wait
 from service.jobs.webhooks import check_url
-from service.redis.keys import idempotency_name
 from service.settings import Settings
 
 
-class Rules(NamedTuple):
-    """What a predict request's headers ask for: queued or not, how long to wait for a
-    queued job (Prefer: wait), its Idempotency-Key and its Cancel-After (seconds, 0: none)."""
-
-    queued: bool
-    wait: float
-    key: str
-    deadline: float
-
-
-def rules(request: web.Request, settings: Settings) -> Rules:
-    """The request's headers, checked (400 or 415 for a bad one)."""
+def rules(request: web.Request, settings: Settings, files: bool = False) -> Rules:
+    """The request's headers, checked (400 or 415 for a bad one). ``files``: the model
+    takes files, so a multipart/form-data body is welcome too."""
     respond_async, wait = prefer(request, settings.max_wait_seconds)
     queued = async_mode(request, respond_async)
     key = idempotency_key(request)  # checked in both modes; only async submits use it
     deadline = cancel_after(request)
-    check_json(request)
+    if not files or request.content_type != "multipart/form-data":
+        check_json(request)
     return Rules(queued, wait, key, deadline)
 
 
@@ -64,13 +48,15 @@ async def predict(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[state.SETTINGS]
     model = app[state.MODELS].get(request.match_info.get("name"))
+    if model.file_fields:
+        return await predict_with_files(request, model, rules(request, settings, files=True))
     asked = rules(request, settings)
     body = parse_predict_body(await read_body(request, settings.body_timeout_seconds))
     value = model.validate(body.input)
     if body.webhook:
         await check_url(body.webhook, app[state.WEBHOOK_POLICY])
     if asked.queued:
-        return await _queue(request, model.name, body, asked)
+        return (await queue_job(request, model.name, body, asked))[1]
     # Sync: within the concurrency bound, JOB_TIMEOUT_SECONDS and any Cancel-After (a
     # priority orders queued jobs: a sync request runs at once, whatever it says).
     wait = deadlines.sync_wait(settings.job_timeout_seconds, asked.deadline)
@@ -87,42 +73,15 @@ async def predict(request: web.Request) -> web.StreamResponse:
         future = batcher.run_one(value, wait.seconds)
         outcome = await future
     except TimeoutError:
-        if not wait.cancels:
-            raise PredictionTimeout(
-                f"The prediction took longer than {wait.seconds:g} s."
-            ) from None
-        outcome = deadlines.sync_cut(batcher.started(future))
+        outcome = past_wait(batcher, future, wait)
     finally:
         gate.in_flight -= 1
+    if has_files(outcome.payload):  # a model that returned files: kept under a record
+        return await answer_with_files(request, model.name, body, created, outcome)
     if body.webhook:
-        kept = await _keep(request, model.name, body, created, outcome)
+        kept = await keep_sync(request, model.name, body, created, outcome)
         return sync_answer(app, model.name, body.input, outcome, kept)
     return sync_answer(app, model.name, body.input, outcome)
-
-
-def sync_answer(
-    app: web.Application, model: str, raw: Any, outcome: Outcome, prediction_id: str = ""
-) -> web.Response:
-    """A sync request's answer (counted): 200 with its result; 500 when the model failed;
-    504 with the status when its Cancel-After ended it. With a webhook, the id of its
-    record too."""
-    metrics = app[state.METRICS]
-    if outcome.ok and not prediction_id:  # the usual answer, first
-        metrics.count_prediction(model, "sync", True)
-        return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
-    ended = deadlines.ended(outcome)
-    metrics.count_prediction(model, "sync", outcome.ok or ended.value)
-    extra = {"prediction_id": prediction_id} if prediction_id else {}
-    if outcome.ok:
-        return json_response({"input": raw, "result": orjson.Fragment(outcome.payload), **extra})
-    if ended is not Status.FAILED:
-        view = {"input": raw, "result": None}
-        return json_response(
-            {"error": outcome.error, "status": ended.value, "output": view, **extra}, status=504
-        )
-    if extra:
-        return json_response({"error": outcome.error, **extra}, status=500)
-    raise PredictionFailed(outcome.error)
 
 
 async def _streamed(
@@ -146,85 +105,10 @@ async def _streamed(
         outcome = await drain(
             chunks, wait, settings.job_timeout_seconds, settings.max_stream_chunks
         )
-    kept = await _keep(request, model, body, created, outcome) if body.webhook else ""
+    kept = await keep_sync(request, model, body, created, outcome) if body.webhook else ""
     if wants_events(request):
         return response
     return sync_answer(app, model, body.input, outcome, kept)
-
-
-async def _queue(request: web.Request, model: str, body: PredictBody, asked: Rules) -> web.Response:
-    """Queues the job (and waits for it with ``Prefer: wait``): 202 with its id, or 200
-    with its record when it ended within the wait."""
-    app = request.app
-    events = ",".join(body.webhook_events) if body.webhook else ""
-    priority = body.priority or "normal"
-    tenant = tenant_of(request)
-    key = asked.key
-    job = NewJob(
-        # With a key, in the key's partition: the key and its record share a slot.
-        app[state.PARTITIONS].new_id(key),
-        model,
-        orjson.dumps(body.input),
-        request[state.REQUEST_ID],
-        idempotency_name(tenant, key) if key else "",
-        body_digest(model, body.input, body.webhook, events, priority) if key else "",
-        body.webhook,
-        events,
-        waited=asked.wait > 0,
-        priority=priority,
-        cancel_after=asked.deadline,
-        tenant=tenant,
-        traceparent=traced(request),
-    )
-    if asked.wait <= 0:
-        return accepted(await app[state.QUEUE].submit(job))
-    prediction_id, record = await submit_and_wait(
-        app[state.QUEUE],
-        app[state.RESULTS],
-        app[state.WAITERS],
-        job,
-        asked.wait,
-        gone=lambda: client_gone(request),
-    )
-    if record is not None and record.status.final:
-        applied = {"Preference-Applied": f"wait={asked.wait:g}"}
-        return json_response(prediction_view(record), headers=applied)
-    return accepted(prediction_id)
-
-
-def accepted(prediction_id: str) -> web.Response:
-    """202: the job is queued (its record can be read back at once)."""
-    return json_response(
-        {"prediction_id": prediction_id, "message": ACCEPTED_MESSAGE},
-        status=202,
-        headers={"Location": f"/predict/{prediction_id}"},
-    )
-
-
-async def _keep(
-    request: web.Request, model: str, body: PredictBody, created: float, outcome: Outcome
-) -> str:
-    """Records a sync request that named a webhook, final, with its delivery due (the
-    dispatchers post it as they post a queued job's): answers its prediction id."""
-    app = request.app
-    ended = deadlines.ended(outcome)
-    ran = ended is not Status.ABORTED
-    record = JobRecord(
-        prediction_id=app[state.PARTITIONS].new_id(),
-        status=ended,
-        model=model,
-        input=body.input,
-        created_at=created,
-        started_at=created if ran else None,
-        finished_at=time.time(),
-        attempts=1 if ran else 0,
-        error=outcome.error if ended is Status.FAILED else None,
-        request_id=request[state.REQUEST_ID],
-        webhook=body.webhook,
-        tenant=tenant_of(request),
-    )
-    await app[state.RESULTS].keep_sync(record, ",".join(body.webhook_events), outcome)
-    return record.prediction_id
 
 
 # What can go wrong with a submitted body, on every route that takes one.

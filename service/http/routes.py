@@ -15,6 +15,7 @@ from service.http.admin import (
 from service.http.answers import UNMATCHED, answered, unmatched
 from service.http.bulk import predict_batch, predict_batch_with_model
 from service.http.docs import setup_docs
+from service.http.files import prediction_file
 from service.http.health import live, ready
 from service.http.jobs import cancel_prediction, get_prediction, prediction_events
 from service.http.metrics import metrics
@@ -34,6 +35,7 @@ ROUTES: list[tuple[web.RouteDef, bool]] = [
     (web.get(_PREDICTION, get_prediction, allow_head=False), False),
     (web.delete(_PREDICTION, cancel_prediction), False),
     (web.get(_PREDICTION + "/events", prediction_events, allow_head=False), False),
+    (web.get(_PREDICTION + "/files/{name}", prediction_file, allow_head=False), False),
     (web.get("/models", list_models, allow_head=False), False),
     (web.get("/models/{name}", get_model, allow_head=False), False),
     (web.post("/models/{name}/predict", predict_with_model), False),

@@ -13,6 +13,7 @@ from service.execution.executor import Executor
 from service.http.lifecycle import Lifecycle, SyncGate
 from service.http.tenants import Limiter, Tenant, Tenants
 from service.jobs.dead_letters import DeadLetters
+from service.jobs.files import Files
 from service.jobs.lane import DirectLane
 from service.jobs.outputs import Outputs
 from service.jobs.queue import JobQueue
@@ -56,6 +57,8 @@ RESULTS = web.AppKey("results", ResultStore)
 DEAD_LETTERS = web.AppKey("dead_letters", DeadLetters)
 OUTPUTS = web.AppKey("outputs", Outputs)
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
+#: The files of jobs: the blob store (BLOB_URL) and their lifetimes.
+FILES = web.AppKey("files", Files)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 WAITERS = web.AppKey("waiters", Waiters)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,10 +18,12 @@ from service.execution.batching import Batchers
 from service.execution.streams import Chunks, End
 from service.job import Entry, Outcome
 from service.jobs import deadlines
+from service.jobs.files import Files, call_folder, has_files
 from service.jobs.outputs import Outputs
 from service.models import ModelRegistry
 from service.observability.tracing import Tracing
 from service.redis.keys import Keys
+from service.redis.words import Marked
 
 _NO_SPAN = contextlib.nullcontext()
 
@@ -46,6 +49,7 @@ class JobRunner:
         outputs: Outputs,
         limits: RunLimits,
         tracing: Tracing | None = None,
+        files: Files | None = None,
     ) -> None:
         self._models = models
         self._batchers = batchers
@@ -53,6 +57,7 @@ class JobRunner:
         self._job_timeout = limits.job_timeout
         self._max_chunks = limits.max_chunks
         self._tracing = tracing
+        self._files = files
 
     @property
     def streaming(self) -> bool:
@@ -69,12 +74,40 @@ class JobRunner:
         longer fits) fails alone, saying why. ``keys``: the partition of the entries."""
         if self._tracing is not None:
             self._tracing.jobs_started(entries, time.time())
+        files = self._models.with_files
+        if self._files is None or not any(e.model in files for e in entries):
+            outcomes = await self._predict(entries, keys, None)
+            return await self._stored(entries, outcomes)
+        async with call_folder(self._files.settings.spool) as folder:
+            outcomes = await self._predict(entries, keys, folder)
+            return await self._stored(entries, outcomes)  # an output may be an input
+
+    async def _stored(self, entries: list[Entry], outcomes: list[Outcome]) -> list[Outcome]:
+        """The outcomes, each file a model returned stored (see `_files_out`)."""
+        files = self._models.with_files
+        if self._files is None or not any(
+            e.model in files or has_files(o.payload) for e, o in zip(entries, outcomes, strict=True)
+        ):
+            return outcomes
+        return list(
+            await asyncio.gather(
+                *(self._files_out(e, o) for e, o in zip(entries, outcomes, strict=True))
+            )
+        )
+
+    async def _predict(
+        self, entries: list[Entry], keys: Keys, folder: Path | None
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = [Outcome(ok=False)] * len(entries)
         groups: dict[str, tuple[list[int], list[Any]]] = {}
+        inputs = await self._inputs(entries, folder) if folder else None
         for i, entry in enumerate(entries):
             try:
                 model = self._models.get(entry.model)
-                value = model.validate(orjson.loads(entry.input_json))
+                raw = inputs[i] if inputs else orjson.loads(entry.input_json)
+                if isinstance(raw, BaseException):
+                    raise raw
+                value = model.validate(raw)
             except (NotFound, InvalidInput) as exc:
                 outcomes[i] = Outcome(ok=False, error=exc.message)
                 continue
@@ -96,6 +129,51 @@ class JobRunner:
             for i, entry, outcome in zip(slots, batch, results, strict=True):
                 outcomes[i] = deadlines.settled(entry, outcome, now)
         return outcomes
+
+    async def _inputs(self, entries: list[Entry], folder: Path) -> list[Any]:
+        """Each job's input, its files fetched into ``folder`` (an exception in place of
+        an input that cannot be had)."""
+        assert self._files is not None
+        files = self._files
+
+        async def one(entry: Entry) -> Any:
+            raw = orjson.loads(entry.input_json)
+            if entry.model not in self._models.with_files:
+                return raw
+            fields = self._models.get(entry.model).file_fields
+            own = folder / entry.prediction_id
+            await asyncio.to_thread(own.mkdir)
+            return await files.materialize(entry.prediction_id, raw, fields, own)
+
+        answers = await asyncio.gather(*(one(e) for e in entries), return_exceptions=True)
+        for answer in answers:
+            # A job's own fault fails it alone; the store failing raises (the batch stays
+            # pending, to be run again once it answers).
+            if isinstance(answer, BaseException) and not isinstance(answer, _JOB_FAULTS):
+                raise answer
+        return answers
+
+    async def _files_out(self, entry: Entry, outcome: Outcome) -> Outcome:
+        """Stores the files a job's model returned; a canceled job's files go at once, the
+        others' when their record expires."""
+        assert self._files is not None
+        if entry.model not in self._models.with_files and not has_files(outcome.payload):
+            return outcome
+        if outcome.canceled:
+            await self._files.discard(entry.prediction_id)
+            return outcome
+        outcome = await self._files.outputs(entry.prediction_id, outcome)
+        await self._files.keep_for(entry.prediction_id)
+        return outcome
+
+    async def given_up(self, entries: list[Entry], prior: Sequence[Any]) -> None:
+        """Removes the files of the jobs that mark found dead-lettered, timed out or
+        aborted: they never run, and their files go at once."""
+        if self._files is None:
+            return
+        for entry, status in zip(entries, prior, strict=True):
+            if status in _GIVEN_UP and entry.model in self._models.with_files:
+                await self._files.discard(entry.prediction_id)
 
     async def _call(self, model: str, batch: list[Entry], values: list[Any]) -> list[Outcome]:
         """One model call, waited for no longer than its jobs' deadlines allow. Past them no
@@ -131,6 +209,12 @@ class JobRunner:
         if not await appender.landed() and outcome.ok:
             return STOPPED
         return outcome
+
+
+#: What mark answers for a job that will never run.
+_GIVEN_UP = (Marked.DEAD, Marked.EXPIRED, Marked.ABORTED)
+#: What fails one job of a batch alone, when its input is read.
+_JOB_FAULTS = (NotFound, InvalidInput, orjson.JSONDecodeError)
 
 
 #: A running stream its reader stopped (a DELETE): canceled, its chunks so far kept.

@@ -19,8 +19,8 @@ import hmac
 import ipaddress
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -76,48 +76,56 @@ class Policy:
 
     allowed_hosts: str = ""
     allow_private: bool = False
+    #: The setting that lists the hosts, named in refusals.
+    hosts_setting: str = "WEBHOOK_ALLOWED_HOSTS"
 
 
-async def check_url(url: str, policy: Policy) -> None:
-    """Raises InvalidInput (422) unless ``url`` may receive webhooks."""
+async def check_url(
+    url: str,
+    policy: Policy,
+    subject: str = "The webhook URL",
+    loc: Sequence[str] = ("webhook",),
+) -> None:
+    """Raises InvalidInput (422) unless ``url`` may be reached under ``policy`` (a
+    webhook's, or input URLs'): ``subject`` and ``loc`` name what is refused."""
+
+    def refused(why: str, kind: type[InvalidInput] = InvalidInput) -> InvalidInput:
+        problem = {
+            "loc": list(loc),
+            "msg": why,
+            "type": "webhook_url" if loc == ("webhook",) else "file_url",
+        }
+        return kind(f"{subject} is not accepted.", [problem])
+
     try:
         parts = urlsplit(url)  # checks a bracketed IPv6 address, too
     except ValueError as exc:
-        raise _refused(f"not a valid URL ({exc})") from None
+        raise refused(f"not a valid URL ({exc})") from None
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
-        raise _refused("only http and https URLs with a host are accepted")
+        raise refused("only http and https URLs with a host are accepted")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise _refused("the port is not a number from 0 to 65535") from None
+        raise refused("the port is not a number from 0 to 65535") from None
     listed = policy.allowed_hosts.split(",")
     allowed = {h.strip().strip("[]").lower() for h in listed if h.strip()}  # [::1] or ::1
     if allowed and host not in allowed:
-        raise _refused(f"host {host!r} is not in WEBHOOK_ALLOWED_HOSTS")
+        raise refused(f"host {host!r} is not in {policy.hosts_setting}")
     if policy.allow_private:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        why = f"host {host!r} does not resolve ({exc})"
-        raise Unresolved("The webhook URL is not accepted.", [_problem(why)]) from None
+        raise refused(f"host {host!r} does not resolve ({exc})", Unresolved) from None
     for info in infos:
         if non_public(str(info[4][0])):
-            raise _refused(f"{host!r} resolves to a non-public address ({info[4][0]})")
+            raise refused(f"{host!r} resolves to a non-public address ({info[4][0]})")
 
 
 class Unresolved(InvalidInput):
     """The webhook's host name did not resolve: refused at submit, where the caller can
     retry; at delivery it may be a passing DNS fault, so the delivery is retried."""
-
-
-def _problem(why: str) -> dict[str, Any]:
-    return {"loc": ["webhook"], "msg": why, "type": "webhook_url"}
-
-
-def _refused(why: str) -> InvalidInput:
-    return InvalidInput("The webhook URL is not accepted.", [_problem(why)])
 
 
 class PublicResolver(AbstractResolver):

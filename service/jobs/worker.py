@@ -140,6 +140,8 @@ class Worker:
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
         report_given_up(self.name, self._metrics, entries, prior)
+        if len(runnable) < len(entries):
+            await self._runner.given_up(entries, prior)
         if alone:
             for entry in entries:
                 if entry.entry_id not in alone:

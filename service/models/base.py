@@ -6,12 +6,17 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import mimetypes
+import os
+import secrets
+import tempfile
 from collections.abc import Generator, Sequence
-from pathlib import Path
+from functools import cached_property
+from pathlib import Path, PurePath
 from typing import Any
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.errors import InvalidInput, ModelLoadError
 from service.job import Outcome
@@ -30,8 +35,53 @@ def failure(exc: BaseException) -> Outcome:
     return Outcome(ok=False, error=f"Prediction failed: {type(exc).__name__}: {exc}")
 
 
-def success(output: Any) -> Outcome:
-    return Outcome(ok=True, payload=orjson.dumps(output, option=_DUMPS_OPTIONS))
+#: A file in a model's output is written into its JSON as a string: this mark, then "k"
+#: (the model's own file, copied) or "t" (a temporary file made here from bytes, moved),
+#: then its local path. The worker (`service.jobs.files`) stores each one and puts its URL
+#: in its place. The token is shared with the model processes (they inherit the variable)
+#: and unknown to callers, so no output string can pass for a file.
+FILE_MARK = "@file:" + os.environ.setdefault("SERVICE_FILE_TOKEN", secrets.token_hex(8)) + ":"
+
+
+def success(output: Any, content_type: str = "") -> Outcome:
+    """The output as JSON; files in it (Paths, and bytes: of ``content_type``) as marks."""
+    try:
+        payload = orjson.dumps(output, option=_DUMPS_OPTIONS)
+    except TypeError:
+        payload = orjson.dumps(output, default=_files(content_type), option=_DUMPS_OPTIONS)
+    return Outcome(ok=True, payload=payload)
+
+
+def _files(content_type: str) -> Any:
+    suffix = (mimetypes.guess_extension(content_type) or ".bin") if content_type else ".bin"
+
+    def default(value: Any) -> Any:
+        if isinstance(value, PurePath):
+            return f"{FILE_MARK}k{Path(value).resolve()}"
+        if isinstance(value, bytes | bytearray | memoryview):
+            handle, name = tempfile.mkstemp(prefix="output-", suffix=suffix)
+            with os.fdopen(handle, "wb") as out:
+                out.write(value)
+            return f"{FILE_MARK}t{name}"
+        if isinstance(value, BaseModel):
+            return value.model_dump()
+        raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+    return default
+
+
+def file_fields(schema: dict[str, Any]) -> tuple[str, ...]:
+    """The fields of an input schema that are files (annotated ``Path``: pydantic writes
+    format "path"), optional ones too; ("",) when the whole input is one file."""
+
+    def is_file(field: dict[str, Any]) -> bool:
+        options = field.get("anyOf", [field])
+        return any(o.get("format") == "path" and o.get("type") == "string" for o in options)
+
+    if is_file(schema):
+        return ("",)
+    properties = schema.get("properties", {})
+    return tuple(name for name, field in properties.items() if is_file(field))
 
 
 #: The batching knobs a model (or its models-file entry) may set for itself.
@@ -78,6 +128,9 @@ class Model:
     #: Names pydantic puts first in an error's location for a tagged union of input forms
     #: (tabular kinds: one row or many); they are dropped from the errors users see.
     form_tags: frozenset[str] = frozenset()
+    #: The media type of the bytes a model returns (they are stored as a file, the result
+    #: holding its URL); "" when it returns none, or only Paths (typed by their suffix).
+    output_content_type = ""
 
     def __init__(self, name: str, spec: str, input_type: Any, version: str) -> None:
         self.name = name
@@ -107,6 +160,11 @@ class Model:
     def input_schema(self) -> dict[str, Any]:
         return self._adapter.json_schema()
 
+    @cached_property
+    def file_fields(self) -> tuple[str, ...]:
+        """The input fields that are files ("" for a whole input that is one); () if none."""
+        return file_fields(self.input_schema)
+
     def validate(self, raw: Any) -> Any:
         """The input as the model's declared type; InvalidInput (422) if it does not fit."""
         try:
@@ -124,7 +182,7 @@ class Model:
 
     def _serialized(self, output: Any) -> Outcome:
         try:
-            return success(output)
+            return success(output, self.output_content_type)
         except (TypeError, orjson.JSONEncodeError) as exc:
             log.warning("model %s: an output is not JSON: %s", self.name, exc)
             return failure(exc)
@@ -136,7 +194,7 @@ class Model:
     def run_one(self, value: Any) -> Outcome:
         """Blocking: predict one validated input. Runs in the executor, never on the loop."""
         try:
-            return success(self.predict(value))
+            return success(self.predict(value), self.output_content_type)
         except Exception as exc:
             log.warning("model %s failed on one item: %s", self.name, exc)
             return failure(exc)

@@ -68,7 +68,8 @@ class PythonModel(Model):
     Optional attributes of ``obj``: ``input_type`` (a type or pydantic model the input must
     fit), ``output_type``, ``version``, ``example`` (an input for the docs), ``inline``
     (True: its calls are cheap and bounded, see `Model.inline`), ``max_batch_size``,
-    ``max_batch_delay_ms`` and ``concurrency`` (see `Model`), ``setup()`` and
+    ``max_batch_delay_ms`` and ``concurrency`` (see `Model`), ``output_content_type``
+    (the media type of the bytes it returns: they are stored as a file), ``setup()`` and
     ``teardown()``.
     """
 
@@ -94,6 +95,7 @@ class PythonModel(Model):
         )
         self.obj = obj
         self.inline = bool(getattr(obj, "inline", False))
+        self.output_content_type = str(getattr(obj, "output_content_type", "") or "")
         self.streams = inspect.isgeneratorfunction(self._predict) or inspect.isasyncgenfunction(
             self._predict
         )

@@ -102,6 +102,8 @@ class ModelRegistry:
         self.default = default
         #: The names of the models that stream (a running job of theirs can be stopped).
         self.streaming = [name for name, model in models.items() if model.streams]
+        #: The models with file inputs (their jobs' files are fetched before a call).
+        self.with_files = {name for name, model in models.items() if model.file_fields}
 
     @classmethod
     def load(cls, configs: list[ModelConfig], default: str) -> ModelRegistry:

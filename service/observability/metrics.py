@@ -8,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
@@ -92,8 +92,33 @@ class Metrics:
             ["tenant"],
             registry=r,
         )
+        self.files_stored = Counter(
+            "files_stored",
+            "Files put in the blob store by this replica: inputs (uploads, URLs, data URIs) "
+            "and outputs (files a model returned).",
+            ["kind"],
+            registry=r,
+        )
+        self.files_stored_bytes = Counter(
+            "files_stored_bytes",
+            "Bytes of the files counted by files_stored.",
+            ["kind"],
+            registry=r,
+        )
+        self.uploads_refused = Counter(
+            "uploads_refused",
+            "File inputs refused, by reason: too_large (MAX_FILE_BYTES), url (a URL not "
+            "allowed or that could not be fetched), malformed (a bad multipart body or data URI).",
+            ["reason"],
+            registry=r,
+        )
         self._queue_read: asyncio.Future[None] | None = None
         self._queue_read_at = 0.0
+
+    def count_file(self, kind: str, size: int) -> None:
+        """One file stored: ``kind`` input or output, ``size`` bytes."""
+        self.files_stored.labels(kind).inc()
+        self.files_stored_bytes.labels(kind).inc(size)
 
     def count_prediction(self, model: str, mode: str, ok: bool | str) -> None:
         """One finished prediction: ``ok`` True (done), False (failed), or the final status

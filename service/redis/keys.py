@@ -159,6 +159,12 @@ class Names:
         """JSON of what the stored queue was made with: partition count and hash tags."""
         return f"{self.stream}:meta"
 
+    @property
+    def files(self) -> str:
+        """Sorted set: the prediction ids that have files in the blob store, scored by when
+        they are due to go (their record's expiry); swept by every replica."""
+        return f"{self.stream}:files"
+
     def rate_bucket(self, tenant: str) -> str:
         """Hash: a tenant's token bucket (`tokens`, `at`), expiring once full again."""
         return f"{self.stream}:tenant:{tenant}:rate"
