@@ -488,16 +488,24 @@ async def test_a_replica_runs_at_most_stream_threads_queued_streams_at_once(
     journal = tmp_path / "journal"
     monkeypatch.setenv("TEST_JOURNAL", str(journal))
     _, base = await make_served(model="tests.models:counting", workers=2, stream_threads=1)
-    first = await submit(base, {"n": 1000, "every": 0.02, "tag": "first"})
-    second = await submit(base, {"n": 1000, "every": 0.02, "tag": "second"})
-    await poll(lambda: asyncio.to_thread(noted, journal, "yield 5 first"))
-    # Five chunks later, the second still waits in the queue for the only slot.
-    assert await status_of(base, second) == "queued"
-    assert "second" not in journal.read_text()
-    await stop(base, first)
+    jobs = {
+        tag: await submit(base, {"n": 1000, "every": 0.02, "tag": tag})
+        for tag in ("first", "second")
+    }
 
-    await poll(lambda: asyncio.to_thread(noted, journal, "yield 0 second"))
-    await stop(base, second)
+    def one_runs() -> str:
+        # Two workers read one job each: whichever takes the one slot first runs.
+        return next((t for t in jobs if noted(journal, f"yield 5 {t}")), "")
+
+    running = await poll(lambda: asyncio.to_thread(one_runs))
+    waiting = "second" if running == "first" else "first"
+    # Five chunks later, the other still waits in the queue for the only slot.
+    assert await status_of(base, jobs[waiting]) == "queued"
+    assert waiting not in journal.read_text()
+    await stop(base, jobs[running])
+
+    await poll(lambda: asyncio.to_thread(noted, journal, f"yield 0 {waiting}"))
+    await stop(base, jobs[waiting])
 
 
 async def test_a_worker_reading_its_own_pending_entries_never_starts_a_running_stream_again(
