@@ -35,6 +35,10 @@ _OPTIONS = ("webhook", "webhook_events", "priority")
 async def predict_with_files(
     request: web.Request, model: Model, asked: Rules
 ) -> web.StreamResponse:
+    """A predict request of a model that takes files: they are taken into a call folder,
+    checked with the input, stored under the job's id (chosen first: their URLs name it),
+    then the job is queued with their URLs, or run now on the local copies. Whatever
+    fails on the way removes what was stored."""
     app = request.app
     files = app[state.FILES]
     prediction_id = app[state.PARTITIONS].new_id(asked.key)
@@ -56,13 +60,13 @@ async def predict_with_files(
                 if used != prediction_id:  # an Idempotency-Key seen before: its job stands
                     await files.discard(prediction_id)
                 return answer
-            return await _past_wait(request, model, stored, asked, value, prediction_id)
+            return await _run_now(request, model, stored, asked, value, prediction_id)
         except BaseException:
             await asyncio.shield(files.discard(prediction_id))
             raise
 
 
-async def _past_wait(
+async def _run_now(
     request: web.Request,
     model: Model,
     body: PredictBody,
