@@ -76,19 +76,11 @@ async def prediction_file(request: web.Request) -> web.StreamResponse:
     start, end, status = 0, blob.size, 200
     asked = request.headers.get(hdrs.RANGE)
     if asked and _tags(request.headers.get(hdrs.IF_RANGE, blob.etag)) == [blob.etag]:
-        found = _RANGE.fullmatch(asked.strip())
+        found = _range(asked, blob.size)
+        if found == ():
+            return web.Response(status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{blob.size}"})
         if found:
-            first, last = found.groups()
-            if first:
-                start = int(first)
-                end = min(blob.size, int(last) + 1) if last else blob.size
-            elif last:
-                start = max(0, blob.size - int(last))
-            if start >= blob.size or start >= end:
-                return web.Response(
-                    status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{blob.size}"}
-                )
-            status = 206
+            (start, end), status = found, 206
             headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{blob.size}"
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
@@ -99,6 +91,22 @@ async def prediction_file(request: web.Request) -> web.StreamResponse:
             await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def _range(header: str, size: int) -> tuple[int, ...] | None:
+    """The (start, end) of one byte range (end exclusive) of a file of ``size`` bytes; ()
+    when it lies past the end (416); None when the header is not one range (the whole)."""
+    found = _RANGE.fullmatch(header.strip())
+    if not found:
+        return None
+    first, last = found.groups()
+    start, end = 0, size
+    if first:
+        start = int(first)
+        end = min(size, int(last) + 1) if last else size
+    elif last:
+        start = max(0, size - int(last))
+    return () if start >= size or start >= end else (start, end)
 
 
 def _tags(header: str) -> list[str]:
