@@ -5,7 +5,10 @@ loads offline; see docs/models.md for the install:
     MODEL=examples.embedding_model:Embedder scripts/run
 
 The input is a sentence, or a list of up to 64 sentences; the output is
-``{"embedding": [...]}`` for a sentence and ``{"embeddings": [[...], ...]}`` for a list.
+``{"embedding": [...], "tokens": n}`` for a sentence and ``{"embeddings": [[...], ...],
+"tokens": n}`` for a list (``tokens``: the tokens read). It declares the task
+"embeddings", so `POST /v1/embeddings` serves it too (docs/api.md, "OpenAI-compatible
+routes").
 Set EMBEDDING_THREADS to the cores the replica may use (default: all it sees).
 """
 
@@ -39,6 +42,7 @@ def prepare() -> tuple[str, int]:
 class Embedder:
     input_type = EmbeddingInput
     version = "all-MiniLM-L6-v2"
+    task = "embeddings"  # served by POST /v1/embeddings too
     example = "The delivery was quick and the box was intact."
     # One forward pass uses every core it is given: one call at a time, and while it runs
     # the next batch gathers what arrives (see docs/models.md, "Batching per model").
@@ -64,21 +68,26 @@ class Embedder:
     def predict_batch(self, values: list[str | list[str]]) -> list[dict[str, Any]]:
         rows = [s for v in values for s in ([v] if isinstance(v, str) else v)]
         vectors: list[list[float]] = []
+        counts: list[int] = []
         for start in range(0, len(rows), _ROWS_PER_PASS):
-            vectors.extend(self._encode(rows[start : start + _ROWS_PER_PASS]))
+            made, tokens = self._encode(rows[start : start + _ROWS_PER_PASS])
+            vectors.extend(made)
+            counts.extend(tokens)
         out: list[dict[str, Any]] = []
         at = 0
         for value in values:
             if isinstance(value, str):
-                out.append({"embedding": vectors[at]})
+                out.append({"embedding": vectors[at], "tokens": counts[at]})
                 at += 1
             else:
-                out.append({"embeddings": vectors[at : at + len(value)]})
-                at += len(value)
+                end = at + len(value)
+                out.append({"embeddings": vectors[at:end], "tokens": sum(counts[at:end])})
+                at = end
         return out
 
-    def _encode(self, sentences: list[str]) -> list[list[float]]:
-        """One forward pass: mean of the token vectors (padding left out), unit length."""
+    def _encode(self, sentences: list[str]) -> tuple[list[list[float]], list[int]]:
+        """One forward pass: mean of the token vectors (padding left out), unit length;
+        and the tokens of each sentence."""
         torch = self._torch
         with torch.inference_mode():
             tokens = self._tokenizer(
@@ -88,4 +97,4 @@ class Embedder:
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             unit = torch.nn.functional.normalize(mean, p=2, dim=1)
-        return unit.tolist()  # type: ignore[no-any-return]
+        return unit.tolist(), tokens["attention_mask"].sum(dim=1).tolist()

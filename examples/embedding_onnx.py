@@ -102,8 +102,9 @@ class OnnxEmbedder(Embedder):
         self._tokenizer = AutoTokenizer.from_pretrained(weights)
         self._encode(["warm up"])
 
-    def _encode(self, sentences: list[str]) -> list[list[float]]:
-        """One run of the graph: mean of the token vectors (padding left out), unit length."""
+    def _encode(self, sentences: list[str]) -> tuple[list[list[float]], list[int]]:
+        """One run of the graph: mean of the token vectors (padding left out), unit length;
+        and the tokens of each sentence."""
         np = self._np
         tokens = self._tokenizer(
             sentences, padding=True, truncation=True, max_length=256, return_tensors="np"
@@ -113,4 +114,4 @@ class OnnxEmbedder(Embedder):
         mask = feed["attention_mask"][..., None].astype(hidden.dtype)
         mean = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         unit = mean / np.clip(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12, None)
-        return unit.tolist()  # type: ignore[no-any-return]
+        return unit.tolist(), feed["attention_mask"].sum(axis=1).tolist()

@@ -47,6 +47,7 @@ _LAYERS, _WIDTH, _HEADS, _CONTEXT = 4, 256, 4, 1024
 class Generator:
     input_type = GenerateInput
     version = "gpt2-architecture-random"
+    task = "generation"  # served by /v1/chat/completions and /v1/completions too
     example: ClassVar[dict[str, Any]] = {"prompt": "The parcel arrived", "max_tokens": 8}
     # One decoding step uses every core it is given.
     concurrency = 1

@@ -13,10 +13,16 @@ class ServiceError(Exception):
     #: Seconds for a Retry-After header, for errors a client should retry.
     retry_after: int | None = None
 
-    def __init__(self, message: str, detail: Any = None) -> None:
+    def __init__(
+        self, message: str, detail: Any = None, *, param: str | None = None, code: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        #: For the OpenAI-compatible routes' error shape: the request field at fault, and a
+        #: code a client may branch on ("model_not_found", say).
+        self.param = param
+        self.code = code
 
 
 class BadRequest(ServiceError):

@@ -21,6 +21,8 @@ from service.execution.memory import release_freed_memory
 from service.http import state
 from service.http.docs import add_model_schemas
 from service.http.lifecycle import Lifecycle
+from service.http.openai_batches import reader, shape_of
+from service.jobs.batches import Batches
 from service.jobs.dead_letters import DeadLetters
 from service.jobs.files import Files
 from service.jobs.intake import FileSettings
@@ -253,11 +255,24 @@ async def files_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("%s; requests with files answer 503 until it answers", exc)
     every = min(30.0, max(1.0, settings.result_ttl_seconds / 4))  # a few sweeps per TTL
     sweeper = asyncio.create_task(files.sweep_forever(every), name="file-sweep")
+    # The batches of the OpenAI-compatible routes: their files in the same store.
+    batches = app[state.BATCHES] = Batches(
+        app[state.REDIS], names(settings), store, settings.batch_ttl_seconds
+    )
+    mover = asyncio.create_task(
+        batches.move_all_forever(BATCH_MOVE_SECONDS, reader(app), shape_of(app)),
+        name="batch-mover",
+    )
     yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    for task in (sweeper, mover):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await files.close()
+
+
+#: How often each replica moves the batches not ended on (a read of one moves it too).
+BATCH_MOVE_SECONDS = 2.0
 
 
 def names(settings: Settings) -> Names:

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         "batch's size; a lone caller never waits). 0: the next event-loop turn.",
     )
     result_ttl_seconds: int = Field(3600, ge=1, description="How long job records are kept.")
+    batch_ttl_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long the files and batches of the OpenAI-compatible batch API are "
+        "kept (input, output and error files; a batch's details).",
+    )
     stream: str = Field("predictions", description="Redis Stream that holds queued jobs.")
     queue_partitions: int = Field(
         0,

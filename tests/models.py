@@ -394,3 +394,80 @@ def file_lines(value: Upload) -> Any:
     with value.data.open() as lines:
         for line in lines:
             yield line.rstrip("\n")
+
+
+# -- the OpenAI-compatible routes -----------------------------------------------------------
+class Vectors:
+    """An embeddings model: 8 numbers from the text's SHA-256 (the same text, the same
+    vector), and the words it read as its tokens; "crash" fails it. Records its batches."""
+
+    task = "embeddings"
+    input_type = str
+
+    def predict(self, text: str) -> dict[str, Any]:
+        return self.predict_batch([text])[0]
+
+    def predict_batch(self, texts: list[str]) -> list[dict[str, Any]]:
+        batch_sizes.append(len(texts))
+        if "crash" in texts:
+            raise RuntimeError("the vectors broke")
+        return [{"embedding": vector_of(t), "tokens": len(t.split())} for t in texts]
+
+
+def vector_of(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(b - 128) / 128 for b in digest[:8]]
+
+
+class Prompt(BaseModel):
+    prompt: str
+    max_tokens: int = 64
+    stop: list[str] = []
+    temperature: float = 0.0
+
+
+class Talker:
+    """A generation model: yields the words of its prompt's last line back, a chunk a word
+    (at most max_tokens, cut before a stop string). A prompt with "slowly" takes 10 ms a
+    word; one with "boom" fails after two words. Its words and its finally are recorded."""
+
+    task = "generation"
+    input_type = Prompt
+
+    def predict(self, value: Prompt) -> Any:
+        try:
+            words = value.prompt.splitlines()[-1].split()
+            text = ""
+            for at, word in enumerate(words[: value.max_tokens]):
+                piece = word if at == 0 else " " + word
+                stop = next((s for s in value.stop if s in text + piece), None)
+                if stop is not None:
+                    cut = (text + piece)[: (text + piece).index(stop)][len(text) :]
+                    if cut:
+                        yield cut
+                    return
+                if at == 2 and "boom" in words:
+                    raise RuntimeError("the talker broke")
+                made.append(at)
+                yield piece
+                text += piece
+                if "slowly" in words:
+                    threading.Event().wait(0.01)
+        finally:
+            closed.append("talker")
+
+
+class Chat(BaseModel):
+    messages: list[dict[str, str]]
+    max_tokens: int = 64
+
+
+class Templated:
+    """A generation model that takes the messages themselves (its own template): answers
+    the roles it was given, in one piece (it does not stream)."""
+
+    task = "generation"
+    input_type = Chat
+
+    def predict(self, value: Chat) -> str:
+        return "/".join(m["role"] for m in value.messages)

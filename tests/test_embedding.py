@@ -9,7 +9,9 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from .helpers import ClientFactory, figure, scrape, wait_final
@@ -109,3 +111,26 @@ async def test_the_onnx_variant_gives_the_same_vectors_as_pytorch(
             assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
     info = await (await onnx.get("/models/default")).json()
     assert info["version"] == "all-MiniLM-L6-v2 (ONNX Runtime)"
+
+
+async def test_the_openai_client_gets_the_same_vectors_and_their_tokens(
+    make_served: Any,
+) -> None:
+    from openai import AsyncOpenAI
+
+    _, base = await make_served(model=MODEL)
+    sentences = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+        AsyncOpenAI(base_url=base + "/v1", api_key="none", max_retries=0) as client,
+    ):
+        ours = (await http.post("/predict", json={"input": sentences})).json()["result"]
+        floats = await client.embeddings.create(
+            model="default", input=sentences, encoding_format="float"
+        )
+        packed = await client.embeddings.create(model="default", input=sentences)  # base64
+    for got in (floats, packed):
+        assert len(got.data) == 2
+        for mine, theirs in zip(ours["embeddings"], got.data, strict=True):
+            assert max(abs(x - y) for x, y in zip(mine, theirs.embedding, strict=True)) < 1e-6
+    assert floats.usage.prompt_tokens == ours["tokens"] > 10

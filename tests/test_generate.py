@@ -84,3 +84,29 @@ async def test_bad_generation_input_is_a_422(make_served: Any) -> None:
         for bad in ({"prompt": ""}, {"prompt": "x", "max_tokens": 0}, {"prompt": "x", "n": 2}):
             resp = await http.post("/predict", json={"input": bad})
             assert resp.status_code == 422, bad
+
+
+async def test_the_openai_client_chats_with_the_generator_whole_and_streamed(
+    make_served: Any,
+) -> None:
+    from openai import AsyncOpenAI
+
+    _, base = await make_served(model=MODEL)
+    messages: Any = [{"role": "user", "content": "The parcel arrived"}]
+    async with AsyncOpenAI(base_url=base + "/v1", api_key="none", max_retries=0) as client:
+        whole = await client.chat.completions.create(
+            model="default", messages=messages, max_tokens=8
+        )
+        stream = await client.chat.completions.create(
+            model="default", messages=messages, max_tokens=8, stream=True
+        )
+        chunks = [c async for c in stream]
+    text = whole.choices[0].message.content
+    assert text and whole.choices[0].finish_reason in ("length", "stop")
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert "".join(pieces) == text and len(pieces) > 1  # greedy: the same text, in pieces
+    # The service's own route with the prompt the messages made gives the same text.
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        body = {"input": {"prompt": "user: The parcel arrived\nassistant:", "max_tokens": 8}}
+        ours = (await http.post("/predict", json=body)).json()["result"]
+    assert "".join(ours) == text

@@ -23,6 +23,8 @@ PLACEHOLDERS = {
     "consumer": "<consumer>",
     "replica": "<consumer>",
     "tenant": "<tenant>",
+    "object_id": "<id>",
+    "batch_id": "<id>",
 }
 
 

@@ -250,6 +250,18 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
         ("GET", "/models/default"),
         ("POST", "/models/default/predict"),
         ("POST", "/models/default/predict/batch"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/default"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/files"),
+        ("GET", "/v1/files/file-x"),
+        ("DELETE", "/v1/files/file-x"),
+        ("GET", "/v1/files/file-x/content"),
+        ("POST", "/v1/batches"),
+        ("GET", "/v1/batches/batch_x"),
+        ("POST", "/v1/batches/batch_x/cancel"),
     ]
     # Every route of the app is in one list or the other: a new route must be named here.
     public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]

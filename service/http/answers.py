@@ -32,12 +32,47 @@ _REDIS_RETRY_AFTER = "1"
 
 
 def _error(
-    status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+    request: web.Request,
+    status: int,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+    exc: ServiceError | None = None,
 ) -> web.Response:
-    body: dict[str, Any] = {"error": message}
+    if request.path.startswith(OPENAI_PREFIX):  # the OpenAI-compatible routes: its shape
+        status, body = openai_error(status, message, detail, exc)
+        return json_response(body, status=status, headers=headers)
+    plain: dict[str, Any] = {"error": message}
     if detail is not None:
-        body["detail"] = detail
-    return json_response(body, status=status, headers=headers)
+        plain["detail"] = detail
+    return json_response(plain, status=status, headers=headers)
+
+
+#: The paths of the OpenAI-compatible routes: their errors take OpenAI's shape.
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded", 503: "unavailable"}
+
+
+def openai_error(
+    status: int, message: str, detail: Any = None, exc: ServiceError | None = None
+) -> tuple[int, dict[str, Any]]:
+    """An error as OpenAI's API answers it: ``{"error": {"message", "type", "param",
+    "code"}}``; an input that does not fit is a 400 there (422 here), its first field's
+    place the ``param``."""
+    param = exc.param if exc is not None else None
+    if status == 422:
+        status = 400
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            message = f"{message} {where or 'the body'}: {first.get('msg')}"
+            param = param or where or None
+    kind = _OPENAI_TYPES.get(status) or (
+        "server_error" if status >= 500 else "invalid_request_error"
+    )
+    code = (exc.code if exc is not None else "") or _OPENAI_CODES.get(status)
+    return status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -151,7 +186,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     message = _HTTP_MESSAGES.get(exc.status) or exc.reason
     if exc.status == 413:
         message = f"The body is larger than {request.client_max_size} bytes."
-    return _error(exc.status, message, headers=headers)
+    return _error(request, exc.status, message, headers=headers)
 
 
 def _error_answer(request: web.Request, exc: Exception) -> web.Response:
@@ -159,14 +194,15 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         headers = None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)}
         if isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": "Bearer"}
-        return _error(exc.status, exc.message, exc.detail, headers=headers)
+        return _error(request, exc.status, exc.message, exc.detail, headers, exc)
     reason = unavailable(exc)
     if reason is not None:
         _log_outage(request, exc)
         return _error(
+            request,
             503,
             f"The queue is unavailable ({reason}); try again shortly.",
             headers={"Retry-After": _REDIS_RETRY_AFTER},
         )
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
-    return _error(500, "Internal server error.")
+    return _error(request, 500, "Internal server error.")

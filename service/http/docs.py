@@ -174,6 +174,31 @@ def add_model_schemas(spec: dict[str, Any], registry: ModelRegistry) -> None:
         if name == registry.default:
             spec["paths"]["/predict"]["post"]["requestBody"] = single["requestBody"]
             spec["paths"]["/predict/batch"]["post"]["requestBody"] = bulk["requestBody"]
+    _openai_models(spec, registry)
+
+
+#: The OpenAI-compatible routes of each model task, and their request schemas.
+_OPENAI_ROUTES = {
+    "embeddings": {"/v1/embeddings": "V1EmbeddingsRequest"},
+    "generation": {
+        "/v1/chat/completions": "V1ChatRequest",
+        "/v1/completions": "V1CompletionRequest",
+    },
+}
+
+
+def _openai_models(spec: dict[str, Any], registry: ModelRegistry) -> None:
+    """The ``model`` of each OpenAI-compatible request: one of the models of its task; a
+    route that no model here serves is left out of the spec (it answers 400)."""
+    schemas = spec["components"]["schemas"]
+    for task, routes in _OPENAI_ROUTES.items():
+        names = sorted(name for name, model in registry.models.items() if model.task == task)
+        for path, schema in routes.items():
+            if not names:
+                del spec["paths"][path]
+                continue
+            properties = schemas[schema]["properties"]
+            properties["model"] = {**properties["model"], "enum": names, "example": names[0]}
 
 
 _FILE_URL = {

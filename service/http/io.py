@@ -182,7 +182,7 @@ class BulkBody(NamedTuple):
 
 def parse_predict_body(raw: bytes) -> PredictBody:
     """The predict body; 400 or 422 when it is not one."""
-    data = _json(raw)
+    data = parse_json(raw)
     if type(data) is dict and len(data) == 1 and "input" in data:
         return PredictBody(data["input"])  # the usual case: no model to validate
     body = _validated(
@@ -197,7 +197,7 @@ def parse_predict_body(raw: bytes) -> PredictBody:
 def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
     """The bulk body: ``inputs``, a list of 1..``most`` items, and an optional webhook;
     400 or 422 otherwise."""
-    data = _json(raw)
+    data = parse_json(raw)
     if type(data) is dict and len(data) == 1 and type(data.get("inputs")) is list:
         body = BulkBody(data["inputs"])  # the usual case: no model to validate
     else:
@@ -221,7 +221,8 @@ def parse_bulk_body(raw: bytes, most: int) -> BulkBody:
     return body
 
 
-def _json(raw: bytes) -> Any:
+def parse_json(raw: bytes) -> Any:
+    """A JSON body; 400 when it is not JSON, 422 when it nests too deep."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -20,6 +20,22 @@ from service.http.health import live, ready
 from service.http.jobs import cancel_prediction, get_prediction, prediction_events
 from service.http.metrics import metrics
 from service.http.models import get_model, list_models
+from service.http.openai import (
+    chat_completions,
+    completions,
+    embeddings,
+    get_v1_model,
+    list_v1_models,
+)
+from service.http.openai_batches import (
+    cancel_batch,
+    create_batch,
+    delete_file,
+    file_content,
+    get_batch,
+    get_file,
+    upload_file,
+)
 from service.http.predict import predict, predict_with_model
 from service.http.tenants import Tenants
 from service.observability.tracing import Tracing
@@ -40,6 +56,19 @@ ROUTES: list[tuple[web.RouteDef, bool]] = [
     (web.get("/models/{name}", get_model, allow_head=False), False),
     (web.post("/models/{name}/predict", predict_with_model), False),
     (web.post("/models/{name}/predict/batch", predict_batch_with_model), False),
+    # OpenAI-compatible: the same keys, tenants and limits; errors in OpenAI's shape.
+    (web.get("/v1/models", list_v1_models, allow_head=False), False),
+    (web.get("/v1/models/{model}", get_v1_model, allow_head=False), False),
+    (web.post("/v1/embeddings", embeddings), False),
+    (web.post("/v1/chat/completions", chat_completions), False),
+    (web.post("/v1/completions", completions), False),
+    (web.post("/v1/files", upload_file), False),
+    (web.get("/v1/files/{file_id}", get_file, allow_head=False), False),
+    (web.delete("/v1/files/{file_id}", delete_file), False),
+    (web.get("/v1/files/{file_id}/content", file_content, allow_head=False), False),
+    (web.post("/v1/batches", create_batch), False),
+    (web.get("/v1/batches/{batch_id}", get_batch, allow_head=False), False),
+    (web.post("/v1/batches/{batch_id}/cancel", cancel_batch), False),
     (web.get("/health/live", live, allow_head=False), True),
     (web.get("/health/ready", ready, allow_head=False), True),
     (web.get("/metrics", metrics, allow_head=False), True),

@@ -12,6 +12,7 @@ from service.execution.batching import Batchers
 from service.execution.executor import Executor
 from service.http.lifecycle import Lifecycle, SyncGate
 from service.http.tenants import Limiter, Tenant, Tenants
+from service.jobs.batches import Batches
 from service.jobs.dead_letters import DeadLetters
 from service.jobs.files import Files
 from service.jobs.lane import DirectLane
@@ -59,6 +60,8 @@ OUTPUTS = web.AppKey("outputs", Outputs)
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 #: The files of jobs: the blob store (BLOB_URL) and their lifetimes.
 FILES = web.AppKey("files", Files)
+#: The batches and files of the OpenAI-compatible routes.
+BATCHES = web.AppKey("batches", Batches)
 OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 WAITERS = web.AppKey("waiters", Waiters)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, RequestTimeout
 from service.http import sse, state
@@ -196,7 +197,7 @@ async def _multipart(
                     )
                 )
                 continue
-            value, budget = await _small_part(part, idle, budget, settings.max_body_bytes)
+            value, budget = await small_part(part, idle, budget, settings.max_body_bytes)
             if name in _OPTIONS:
                 options[name] = _option(name, value)
             elif name == "input":
@@ -207,7 +208,7 @@ async def _multipart(
             raise BadRequest(f"A multipart body may have at most {MAX_PARTS} parts.")
     except TimeoutError:
         raise RequestTimeout(f"The body stopped arriving for {idle:g} s.") from None
-    except (ValueError, AssertionError, LookupError) as exc:
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
         files.intake.refuse("malformed")
         raise BadRequest(f"The multipart/form-data body is malformed: {exc}") from None
     return _input(whole, base, values, taken), options, taken
@@ -230,9 +231,7 @@ def _option(name: str, value: Any) -> Any:
     return [event.strip() for event in str(value).split(",") if event.strip()]
 
 
-async def _small_part(
-    part: BodyPartReader, idle: float, budget: int, limit: int
-) -> tuple[Any, int]:
+async def small_part(part: BodyPartReader, idle: float, budget: int, limit: int) -> tuple[Any, int]:
     """A part that is not a file, read whole (each chunk within ``idle`` seconds) as long
     as every such part together stays within ``limit`` (MAX_BODY_BYTES; ``budget`` is
     what is left of it): its value, and what is left then."""

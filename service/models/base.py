@@ -84,6 +84,9 @@ def file_fields(schema: dict[str, Any]) -> tuple[str, ...]:
     return tuple(name for name, field in properties.items() if is_file(field))
 
 
+#: The tasks a model may declare (`Model.task`); "" for none.
+TASKS = ("", "embeddings", "generation")
+
 #: The batching knobs a model (or its models-file entry) may set for itself.
 BATCHING = ("max_batch_size", "max_batch_delay_ms", "concurrency")
 
@@ -117,6 +120,11 @@ class Model:
     #: Its predict is a generator (or an async one): it yields its output piece by piece,
     #: and each call runs on its own (`service.execution.streams`), never in a batch.
     streams = False
+    #: What the OpenAI-compatible routes (`service.http.openai`) may send it: "embeddings"
+    #: (a text in, its vector out: /v1/embeddings), "generation" (a prompt, or messages,
+    #: in, text out, whole or streamed: /v1/chat/completions, /v1/completions) or ""
+    #: (neither: those routes refuse it).
+    task = ""
     #: Batching for this model where it knows better than the replica's settings (None:
     #: the setting): most inputs per call (MAX_BATCH_SIZE), longest wait in ms for a batch
     #: to fill (MAX_BATCH_DELAY_MS), and calls at once (as many as EXECUTOR_THREADS). A
@@ -248,6 +256,7 @@ class Model:
             "spec": self.spec,
             "version": self.version,
             "execution": self.execution,
+            "task": self.task or None,
             "input_schema": self.input_schema,
             "output_schema": self.output_schema(),
         }

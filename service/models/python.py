@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from service.errors import ModelLoadError
-from service.models.base import BATCHING, Model, batching_value, chunks_of
+from service.models.base import BATCHING, TASKS, Model, batching_value, chunks_of
 
 
 def import_spec(spec: str) -> Any:
@@ -69,8 +69,8 @@ class PythonModel(Model):
     fit), ``output_type``, ``version``, ``example`` (an input for the docs), ``inline``
     (True: its calls are cheap and bounded, see `Model.inline`), ``max_batch_size``,
     ``max_batch_delay_ms`` and ``concurrency`` (see `Model`), ``output_content_type``
-    (the media type of the bytes it returns: they are stored as a file), ``setup()`` and
-    ``teardown()``.
+    (the media type of the bytes it returns: they are stored as a file), ``task`` (see
+    `Model.task`), ``setup()`` and ``teardown()``.
     """
 
     kind = "python"
@@ -96,6 +96,9 @@ class PythonModel(Model):
         self.obj = obj
         self.inline = bool(getattr(obj, "inline", False))
         self.output_content_type = str(getattr(obj, "output_content_type", "") or "")
+        self.task = str(getattr(obj, "task", "") or "")
+        if self.task not in TASKS:
+            raise ModelLoadError(f"task must be one of {', '.join(TASKS[1:])}, not {self.task!r}")
         self.streams = inspect.isgeneratorfunction(self._predict) or inspect.isasyncgenfunction(
             self._predict
         )
@@ -109,6 +112,11 @@ class PythonModel(Model):
             getattr(obj, "input_type", declared_in),
             str(getattr(obj, "version", "0")),
         )
+        fields = self.input_schema.get("properties", {})
+        if self.task == "generation" and not {"prompt", "messages"} & set(fields):
+            raise ModelLoadError(
+                "a generation model's input is an object with a 'prompt' or 'messages' field"
+            )
 
     def predict(self, value: Any) -> Any:
         if self.streams:  # asked for the whole output at once: every chunk, in a list

@@ -165,6 +165,33 @@ class Names:
         they are due to go (their record's expiry); swept by every replica."""
         return f"{self.stream}:files"
 
+    @property
+    def batches(self) -> str:
+        """Sorted set: the OpenAI-compatible batches not ended yet, scored by when they were
+        made; every replica moves them on."""
+        return f"{self.stream}:openai:batches"
+
+    def openai(self, object_id: str) -> str:
+        """Hash: one object of the OpenAI-compatible batch API (an uploaded file, or a
+        batch), in a slot of its own (its id a hash tag), as the keys of a batch below."""
+        return f"{self.stream}:openai:{{{object_id}}}"
+
+    def batch_lines(self, batch_id: str) -> str:
+        """List: what each line of a batch's input became (JSON), in order."""
+        return self.openai(batch_id) + ":lines"
+
+    def batch_output(self, batch_id: str) -> str:
+        """Hash: each succeeded line's answer by its number, until the batch ends."""
+        return self.openai(batch_id) + ":output"
+
+    def batch_errors(self, batch_id: str) -> str:
+        """Hash: each failed or refused line's answer by its number, until the batch ends."""
+        return self.openai(batch_id) + ":errors"
+
+    def batch_lock(self, batch_id: str) -> str:
+        """String: the replica moving the batch on now."""
+        return self.openai(batch_id) + ":lock"
+
     def rate_bucket(self, tenant: str) -> str:
         """Hash: a tenant's token bucket (`tokens`, `at`), expiring once full again."""
         return f"{self.stream}:tenant:{tenant}:rate"
