@@ -471,3 +471,11 @@ class Templated:
 
     def predict(self, value: Chat) -> str:
         return "/".join(m["role"] for m in value.messages)
+
+
+def plain_vector(text: str) -> list[float]:
+    """An embeddings model that answers the bare vector (no token count)."""
+    return vector_of(text)
+
+
+plain_vector.task = "embeddings"  # type: ignore[attr-defined]

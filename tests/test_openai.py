@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from service.http import state
 
 from . import models
-from .helpers import poll
+from .helpers import JSON, poll
 from .test_tenants import keys_file
 
 MODELS = """
@@ -31,6 +31,8 @@ spec = "tests.models:Talker"
 spec = "tests.models:Templated"
 [models.echo]
 spec = "tests.models:echo"
+[models.plain]
+spec = "tests.models:plain_vector"
 """
 
 
@@ -71,7 +73,7 @@ def serve(make_served: Any, models_file: Path, clients: Any) -> Any:
 async def test_models_are_listed_and_read_one_by_one(serve: Any) -> None:
     _, client = await serve()
     listed = await client.models.list()
-    assert [m.id for m in listed.data] == ["echo", "talker", "templated", "vectors"]
+    assert [m.id for m in listed.data] == ["echo", "plain", "talker", "templated", "vectors"]
     assert all(m.object == "model" and m.created > 0 for m in listed.data)
     assert (await client.models.retrieve("talker")).id == "talker"
     with pytest.raises(openai.NotFoundError) as caught:
@@ -94,6 +96,10 @@ async def test_embeddings_as_floats_and_as_base64_in_order_through_the_batcher(s
     assert list(struct.unpack("<8f", packed)) == pytest.approx(models.vector_of("one"))
     default = await client.embeddings.create(model="vectors", input="one")
     assert default.data[0].embedding == pytest.approx(models.vector_of("one"))
+    # A model that answers a bare vector reports no tokens: no usage, rather than a 0.
+    plain = await client.embeddings.create(model="plain", input=["one", "two"])
+    assert [d.embedding for d in plain.data] == [models.vector_of("one"), models.vector_of("two")]
+    assert plain.usage is None
 
 
 async def test_an_embeddings_model_that_fails_is_a_500_in_openai_shape(serve: Any) -> None:
@@ -215,17 +221,24 @@ async def test_a_model_of_another_task_is_refused_naming_its_task(serve: Any) ->
 async def test_errors_on_v1_routes_take_openais_shape_and_ours_elsewhere(serve: Any) -> None:
     base, _ = await serve(api_key="k")
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        deep = b'{"model": "vectors", "input": ' + b"[" * 200 + b"]" * 200 + b"}"
         refused = await http.get("/v1/models")
         bad_json = await http.post(
             "/v1/embeddings", content=b"{", headers={"Authorization": "Bearer k"}
         )
         nowhere = await http.get("/v1/nowhere", headers={"Authorization": "Bearer k"})
+        too_deep = await http.post(
+            "/v1/embeddings", content=deep, headers={"Authorization": "Bearer k", **JSON}
+        )
         ours = await http.get("/models")
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "authentication_error"
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert bad_json.status_code == 400 and bad_json.json()["error"]["message"]
     assert nowhere.status_code == 404 and nowhere.json()["error"]["type"]
+    # What the other routes answer 422 (a body nested too deep) is a 400 here, as OpenAI's.
+    assert too_deep.status_code == 400, too_deep.text
+    assert too_deep.json()["error"]["type"] == "invalid_request_error"
     assert ours.status_code == 401 and isinstance(ours.json()["error"], str)
 
 
@@ -487,7 +500,9 @@ async def test_a_batch_over_the_tenants_quota_is_a_429_and_queues_nothing(
     serve: Any, clients: Any, tmp_path: Path
 ) -> None:
     keys = keys_file(tmp_path / "keys.toml", small={"max_queued": 3})
-    base, _ = await serve(api_keys_file=str(keys))
+    # Queued two at a time (MAX_BULK): the first two fit, the next two do not, and the two
+    # queued already are canceled, so that the batch leaves nothing behind.
+    base, _ = await serve(api_keys_file=str(keys), max_bulk=2)
     client = clients(base, "small-key")
     four = jsonl(*(chat_line(str(i), "x") for i in range(4)))
     file = await client.files.create(file=("in.jsonl", four), purpose="batch")
@@ -497,14 +512,16 @@ async def test_a_batch_over_the_tenants_quota_is_a_429_and_queues_nothing(
         )
     assert caught.value.response.headers["Retry-After"]
     assert "3" in caught.value.message
-    # Nothing of it stayed queued: three lines (the quota) still fit.
-    three = await client.files.create(
-        file=("in.jsonl", jsonl(*(chat_line(str(i), "x") for i in range(3)))), purpose="batch"
-    )
-    batch = await client.batches.create(
-        input_file_id=three.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    assert batch.status == "in_progress"
+    # The two queued before the rest did not fit were canceled: none of the batch runs.
+    app = serve.apps[-1]
+    partitions, rds = app[state.PARTITIONS], app[state.REDIS]
+    statuses = []
+    for partition in partitions.all:
+        for keys in partitions.streams(partition):
+            for _, fields in await rds.xrange(keys.stream):
+                record = partitions.record(fields[b"id"].decode())
+                statuses.append(await rds.hget(record, "status"))
+    assert statuses == [b"canceled", b"canceled"]
 
 
 @pytest.mark.modes("single", "cluster")
