@@ -121,6 +121,9 @@ class NewJob:
     tenant: str = ""
     #: The W3C traceparent of the submitting request's span ('': not traced).
     traceparent: str = ""
+    #: Its JOB_TIMEOUT_SECONDS counts from when it starts, not from its submission: a job
+    #: of a batch (the OpenAI-compatible batch API), which may rightly wait for hours.
+    untimed_wait: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,8 @@ class Entry:
     cancel_at: float = 0.0
     #: The submitting request's traceparent ('': not traced).
     traceparent: str = ""
+    #: Its time limit counts from its start (`NewJob.untimed_wait`).
+    untimed_wait: bool = False
 
 
 def entry_fields(job: NewJob, created_at: str) -> dict[str, Any]:
@@ -178,7 +183,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
         if not fields:
             continue
         rid, at, cancel = fields.get(b"rid"), fields.get(b"at"), fields.get(b"cancel")
-        tp = fields.get(b"tp")
+        tp, untimed = fields.get(b"tp"), fields.get(b"nt")
         out.append(
             Entry(
                 entry_id,
@@ -189,6 +194,7 @@ def parse_entries(raw: list[Any]) -> list[Entry]:
                 float(at) if at else 0.0,
                 float(cancel) if cancel else 0.0,
                 tp.decode() if tp else "",
+                untimed == b"1",
             )
         )
     return out

@@ -5,9 +5,11 @@ Talker, Templated) loaded through a models file like a user's."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from service.http import state
+from service.jobs import batches as batches_module
 
 from . import models
 from .helpers import JSON, poll
@@ -184,6 +187,9 @@ async def test_a_model_with_its_own_template_takes_the_messages(serve: Any) -> N
         ({"temperature": 3}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"max_tokens": "3"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"stream": "yes"}, "stream"),
     ],
 )
 async def test_a_parameter_not_supported_is_a_400_naming_it(
@@ -224,7 +230,12 @@ async def test_errors_on_v1_routes_take_openais_shape_and_ours_elsewhere(serve: 
         deep = b'{"model": "vectors", "input": ' + b"[" * 200 + b"]" * 200 + b"}"
         refused = await http.get("/v1/models")
         bad_json = await http.post(
-            "/v1/embeddings", content=b"{", headers={"Authorization": "Bearer k"}
+            "/v1/embeddings", content=b"{", headers={"Authorization": "Bearer k", **JSON}
+        )
+        as_text = await http.post(
+            "/v1/embeddings",
+            content=b'{"model": "vectors", "input": "x"}',
+            headers={"Authorization": "Bearer k", "Content-Type": "text/plain"},
         )
         nowhere = await http.get("/v1/nowhere", headers={"Authorization": "Bearer k"})
         too_deep = await http.post(
@@ -235,6 +246,7 @@ async def test_errors_on_v1_routes_take_openais_shape_and_ours_elsewhere(serve: 
     assert refused.json()["error"]["type"] == "authentication_error"
     assert refused.json()["error"]["code"] == "invalid_api_key"
     assert bad_json.status_code == 400 and bad_json.json()["error"]["message"]
+    assert as_text.status_code == 415 and as_text.json()["error"]["type"]
     assert nowhere.status_code == 404 and nowhere.json()["error"]["type"]
     # What the other routes answer 422 (a body nested too deep) is a 400 here, as OpenAI's.
     assert too_deep.status_code == 400, too_deep.text
@@ -499,29 +511,45 @@ async def test_a_canceled_batch_cancels_its_queued_jobs_and_says_so_per_line(
 async def test_a_batch_over_the_tenants_quota_is_a_429_and_queues_nothing(
     serve: Any, clients: Any, tmp_path: Path
 ) -> None:
-    keys = keys_file(tmp_path / "keys.toml", small={"max_queued": 3})
-    # Queued two at a time (MAX_BULK): the first two fit, the next two do not, and the two
-    # queued already are canceled, so that the batch leaves nothing behind.
-    base, _ = await serve(api_keys_file=str(keys), max_bulk=2)
+    keys = keys_file(tmp_path / "keys.toml", small={"max_queued": 4})
+    # Queued one at a time (MAX_BULK): the first fits, the next does not, and the one
+    # queued already is canceled, so that the batch leaves nothing behind.
+    base, _ = await serve(api_keys_file=str(keys), max_bulk=1)
     client = clients(base, "small-key")
-    four = jsonl(*(chat_line(str(i), "x") for i in range(4)))
-    file = await client.files.create(file=("in.jsonl", four), purpose="batch")
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for value in ("a", "b", "c"):  # three of the four places taken
+            resp = await http.post(
+                "/predict",
+                json={"input": value},
+                headers={"Authorization": "Bearer small-key", "Async-Mode": "true"},
+            )
+            assert resp.status_code == 202, resp.text
+    two = jsonl(chat_line("0", "x"), chat_line("1", "y"))
+    file = await client.files.create(file=("in.jsonl", two), purpose="batch")
     with pytest.raises(openai.RateLimitError) as caught:
         await client.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
     assert caught.value.response.headers["Retry-After"]
-    assert "3" in caught.value.message
-    # The two queued before the rest did not fit were canceled: none of the batch runs.
+    assert "4" in caught.value.message
     app = serve.apps[-1]
     partitions, rds = app[state.PARTITIONS], app[state.REDIS]
     statuses = []
     for partition in partitions.all:
-        for keys in partitions.streams(partition):
-            for _, fields in await rds.xrange(keys.stream):
-                record = partitions.record(fields[b"id"].decode())
-                statuses.append(await rds.hget(record, "status"))
-    assert statuses == [b"canceled", b"canceled"]
+        for keys_ in partitions.streams(partition):
+            if keys_.priority == "low":
+                for _, fields in await rds.xrange(keys_.stream):
+                    record = partitions.record(fields[b"id"].decode())
+                    statuses.append(await rds.hget(record, "status"))
+    assert statuses == [b"canceled"], "the one queued before the refusal was canceled"
+    # A batch larger than the quota itself could never be queued: a 400 that says so.
+    five = jsonl(*(chat_line(str(i), "x") for i in range(5)))
+    big = await client.files.create(file=("big.jsonl", five), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.batches.create(
+            input_file_id=big.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert "may have queued (4)" in refused.value.message
 
 
 @pytest.mark.modes("single", "cluster")
@@ -544,3 +572,109 @@ async def test_a_batch_is_read_and_finished_by_any_replica(
     assert (await first.batches.retrieve(batch.id)).status == "completed"
     content = (await first.files.content(done.output_file_id)).content
     assert sorted(lines_of(content)) == ["a", "b"]
+
+
+async def test_a_batchs_jobs_are_timed_from_their_start_not_from_their_wait(
+    make_served: Any, models_file: Path, clients: Any
+) -> None:
+    # JOB_TIMEOUT_SECONDS counts a plain job's wait in the queue; a batch's jobs may wait
+    # for hours behind other work, so theirs counts from their start.
+    _, base = await make_served(models_file=models_file, workers=0, job_timeout_seconds=1)
+    first = clients(base)
+    # A streaming model's line and one of a model that answers at once (run in a batch).
+    once = {
+        **chat_line("c", "s"),
+        "body": {"model": "templated", "messages": [{"role": "user", "content": "s"}]},
+    }
+    upload = jsonl(chat_line("a", "p q"), chat_line("b", "r"), once)
+    file = await first.files.create(file=("in.jsonl", upload), purpose="batch")
+    batch = await first.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await asyncio.sleep(1.5)  # time passing is what is tested: past the job time limit
+    _, other = await make_served(models_file=models_file, workers=1, job_timeout_seconds=1)
+    done = await ended(clients(other), batch.id)
+    assert done.request_counts.completed == 3 and done.request_counts.failed == 0
+
+
+async def test_a_line_that_ended_is_answered_while_an_earlier_one_still_runs(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its record is read while it is there: a line is not held back by the lines before it,
+    # in its page of lines or in a later one (pages of two lines here).
+    monkeypatch.setattr(batches_module, "PAGE", 2)
+    _, client = await serve(workers=1, stream_threads=2)
+    slow = "slowly " + " ".join(["w"] * 300)  # about 3 s
+
+    def line(custom_id: str, prompt: str) -> dict[str, Any]:
+        body = {"model": "talker", "prompt": prompt, "max_tokens": 400}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
+
+    upload = jsonl(line("slow", slow), *(line(str(i), "x y") for i in range(3)))
+    file = await client.files.create(file=("in.jsonl", upload), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=file.id, endpoint="/v1/completions", completion_window="24h"
+    )
+
+    async def three_answered() -> Any:
+        now = await client.batches.retrieve(batch.id)
+        return now if now.request_counts.completed == 3 else None
+
+    seen = await poll(three_answered)
+    assert seen.status == "in_progress", "the slow line has not ended yet"
+    done = await ended(client, batch.id)
+    assert done.request_counts.completed == 4
+    content = (await client.files.content(done.output_file_id)).content
+    assert [json.loads(r)["custom_id"] for r in content.splitlines()] == ["slow", "0", "1", "2"]
+
+
+async def test_files_and_batches_are_never_taken_for_each_other(serve: Any) -> None:
+    _, client = await serve()
+    file = await client.files.create(file=("in.jsonl", jsonl(chat_line("a", "x"))), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    for call in (
+        client.files.retrieve(batch.id),
+        client.files.content(batch.id),
+        client.files.delete(batch.id),
+        client.batches.retrieve(file.id),
+        client.batches.cancel(file.id),
+        client.batches.create(
+            input_file_id=batch.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    assert (await client.batches.retrieve(batch.id)).status == "in_progress"
+
+
+async def test_a_files_bytes_go_when_its_time_is_up(serve: Any) -> None:
+    _, client = await serve()
+    file = await client.files.create(file=("in.jsonl", jsonl(chat_line("a", "x"))), purpose="batch")
+    app = serve.apps[-1]
+    files = app[state.FILES]
+    assert await files.store.stat(f"{file.id}/content") is not None
+    # The sweep of job files, run as if BATCH_TTL_SECONDS had passed, removes its bytes.
+    await files.sweep(now=time.time() + app[state.SETTINGS].batch_ttl_seconds + 60)
+    assert await files.store.stat(f"{file.id}/content") is None
+
+
+async def test_batch_metadata_is_bounded_as_openais_is(serve: Any) -> None:
+    _, client = await serve()
+    file = await client.files.create(file=("in.jsonl", jsonl(chat_line("a", "x"))), purpose="batch")
+    for metadata in ({"k": "v" * 513}, {"k" * 65: "v"}, {str(i): "v" for i in range(17)}):
+        with pytest.raises(openai.BadRequestError):
+            await client.batches.create(
+                input_file_id=file.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=metadata,
+            )
+    kept = await client.batches.create(
+        input_file_id=file.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"k": "v" * 512},
+    )
+    assert kept.metadata == {"k": "v" * 512}

@@ -23,7 +23,7 @@ from service.errors import (
 )
 from service.execution.streams import Chunks
 from service.http import sse, state
-from service.http.io import json_response, read_body
+from service.http.io import check_json, json_response, read_body
 from service.http.openai_bodies import (
     ChatBody,
     CompletionBody,
@@ -114,6 +114,7 @@ async def embeddings(request: web.Request) -> web.Response:
     """
     app = request.app
     settings = app[state.SETTINGS]
+    check_json(request)
     body = parse(await read_body(request, settings.body_timeout_seconds), EmbeddingsBody)
     model = served(app[state.MODELS], body.model, "embeddings", "/v1/embeddings")
     values = texts_of(model, body)
@@ -202,6 +203,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             schema: {type: string}
     """
     app = request.app
+    check_json(request)
     body = parse(await read_body(request, app[state.SETTINGS].body_timeout_seconds), ChatBody)
     model = served(app[state.MODELS], body.model, "generation", "/v1/chat/completions")
     _, value = chat_input(model, body)
@@ -232,6 +234,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     """
     app = request.app
     settings = app[state.SETTINGS]
+    check_json(request)
     body = parse(await read_body(request, settings.body_timeout_seconds), CompletionBody)
     model = served(app[state.MODELS], body.model, "generation", "/v1/completions")
     _, value = completion_input(model, body)

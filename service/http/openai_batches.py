@@ -10,7 +10,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import BodyPartReader, web
@@ -25,7 +25,7 @@ from service.errors import (
     ServiceError,
 )
 from service.http import state
-from service.http.io import json_response, parse_json, read_body, tenant_of, traced
+from service.http.io import check_json, json_response, parse_json, read_body, tenant_of, traced
 from service.http.openai import V1_ERRORS, Reply, embeddings_answer, finish_of, text_of
 from service.http.openai_bodies import (
     ChatBody,
@@ -64,11 +64,11 @@ def _file_object(file_id: str, details: dict[str, str]) -> dict[str, Any]:
     }
 
 
-async def _own_file(request: web.Request, file_id: str) -> dict[str, str]:
+async def _own_file(request: web.Request, file_id: str, param: str = "file_id") -> dict[str, str]:
     """The file's details, when the caller's tenant owns it (404 otherwise)."""
     details = await request.app[state.BATCHES].file(file_id)
     if details is None or details["tenant"] != tenant_of(request):
-        raise NotFound(f"No such file: {file_id!r}.", param="file_id")
+        raise NotFound(f"No such file: {file_id[:100]!r}.", param=param)
     return details
 
 
@@ -120,8 +120,12 @@ async def upload_file(request: web.Request) -> web.Response:
                     break
                 if not isinstance(part, BodyPartReader):
                     raise BadRequest("A multipart body must not nest another one.")
-                if part.name == "file" and part.filename is not None and taken is None:
-                    filename = part.filename[:200] or "input.jsonl"
+                if part.name == "file":
+                    if not part.filename or taken is not None:
+                        raise BadRequest(
+                            "The part 'file' must be one file, with a file name.", param="file"
+                        )
+                    filename = part.filename[:200]
                     taken = await files.intake.take_part(
                         "file", part, filename, "", folder, False, idle
                     )
@@ -227,12 +231,15 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input_file_id: str = Field(min_length=1, max_length=100)
     endpoint: Literal["/v1/embeddings", "/v1/chat/completions", "/v1/completions"]
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    # As OpenAI's: at most 16 pairs, keys up to 64 characters, values up to 512.
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(None, max_length=16)
 
 
 async def create_batch(request: web.Request) -> web.Response:
@@ -272,8 +279,9 @@ async def create_batch(request: web.Request) -> web.Response:
     """
     app = request.app
     settings = app[state.SETTINGS]
+    check_json(request)
     body = checked(parse_json(await read_body(request, settings.body_timeout_seconds)), BatchBody)
-    file = await _own_file(request, body.input_file_id)
+    file = await _own_file(request, body.input_file_id, "input_file_id")
     if file["purpose"] != "batch":
         raise BadRequest("The input file's purpose must be 'batch'.", param="input_file_id")
     batch_id = "batch_" + secrets.token_hex(12)
@@ -334,6 +342,7 @@ async def _read_lines(
     jobs: list[NewJob] = []
     seen: set[str] = set()
     batches = app[state.BATCHES]
+    most, why = _most_jobs(app, tenant)
     async for raw in _lines(batches, file_id, size, settings.max_body_bytes):
         if not raw.strip():
             continue
@@ -368,6 +377,11 @@ async def _read_lines(
             code = exc.code or "invalid_request"
             entries.append({"c": custom_id, "e": exc.message, "k": code})
             continue
+        if len(jobs) + len(values) > most:
+            raise BadRequest(
+                f"The batch has more requests than {why} ({most}): split it.",
+                param="input_file_id",
+            )
         ids = []
         for value in values:
             prediction_id = partitions.new_id()
@@ -381,10 +395,25 @@ async def _read_lines(
                     priority="low",
                     tenant=tenant,
                     traceparent=trace,
+                    untimed_wait=True,
                 )
             )
+            if len(jobs) % 256 == 0:
+                await asyncio.sleep(0)  # a line may hold many texts: let others run
         entries.append({"c": custom_id, "p": ids, **entry})
     return entries, jobs
+
+
+def _most_jobs(app: web.Application, tenant: str) -> tuple[int, str]:
+    """The most jobs a batch may have, and what sets it: 50,000 (OpenAI's own limit), or
+    less when MAX_QUEUE or the tenant's quota would never let that many be queued."""
+    limits = [(MOST_LINES, "a batch may have")]
+    if app[state.SETTINGS].max_queue:
+        limits.append((app[state.SETTINGS].max_queue, "MAX_QUEUE"))
+    quota = app[state.QUEUE].quotas.get(tenant)
+    if quota:
+        limits.append((quota, f"tenant {tenant!r} may have queued"))
+    return min(limits)
 
 
 def _request_of(request: web.Request, endpoint: str, data: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -546,7 +575,8 @@ def shape_of(app: web.Application) -> Any:
     registry = app[state.MODELS]
 
     def shape(entry: dict[str, Any], records: Sequence[JobRecord | None]) -> tuple[bool, bytes]:
-        line_id = "batch_req_" + secrets.token_hex(12)
+        # The same line answered twice (two replicas, or a step done again): the same id.
+        line_id = f"batch_req_{str(entry.get('b', '')).removeprefix('batch_')}_{entry.get('n', 0)}"
         custom_id = entry.get("c", "")
 
         def refused(code: str, message: str, status: int | None = None) -> tuple[bool, bytes]:
@@ -576,7 +606,7 @@ def shape_of(app: web.Application) -> Any:
             what = failed.error or f"The request's job ended {failed.status.value}."
             code = "batch_cancelled" if failed.status is Status.CANCELED else failed.status.value
             return refused(code, what, 500)
-        request_id = ended[0].request_id if ended else None
+        request_id = ended[0].prediction_id if ended else None
         try:
             if entry["u"] == "/v1/embeddings":
                 model = registry.get(entry["m"])

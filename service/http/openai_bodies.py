@@ -25,7 +25,7 @@ class Body(BaseModel):
     """A request body: the fields a route knows are checked; any other field, unless null,
     is refused with a 400 naming it (a client must not believe a setting took effect)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: Annotated[str, Field(min_length=1)]
     user: str | None = None  # accepted, and not used
@@ -37,7 +37,7 @@ class EmbeddingsBody(Body):
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
@@ -59,13 +59,13 @@ class GenerationBody(Body):
 
 
 class Part(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[Part], Field(min_length=1)]
     name: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,11 +30,16 @@ from service.redis.keys import Names
 
 log = logging.getLogger(__name__)
 
-#: Lines read (and their jobs' records) in one step; steps in one move at most.
+#: Lines read at a time; pages of answered lines skipped in one move at most; pages
+#: scanned for lines that ended, in one move; job records read at once.
 PAGE = 200
 STEPS_PER_MOVE = 50
+SCANS_PER_MOVE = 10
+READ_AT_ONCE = 500
 #: How long one replica holds a batch while it moves it on.
 LOCK_SECONDS = 60
+#: How the ids of files and of batches begin (they share one key space in Redis).
+FILE_PREFIX, BATCH_PREFIX = "file-", "batch_"
 #: The statuses a batch ends in.
 ENDED = frozenset({"completed", "cancelled", "expired", "failed"})
 
@@ -65,17 +71,24 @@ class Batches:
 
     # -- files ----------------------------------------------------------------------------
     async def keep_file(self, file_id: str, details: dict[Any, Any]) -> None:
+        """Keeps a stored file's details for BATCH_TTL_SECONDS; its bytes go then too (the
+        sweep of job files, `service.jobs.files`, removes them when due)."""
         key = self._names.openai(file_id)
+        await self._redis.zadd(self._names.files, {file_id: time.time() + self.ttl + 10})
         await self._redis.hset(key, mapping=details)
         await self._redis.expire(key, self.ttl)
 
     async def file(self, file_id: str) -> dict[str, str] | None:
+        """A file's details (None: no such file, or not a file)."""
+        if not file_id.startswith(FILE_PREFIX):
+            return None
         raw = await self._redis.hgetall(self._names.openai(file_id))
-        return _text(raw) if raw else None
+        return _text(raw) if raw and b"purpose" in raw else None
 
     async def remove_file(self, file_id: str) -> None:
         await self._redis.delete(self._names.openai(file_id))
         await self.store.delete(f"{file_id}/")
+        await self._redis.zrem(self._names.files, file_id)
 
     # -- batches --------------------------------------------------------------------------
     async def create(self, batch_id: str, details: dict[str, Any], lines: list[bytes]) -> None:
@@ -91,8 +104,11 @@ class Batches:
         await self._redis.zadd(names.batches, {batch_id: float(details["created_at"])})
 
     async def get(self, batch_id: str) -> dict[str, str] | None:
+        """A batch's details (None: no such batch, or not a batch)."""
+        if not batch_id.startswith(BATCH_PREFIX):
+            return None
         raw = await self._redis.hgetall(self._names.openai(batch_id))
-        return _text(raw) if raw else None
+        return _text(raw) if raw and b"endpoint" in raw else None
 
     async def counts(self, batch_id: str) -> tuple[int, int]:
         """Lines ended so far: (succeeded, failed); kept as "done" and "failed" once the
@@ -131,38 +147,75 @@ class Batches:
             return None
         if details["status"] in ENDED:
             return details
-        lock = self._names.batch_lock(batch_id)
-        if not await self._redis.set(lock, b"1", nx=True, ex=LOCK_SECONDS):
+        lock, token = self._names.batch_lock(batch_id), secrets.token_hex(8)
+        if not await self._redis.set(lock, token, nx=True, ex=LOCK_SECONDS):
             return details
         try:
+            key = self._names.openai(batch_id)
             cursor, total = int(details["cursor"]), int(details["total"])
-            for _ in range(STEPS_PER_MOVE):
-                if cursor >= total:
+            scan = int(details.get("scan") or cursor)
+            for _ in range(SCANS_PER_MOVE):
+                # The lines answered from the cursor on; then a page of those not answered
+                # yet, wherever the scan is (a line that ended is answered while its record
+                # is there, whatever the lines before it are doing).
+                cursor = await self._answered_from(batch_id, cursor, total)
+                if cursor >= total or not await self._still_mine(lock, token):
                     break
-                moved = await self._step(batch_id, cursor, read, shape)
-                if moved == 0:
-                    break
-                cursor += moved
-                await self._redis.hset(self._names.openai(batch_id), "cursor", cursor)
-            if cursor >= total:
-                await self._finish(batch_id, details, total)
+                start = scan if cursor < scan < total else cursor
+                await self._step(batch_id, start, read, shape)
+                scan = start + PAGE
+            await self._redis.hset(key, mapping={"cursor": cursor, "scan": scan})
+            if cursor >= total and await self._still_mine(lock, token):
+                await self._finish(batch_id, total)
         finally:
-            await self._redis.delete(lock)
+            if await self._redis.get(lock) == token.encode():
+                await self._redis.delete(lock)
         return await self.get(batch_id)
 
-    async def _step(self, batch_id: str, cursor: int, read: Read, shape: Shape) -> int:
-        """Answers the lines from ``cursor`` on whose jobs have all ended; how many."""
-        entries = await self.entries(batch_id, cursor, PAGE)
-        records = await read([p for entry in entries for p in entry.get("p", ())])
+    async def _still_mine(self, lock: str, token: str) -> bool:
+        """Whether this replica still holds the batch (its lock then runs LOCK_SECONDS more)."""
+        if await self._redis.get(lock) != token.encode():
+            return False
+        await self._redis.expire(lock, LOCK_SECONDS)
+        return True
+
+    async def _answered(self, batch_id: str, numbers: list[int]) -> list[bool]:
+        names = self._names
+        done: list[Any] = await self._redis.hmget(names.batch_output(batch_id), numbers)
+        failed: list[Any] = await self._redis.hmget(names.batch_errors(batch_id), numbers)
+        return [a is not None or b is not None for a, b in zip(done, failed, strict=True)]
+
+    async def _answered_from(self, batch_id: str, cursor: int, total: int) -> int:
+        """The first line from ``cursor`` on that is not answered yet (``total``: none)."""
+        for _ in range(STEPS_PER_MOVE):
+            numbers = list(range(cursor, min(total, cursor + PAGE)))
+            if not numbers:
+                break
+            answered = await self._answered(batch_id, numbers)
+            if not all(answered):
+                return cursor + answered.index(False)
+            cursor += len(numbers)
+        return cursor
+
+    async def _step(self, batch_id: str, start: int, read: Read, shape: Shape) -> None:
+        """Answers the lines of the page at ``start`` whose jobs have all ended."""
+        entries = await self.entries(batch_id, start, PAGE)
+        numbers = list(range(start, start + len(entries)))
+        answered = await self._answered(batch_id, numbers) if numbers else []
+        waiting = [(n, e) for n, e, a in zip(numbers, entries, answered, strict=True) if not a]
+        ids = [p for _, entry in waiting for p in entry.get("p", ())]
+        records: list[JobRecord | None] = []
+        for at in range(0, len(ids), READ_AT_ONCE):
+            records.extend(await read(ids[at : at + READ_AT_ONCE]))
         output: dict[Any, Any] = {}
         errors: dict[Any, Any] = {}
         at = 0
-        for number, entry in enumerate(entries, start=cursor):
+        for number, entry in waiting:
             mine = records[at : at + len(entry.get("p", ()))]
-            if any(r is not None and not r.status.final for r in mine):
-                break  # this line has not ended: the next step starts here
             at += len(mine)
-            ok, line = shape(entry, mine)
+            if any(r is not None and not r.status.final for r in mine):
+                continue  # not ended yet
+            ok, line = shape({**entry, "n": number, "b": batch_id}, mine)
             (output if ok else errors)[number] = line
         names = self._names
         for key, answers in (
@@ -172,17 +225,21 @@ class Batches:
             if answers:
                 await self._redis.hset(key, mapping=answers)
                 await self._redis.expire(key, self.ttl)
-        return len(output) + len(errors)
 
-    async def _finish(self, batch_id: str, details: dict[str, str], total: int) -> None:
-        """Every line has ended: the output and error files, in line order, and the end."""
+    async def _finish(self, batch_id: str, total: int) -> None:
+        """Every line has ended: the output and error files, in line order, and the end
+        (cancelled when it was asked to stop meanwhile)."""
+        details = await self.get(batch_id)
+        if details is None or details["status"] in ENDED:
+            return
         made: dict[str, Any] = {}
         for part, field in (("output", "output_file_id"), ("errors", "error_file_id")):
             file_id = await self._write_file(batch_id, part, total, details["tenant"])
             if file_id:
                 made[field] = file_id
-        ended = "cancelled" if details["status"] == "cancelling" else "completed"
         done, failed = await self.counts(batch_id)
+        status = (await self.get(batch_id) or details)["status"]
+        ended = "cancelled" if status == "cancelling" else "completed"
         await self.set_status(batch_id, ended, done=done, failed=failed, **made)
         names = self._names
         await self._redis.delete(names.batch_output(batch_id), names.batch_errors(batch_id))
@@ -223,17 +280,20 @@ class Batches:
         )
         return file_id
 
-    async def pending(self, most: int = 50) -> list[str]:
-        """Batches not ended yet, the oldest first."""
-        raw = await self._redis.zrange(self._names.batches, 0, most - 1)
+    async def pending(self, start: int = 0, most: int = 50) -> list[str]:
+        """Batches not ended yet, the oldest first, from the ``start``-th."""
+        raw = await self._redis.zrange(self._names.batches, start, start + most - 1)
         return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
 
     async def move_all_forever(self, every: float, read: Read, shape: Shape) -> None:
         """Moves every batch not ended on, every ``every`` seconds (on every replica)."""
         while True:
             try:
-                for batch_id in await self.pending():
-                    await self.move(batch_id, read, shape)
+                start = 0
+                while batch_ids := await self.pending(start):
+                    for batch_id in batch_ids:
+                        await self.move(batch_id, read, shape)
+                    start += len(batch_ids)
             except Exception as exc:
                 log.warning("moving batches on failed (%s); trying again in %g s", exc, every)
             await asyncio.sleep(every)

@@ -32,11 +32,12 @@ class Wait:
 
 def batch_wait(entries: Sequence[Entry], job_timeout: float, now: float) -> Wait:
     """The wait for one model call of a worker's batch: until JOB_TIMEOUT_SECONDS from the
-    oldest one's submission, and no longer than every job's Cancel-After when each has one
-    (a batch is cut short only when no job in it is wanted any more)."""
+    oldest one's submission (from now, for a job whose wait is not timed: a batch's), and
+    no longer than every job's Cancel-After when each has one (a batch is cut short only
+    when no job in it is wanted any more)."""
     limit = due = 0.0
     if job_timeout > 0:
-        created = min(e.created_at or now for e in entries)
+        created = min(now if e.untimed_wait else e.created_at or now for e in entries)
         limit = max(created + job_timeout - now, 0.001)
     cancels = [e.cancel_at for e in entries]
     if all(cancels):

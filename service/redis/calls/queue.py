@@ -95,15 +95,23 @@ def _submit_arguments(
     for job in jobs:
         names.append(keys.record(job.prediction_id))
         args += (job.prediction_id, job.model, job.input_json, job.request_id)
-        if job.idempotency_key or job.webhook or job.cancel_after or job.traceparent:
+        if (
+            job.idempotency_key
+            or job.webhook
+            or job.cancel_after
+            or job.traceparent
+            or job.untimed_wait
+        ):
             index = 0  # the place of its idempotency key in KEYS, from 1 (0: none)
             if job.idempotency_key:
                 idempotency.append(keys.idempotency(job.idempotency_key))
                 index = 3 + len(jobs) + len(idempotency)
             cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
             extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
-            if job.traceparent:
+            if job.traceparent or job.untimed_wait:
                 extras.append(job.traceparent)
+            if job.untimed_wait:
+                extras.append("1")
             args.append(orjson.dumps(extras))
         else:
             args.append("")

@@ -28,7 +28,7 @@ local out, ended, started = {}, {}, {}
 for i = 3, #KEYS do
   local key = KEYS[i]
   local f = redis.call('HMGET', key, 'status', 'attempts', 'created_at', 'requeued_at',
-                       'cancel_at')
+                       'cancel_at', 'untimed')
   local status = f[1]
   if status == STATUS.QUEUED or status == STATUS.PROCESSING then
     local attempts = tonumber(f[2]) or 0
@@ -38,8 +38,9 @@ for i = 3, #KEYS do
       redis.call('EXPIRE', key, ttl)
       status = MARKED.ABORTED
       ended[#ended + 1] = key
-    -- The time limit counts from submission, or from a replay of a dead letter.
-    elseif timeout > 0 and now - (tonumber(f[4] or f[3]) or now) > timeout then
+    -- The time limit counts from submission, or from a replay of a dead letter (from the
+    -- start, for a job whose wait is not timed: a batch's).
+    elseif timeout > 0 and f[6] ~= '1' and now - (tonumber(f[4] or f[3]) or now) > timeout then
       redis.call('HSET', key, 'status', STATUS.FAILED, 'result', 'null',
                  'error', 'timed out: not finished within ' .. ARGV[4] .. ' s of submission',
                  'finished_at', ARGV[1])

@@ -10,7 +10,9 @@
 --   else kept in each record: its owner); then five per job: prediction id, model, input (JSON),
 --   request id, extras ('' or a JSON array [index in KEYS of its idempotency key or 0,
 --   body digest, webhook URL or '', webhook events 'done,failed', and optionally the
---   time (Unix s) its Cancel-After passes, or '', and optionally its W3C traceparent]); optionally four more
+--   time (Unix s) its Cancel-After passes, or '', and optionally its W3C traceparent (or
+--   ''), and optionally '1': its time limit counts from its start, not its submission (a
+--   batch's job: record field 'untimed', entry field 'nt')]); optionally four more
 --   for the direct lane: group, lane consumer, started channel, the command to announce
 --   with (PUBLISH, or SPUBLISH on a cluster).
 -- Per job, in order:
@@ -40,9 +42,9 @@ if limit > 0 then
 end
 local function extras(i)
   local raw = arg(i, 5)
-  if raw == '' then return 0, '', '', '', '', '' end
+  if raw == '' then return 0, '', '', '', '', '', '' end
   local x = cjson.decode(raw)
-  return x[1], x[2], x[3], x[4], x[5] or '', x[6] or ''
+  return x[1], x[2], x[3], x[4], x[5] or '', x[6] or '', x[7] or ''
 end
 local out, all_ok = {}, true
 
@@ -86,7 +88,7 @@ end
 local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
-  local idem, digest, webhook, events, cancel_at, tp = extras(i)
+  local idem, digest, webhook, events, cancel_at, tp, untimed = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
   if redis.call('EXISTS', key) == 1 then
@@ -115,18 +117,20 @@ for i = 1, jobs do
     if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
     if cancel_at ~= '' then redis.call('HSET', key, 'cancel_at', cancel_at) end
     if tp ~= '' then redis.call('HSET', key, 'traceparent', tp) end
+    if untimed ~= '' then redis.call('HSET', key, 'untimed', '1') end
     redis.call('EXPIRE', key, ttl)
     if lane then
       start_job(key, now)
       started[#started + 1] = key
     end
-    if cancel_at == '' and tp == '' then
+    if cancel_at == '' and tp == '' and untimed == '' then
       entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
                                 'input', input, 'rid', rid, 'at', now)
     else
       local fields = {'id', id, 'model', model, 'input', input, 'rid', rid, 'at', now}
       if cancel_at ~= '' then fields[#fields + 1] = 'cancel'; fields[#fields + 1] = cancel_at end
       if tp ~= '' then fields[#fields + 1] = 'tp'; fields[#fields + 1] = tp end
+      if untimed ~= '' then fields[#fields + 1] = 'nt'; fields[#fields + 1] = '1' end
       entry_ids[i] = redis.call('XADD', KEYS[1], '*', unpack(fields))
     end
     waiting = waiting + 1
