@@ -364,6 +364,10 @@ async def test_a_batch_runs_from_upload_to_output_file_its_bad_lines_in_the_erro
     assert len(refused) == 4 and all(line["error"]["message"] for line in refused)
     assert {line["custom_id"] for line in refused} == {"", "c", "e", "a"}
     assert "tools" in next(r for r in refused if r["custom_id"] == "e")["error"]["message"]
+    # A line with no custom_id to tell it by is told by its number in the file.
+    assert next(r for r in refused if r["custom_id"] == "")["error"]["message"].startswith(
+        "Line 3:"
+    )
 
 
 async def test_a_bad_upload_is_a_400_naming_what_is_wrong(serve: Any) -> None:

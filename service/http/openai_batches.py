@@ -343,7 +343,9 @@ async def _read_lines(
     seen: set[str] = set()
     batches = app[state.BATCHES]
     most, why = _most_jobs(app, tenant)
+    number = 0  # of the line in the file, from 1 (said in its error: it may have no custom_id)
     async for raw in _lines(batches, file_id, size, settings.max_body_bytes):
+        number += 1
         if not raw.strip():
             continue
         if len(entries) % 64 == 63:
@@ -375,7 +377,7 @@ async def _read_lines(
             entry, values = _request_of(request, body.endpoint, line.get("body"))
         except ServiceError as exc:
             code = exc.code or "invalid_request"
-            entries.append({"c": custom_id, "e": exc.message, "k": code})
+            entries.append({"c": custom_id, "e": f"Line {number}: {exc.message}", "k": code})
             continue
         if len(jobs) + len(values) > most:
             raise BadRequest(
