@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ from service.http.openai_bodies import (
     completion_input,
     served,
 )
-from service.http.uploads import MAX_PARTS, small_part
+from service.http.uploads import parts, small_part
 from service.job import JobRecord, NewJob, Status
 from service.jobs.batches import Batches, content_key
 from service.jobs.files import call_folder
@@ -112,14 +112,7 @@ async def upload_file(request: web.Request) -> web.Response:
         taken = None
         budget = settings.max_body_bytes
         try:
-            reader = await request.multipart()
-            for _ in range(MAX_PARTS + 1):
-                async with asyncio.timeout(idle):
-                    part = await reader.next()
-                if part is None:
-                    break
-                if not isinstance(part, BodyPartReader):
-                    raise BadRequest("A multipart body must not nest another one.")
+            async for part in parts(request, idle):
                 if part.name == "file":
                     if not part.filename or taken is not None:
                         raise BadRequest(
@@ -136,8 +129,6 @@ async def upload_file(request: web.Request) -> web.Response:
                         param=part.name,
                     )
                 purpose, budget = await small_part(part, idle, budget, settings.max_body_bytes)
-            else:
-                raise BadRequest(f"A multipart body may have at most {MAX_PARTS} parts.")
         except TimeoutError:
             raise RequestTimeout(f"The body stopped arriving for {idle:g} s.") from None
         except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +178,7 @@ async def _multipart(
     base: Any = None
     budget = settings.max_body_bytes
     try:
-        reader = await request.multipart()
-        for _ in range(MAX_PARTS + 1):
-            async with asyncio.timeout(idle):
-                part = await reader.next()
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("A multipart body must not nest another one.")
+        async for part in parts(request, idle):
             name = part.name or ""
             field = "" if whole and name == "input" else name
             if part.filename is not None and (field in model.file_fields):
@@ -204,8 +198,6 @@ async def _multipart(
                 base = value
             else:
                 values[name] = value
-        else:
-            raise BadRequest(f"A multipart body may have at most {MAX_PARTS} parts.")
     except TimeoutError:
         raise RequestTimeout(f"The body stopped arriving for {idle:g} s.") from None
     except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
@@ -229,6 +221,21 @@ def _option(name: str, value: Any) -> Any:
     if name != "webhook_events" or isinstance(value, list):
         return value
     return [event.strip() for event in str(value).split(",") if event.strip()]
+
+
+async def parts(request: web.Request, idle: float) -> AsyncIterator[BodyPartReader]:
+    """The parts of a multipart/form-data body, each within ``idle`` seconds (TimeoutError
+    otherwise); 400 for a part that nests another body, or past MAX_PARTS parts."""
+    reader = await request.multipart()
+    for _ in range(MAX_PARTS + 1):
+        async with asyncio.timeout(idle):
+            part = await reader.next()
+        if part is None:
+            return
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("A multipart body must not nest another one.")
+        yield part
+    raise BadRequest(f"A multipart body may have at most {MAX_PARTS} parts.")
 
 
 async def small_part(part: BodyPartReader, idle: float, budget: int, limit: int) -> tuple[Any, int]:
