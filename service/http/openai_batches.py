@@ -465,12 +465,13 @@ async def _batch_object(request: web.Request, batch_id: str, move: bool) -> dict
     """The batch as OpenAI's clients read it (moved on first, with ``move``)."""
     app = request.app
     batches = app[state.BATCHES]
-    if move:
-        await batches.move(batch_id, reader(app), shape_of(app))
-    details = await batches.get(batch_id)
+    if move:  # its details as the move left them: not read again
+        details = await batches.move(batch_id, reader(app), shape_of(app))
+    else:
+        details = await batches.get(batch_id)
     if details is None:
         raise NotFound(f"No such batch: {batch_id!r}.", param="batch_id")
-    done, failed = await batches.counts(batch_id)
+    done, failed = await batches.counts(batch_id, details)
 
     def at(name: str) -> int | None:
         value = details.get(name)

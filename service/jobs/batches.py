@@ -110,10 +110,10 @@ class Batches:
         raw = await self._redis.hgetall(self._names.openai(batch_id))
         return _text(raw) if raw and b"endpoint" in raw else None
 
-    async def counts(self, batch_id: str) -> tuple[int, int]:
+    async def counts(self, batch_id: str, details: dict[str, str] | None = None) -> tuple[int, int]:
         """Lines ended so far: (succeeded, failed); kept as "done" and "failed" once the
-        batch ended (its answers are in its files then)."""
-        details = await self.get(batch_id) or {}
+        batch ended (its answers are in its files then). ``details``: read already."""
+        details = details if details is not None else await self.get(batch_id) or {}
         if "done" in details:
             return int(details["done"]), int(details["failed"])
         names = self._names
