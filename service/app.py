@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from service.background import webhooks_ctx, workers_ctx
+from service.background import activity_ctx, webhooks_ctx, workers_ctx
 from service.errors import ShuttingDown
 from service.http import state
 from service.http.keys_file import tenants_ctx
@@ -66,10 +66,18 @@ def create_app(settings: Settings) -> web.Application:
     if settings.api_key or settings.api_keys_file:
         keys = app[state.TENANTS] = Tenants(settings.api_key or "", settings.api_keys_file or "")
         app.cleanup_ctx.append(tenants_ctx)
+    if settings.dashboard:  # before the workers: its last flush comes after their last jobs
+        app.cleanup_ctx.append(activity_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)
     tracing = tracing_from_env()
     if tracing is not None:
         app[state.TRACING] = tracing
-    add_routes(app, keys=keys, admin_key=settings.admin_api_key or "", tracing=tracing)
+    add_routes(
+        app,
+        keys=keys,
+        admin_key=settings.admin_api_key or "",
+        tracing=tracing,
+        dashboard=settings.dashboard,
+    )
     return app

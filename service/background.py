@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from service import __version__
 from service.http import state
 from service.jobs.consumer import Consumer, retire
 from service.jobs.delivery import DeliverySettings, Dispatcher
@@ -148,3 +150,30 @@ async def _finish(tasks: list[asyncio.Task[None]], grace: float) -> None:
     for task in late:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def activity_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Writes what this replica counted for the dashboard, and its word about itself (its
+    workers and models), to Redis every few seconds; at exit, a last time, and takes its
+    word back."""
+    settings = app[state.SETTINGS]
+    redis, names = app[state.REDIS], app[state.PARTITIONS].names
+    activity = app[state.METRICS].activity
+    count = len(app[state.PARTITIONS])
+    about = {
+        "workers": max(settings.workers, count) if settings.workers else 0,
+        "models": sorted(app[state.MODELS].models),
+        "version": __version__,
+        "started": time.time(),
+    }
+    task = asyncio.create_task(
+        activity.flush_forever(redis, names, settings.consumer_name, about), name="activity"
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    lifecycle = app[state.LIFECYCLE]
+    await activity.leave(
+        redis, names, settings.consumer_name, lifecycle.left(settings.shutdown_grace_seconds)
+    )

@@ -174,6 +174,7 @@ def _stores(
         QueueSettings(ttl, settings.max_queue, settings.redis_timeout_seconds),
         lane=lane if settings.workers else None,
         durable=durable,
+        activity=app[state.METRICS].activity,
     )
     app[state.DEAD_LETTERS] = DeadLetters(app[state.REDIS], scripts, partitions, ttl)
     app[state.STREAM_SLOTS] = StreamSlots(settings.stream_threads)

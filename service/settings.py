@@ -245,6 +245,12 @@ class Settings(BaseSettings):
         description="If set, the admin routes (/admin: dead letters) need "
         "'Authorization: Bearer <ADMIN_API_KEY>'; unset, they answer 403.",
     )
+    dashboard: bool = Field(
+        True,
+        description="Serve the dashboard at /dashboard (its data needs the same key as the "
+        "API: a tenant's key shows that tenant's jobs and figures alone, ADMIN_API_KEY shows "
+        "all and may replay or purge dead letters).",
+    )
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,

@@ -5,6 +5,7 @@ contract the tests hold the service to is docs/api.md."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -196,3 +197,41 @@ async def pending(rds: Redis, client: TestClient) -> int:
 
 def record_key(client: TestClient, prediction_id: str) -> str:
     return partitions_of(client).record(prediction_id)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keys_file(path: Path, **tenants: dict[str, Any]) -> Path:
+    """Writes a keys file (API_KEYS_FILE): each tenant's key is its name + '-key', stored
+    as its digest."""
+    lines = []
+    for name, limits in tenants.items():
+        lines.append(f"[tenants.{name}]")
+        lines.append(f'keys = ["{digest(name + "-key")}"]')
+        lines += [f"{k} = {v}" for k, v in limits.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def auth(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {name}-key"}
+
+
+async def dead_letter(client: TestClient, rds: Redis, value: Any) -> str:
+    """A job given up on: two deliveries started and never finished (their consumers
+    died), then a third delivery, which mark.lua refuses (MAX_DELIVERIES=2)."""
+    prediction_id = await submit(client, value)
+    keys = client.server.app[state.PARTITIONS].of(prediction_id)
+    await rds.hset(keys.record(prediction_id), mapping={"status": "processing", "attempts": 2})
+    await rds.xreadgroup(keys.group, "dead-consumer", {keys.stream: ">"}, count=100)
+    worker = worker_for(client, "rescuer", visibility_timeout=0.01, job=prediction_id)
+
+    async def given_up() -> bool:
+        await worker.step()
+        record = await (await client.get(f"/predict/{prediction_id}")).json()
+        return bool(record["status"] == "failed")
+
+    await poll(given_up)
+    return prediction_id

@@ -13,27 +13,9 @@ from redis.asyncio import Redis
 from service.http import state
 
 from . import models
-from .helpers import ClientFactory, poll, scrape_until, submit, wait_final, worker_for
+from .helpers import ClientFactory, dead_letter, poll, scrape_until, wait_final, worker_for
 
 ADMIN = {"Authorization": "Bearer root-key"}
-
-
-async def dead_letter(client: TestClient, rds: Redis, value: Any) -> str:
-    """A job given up on: two deliveries started and never finished (their consumers
-    died), then a third delivery, which mark.lua refuses (MAX_DELIVERIES=2)."""
-    prediction_id = await submit(client, value)
-    keys = client.server.app[state.PARTITIONS].of(prediction_id)
-    await rds.hset(keys.record(prediction_id), mapping={"status": "processing", "attempts": 2})
-    await rds.xreadgroup(keys.group, "dead-consumer", {keys.stream: ">"}, count=100)
-    worker = worker_for(client, "rescuer", visibility_timeout=0.01, job=prediction_id)
-
-    async def given_up() -> bool:
-        await worker.step()
-        record = await (await client.get(f"/predict/{prediction_id}")).json()
-        return bool(record["status"] == "failed")
-
-    await poll(given_up)
-    return prediction_id
 
 
 async def admin_client(make_client: ClientFactory, **settings: Any) -> TestClient:

@@ -25,6 +25,7 @@ PLACEHOLDERS = {
     "tenant": "<tenant>",
     "object_id": "<id>",
     "batch_id": "<id>",
+    "bucket": "<bucket>",
 }
 
 

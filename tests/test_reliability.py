@@ -262,9 +262,21 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
         ("POST", "/v1/batches"),
         ("GET", "/v1/batches/batch_x"),
         ("POST", "/v1/batches/batch_x/cancel"),
+        # The dashboard's data (its page asks for the key).
+        ("GET", "/dashboard/api/overview"),
+        ("GET", "/dashboard/api/jobs"),
+        ("GET", f"/dashboard/api/jobs/{some_id}"),
+        ("GET", "/dashboard/api/models"),
+        ("GET", "/dashboard/api/tenants"),
     ]
     # Every route of the app is in one list or the other: a new route must be named here.
-    public = [("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/metrics")]
+    public = [
+        ("GET", "/health/live"),
+        ("GET", "/health/ready"),
+        ("GET", "/metrics"),
+        ("GET", "/dashboard"),
+        ("GET", "/dashboard/assets/dashboard.js"),
+    ]
     # And the last route, which answers what no other matches (404/405 without the key).
     unmatched = ("*", "/{path}")
     # The admin routes need ADMIN_API_KEY instead (tests/test_admin.py).
@@ -273,6 +285,7 @@ async def test_api_key_guards_every_route_but_health_metrics_and_docs(
         ("POST", "/admin/dead-letters/replay"),
         ("POST", "/admin/dead-letters/{prediction_id}/replay"),
         ("DELETE", "/admin/dead-letters"),
+        ("DELETE", "/admin/dead-letters/{prediction_id}"),
     }
     registered = {
         (r.method, r.resource.canonical)

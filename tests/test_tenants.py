@@ -6,7 +6,6 @@ on one node and on a cluster."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sys
@@ -20,28 +19,20 @@ from redis.asyncio import Redis
 from service.http import state
 from service.http.tenants import KeysFileError, parse_keys_file
 
-from .helpers import ROOT, ClientFactory, figure, poll, scrape, scrape_until, worker_for
+from .helpers import (
+    ROOT,
+    ClientFactory,
+    auth,
+    digest,
+    figure,
+    keys_file,
+    poll,
+    scrape,
+    scrape_until,
+    worker_for,
+)
 
 MODES = pytest.mark.modes("single", "cluster")
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def keys_file(path: Path, **tenants: dict[str, Any]) -> Path:
-    """Writes a keys file: each tenant's key is its name + '-key', stored as its digest."""
-    lines = []
-    for name, limits in tenants.items():
-        lines.append(f"[tenants.{name}]")
-        lines.append(f'keys = ["{digest(name + "-key")}"]')
-        lines += [f"{k} = {v}" for k, v in limits.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def auth(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {name}-key"}
 
 
 async def submit_as(client: TestClient, name: str, value: Any = "x", **headers: str) -> Any:

@@ -131,6 +131,10 @@ async def test_the_final_record_is_posted_signed(
     assert headers["X-Prediction-ID"] == prediction_id
     record = json.loads(body)
     assert record["status"] == "done" and record["output"]["result"] == {"echo": 7}
+    # The record says what became of its post (the dashboard's timeline shows it).
+    job = await (await client.get(f"/dashboard/api/jobs/{prediction_id}")).json()
+    assert (job["webhook_status"], job["webhook"]) == ("delivered", url)
+    assert job["timeline"][-1]["event"] == "webhook delivered (attempt 1)"
 
 
 async def test_a_job_that_times_out_before_running_is_posted_as_failed(
@@ -482,7 +486,13 @@ async def test_a_delivery_is_given_up_after_the_max_age(
     client = await make_client(
         **hook_settings(webhook_retry_seconds=0.1, webhook_max_age_seconds=1.0)
     )
-    await submit_with_hook(client, url)
+    prediction_id = await submit_with_hook(client, url)
+
+    async def retrying() -> Any:
+        fields = await rds.hmget(KEYS.record(prediction_id), "webhook_status", "webhook_attempts")
+        return fields if fields[0] == b"retrying" else None
+
+    assert (await poll(retrying))[1] in (b"1", b"2")
 
     async def given_up() -> bool:
         pending = await rds.zcard(KEYS.webhook_retries) + await rds.xlen(KEYS.webhooks)
@@ -492,6 +502,10 @@ async def test_a_delivery_is_given_up_after_the_max_age(
     # Tries at about 0, 0.1, 0.3 and 0.7 s; the next (1.5 s) would be past the max age.
     assert 3 <= len(rec.calls) <= 4
     assert rec.times[-1] - rec.times[0] < 1.0
+    status, attempts = await rds.hmget(
+        KEYS.record(prediction_id), "webhook_status", "webhook_attempts"
+    )
+    assert (status, int(attempts)) == (b"given up", len(rec.calls))
 
 
 async def test_redirects_are_not_followed(

@@ -16,6 +16,8 @@ from service.jobs.dead_letters import PAGE
 
 #: A page cursor: '<partition>-<stream entry id>' (19 digits: any such number is an id).
 _CURSOR = re.compile(r"[0-9]{1,4}-[0-9]{1,19}-[0-9]{1,19}")
+#: A dead letter's stream entry id.
+_ENTRY = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
 
 
 async def admin_off(request: web.Request) -> web.Response:
@@ -134,3 +136,45 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
       "503": {$ref: "#/components/responses/Unavailable"}
     """
     return json_response({"purged": await request.app[state.DEAD_LETTERS].purge()})
+
+
+async def purge_dead_letter(request: web.Request) -> web.Response:
+    """
+    ---
+    summary: Purge one dead letter
+    description: >-
+      Deletes the job's dead letter; its failed record stays until it expires. Idempotent:
+      a job that is no longer a dead letter answers `purged: false`. A letter whose record
+      expired (`status: null` in the list) is purged by its `entry`, from the list.
+    tags: [admin]
+    parameters:
+      - $ref: "#/components/parameters/PredictionId"
+      - name: entry
+        in: query
+        description: "the letter's `entry`, from the list"
+        schema: {type: string, pattern: '^[0-9]{1,19}-[0-9]{1,19}$'}
+    responses:
+      "200":
+        description: Purged now, or not (it was not a dead letter).
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [prediction_id, purged]
+              properties:
+                prediction_id: {type: string, format: uuid}
+                purged: {type: boolean}
+      "400": {$ref: "#/components/responses/BadRequest"}
+      "401": {$ref: "#/components/responses/AdminUnauthorized"}
+      "403": {$ref: "#/components/responses/AdminOff"}
+      "404": {$ref: "#/components/responses/PredictionNotFound"}
+      "503": {$ref: "#/components/responses/Unavailable"}
+    """
+    prediction_id = parse_id(request.match_info["prediction_id"])
+    entry = request.query.get("entry", "")
+    if entry and not _ENTRY.fullmatch(entry):
+        raise BadRequest("entry must be the 'entry' of a dead letter in the list.")
+    purged = await request.app[state.DEAD_LETTERS].purge_one(prediction_id, entry)
+    if purged is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return json_response({"prediction_id": prediction_id, "purged": purged})

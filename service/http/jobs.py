@@ -185,8 +185,12 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             raise NotFound(NOT_FOUND_MESSAGE)
         status = 200 if record.status.final else 202
         return json_response(prediction_view(record), status=status)
-    if before == "queued" and record.model in app[state.MODELS].with_files:
-        await app[state.FILES].discard(prediction_id)  # it will never run: its files go now
+    if before == "queued":  # it will never run: counted as ended now, its files go now
+        app[state.METRICS].count_prediction(
+            record.model, "async", "canceled", tenant_of(request), prediction_id=prediction_id
+        )
+        if record.model in app[state.MODELS].with_files:
+            await app[state.FILES].discard(prediction_id)
     if before not in ("queued", "canceled"):
         return json_response(
             {

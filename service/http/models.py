@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from service.http import state
@@ -38,17 +40,20 @@ async def get_model(request: web.Request) -> web.Response:
             schema: {$ref: "#/components/schemas/ModelInfo"}
       "404": {$ref: "#/components/responses/NotFound"}
     """
-    registry = request.app[state.MODELS]
-    model = registry.get(request.match_info["name"])
-    batcher = request.app[state.BATCHERS][model.name]
-    return json_response(
-        {
-            **model.describe(),
-            "default": model.name == registry.default,
-            "batch": {  # as this replica batches it: the settings, or the model's own
-                "max_batch_size": batcher.max_size,
-                "max_batch_delay_ms": batcher.max_delay * 1000,
-                "concurrency": batcher.concurrency or None,
-            },
-        }
-    )
+    return json_response(model_view(request.app, request.match_info["name"]))
+
+
+def model_view(app: web.Application, name: str) -> dict[str, Any]:
+    """A model as GET /models/{name} describes it, with how this replica batches it."""
+    registry = app[state.MODELS]
+    model = registry.get(name)
+    batcher = app[state.BATCHERS][model.name]
+    return {
+        **model.describe(),
+        "default": model.name == registry.default,
+        "batch": {  # as this replica batches it: the settings, or the model's own
+            "max_batch_size": batcher.max_size,
+            "max_batch_delay_ms": batcher.max_delay * 1000,
+            "concurrency": batcher.concurrency or None,
+        },
+    }

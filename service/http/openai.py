@@ -23,7 +23,7 @@ from service.errors import (
 )
 from service.execution.streams import Chunks
 from service.http import sse, state
-from service.http.io import check_json, json_response, read_body
+from service.http.io import check_json, json_response, read_body, tenant_of
 from service.http.openai_bodies import (
     ChatBody,
     CompletionBody,
@@ -133,7 +133,9 @@ async def embeddings(request: web.Request) -> web.Response:
     finally:
         gate.in_flight -= 1
     failed = next((o for o in outcomes if not o.ok), None)
-    app[state.METRICS].count_prediction(model.name, "sync", failed is None)
+    app[state.METRICS].count_prediction(
+        model.name, "sync", failed is None, tenant_of(request), error=failed.error if failed else ""
+    )
     if failed is not None:
         raise PredictionFailed(failed.error)
     outputs = [orjson.loads(outcome.payload) for outcome in outcomes]
@@ -370,7 +372,9 @@ async def _stream(
 
 def _count(request: web.Request, model: Model, outcome: Outcome) -> None:
     ended = deadlines.ended(outcome)
-    request.app[state.METRICS].count_prediction(model.name, "sync", outcome.ok or ended.value)
+    request.app[state.METRICS].count_prediction(
+        model.name, "sync", outcome.ok or ended.value, tenant_of(request), error=outcome.error
+    )
 
 
 # What the routes that run a model may answer besides 200, in OpenAI's error shape.

@@ -80,8 +80,8 @@ async def predict(request: web.Request) -> web.StreamResponse:
         return await answer_with_files(request, model.name, body, created, outcome)
     if body.webhook:
         kept = await keep_sync(request, model.name, body, created, outcome)
-        return sync_answer(app, model.name, body.input, outcome, kept)
-    return sync_answer(app, model.name, body.input, outcome)
+        return sync_answer(request, model.name, body.input, outcome, kept, created)
+    return sync_answer(request, model.name, body.input, outcome, began=created)
 
 
 async def _streamed(
@@ -108,7 +108,7 @@ async def _streamed(
     kept = await keep_sync(request, model, body, created, outcome) if body.webhook else ""
     if wants_events(request):
         return response
-    return sync_answer(app, model, body.input, outcome, kept)
+    return sync_answer(request, model, body.input, outcome, kept, created)
 
 
 # What can go wrong with a submitted body, on every route that takes one.

@@ -8,12 +8,14 @@ from service.http import state
 from service.http.admin import (
     admin_off,
     list_dead_letters,
+    purge_dead_letter,
     purge_dead_letters,
     replay_dead_letter,
     replay_dead_letters,
 )
 from service.http.answers import UNMATCHED, answered, unmatched
 from service.http.bulk import predict_batch, predict_batch_with_model
+from service.http.dashboard import DASHBOARD_ROUTES
 from service.http.docs import setup_docs
 from service.http.files import prediction_file
 from service.http.health import live, ready
@@ -80,6 +82,8 @@ ADMIN_ROUTES: list[web.RouteDef] = [
     web.post("/admin/dead-letters/replay", replay_dead_letters),
     web.post("/admin/dead-letters/{prediction_id}/replay", replay_dead_letter),
     web.delete("/admin/dead-letters", purge_dead_letters),
+    # Any id but "replay" (that path is POST /admin/dead-letters/replay alone).
+    web.delete("/admin/dead-letters/{prediction_id:(?!replay$)[^/]+}", purge_dead_letter),
 ]
 
 
@@ -88,9 +92,11 @@ def add_routes(
     keys: Tenants | None = None,
     admin_key: str = "",
     tracing: Tracing | None = None,
+    dashboard: bool = True,
 ) -> None:
     """Adds every route, the Swagger page (its spec security follows ``keys``) and, last,
-    the route that answers what no other matches with a JSON 404 or 405; then wraps every
+    the dashboard (with ``dashboard``: its page, assets and data, which checks keys
+    itself), the route that answers what no other matches with a JSON 404 or 405; then wraps every
     handler in ``answered``: request ids, errors as JSON, metrics, and the key check (when
     ``keys`` is given: API_KEY, or the tenants of API_KEYS_FILE) on every route not marked
     public, ADMIN_API_KEY on the admin routes; with ``tracing``, each in a server span."""
@@ -106,6 +112,9 @@ def add_routes(
         rate_limited=keys is not None and bool(keys.keys_file),
         admin_auth=bool(admin_key),
     )
+    if dashboard:
+        app.router.add_routes(DASHBOARD_ROUTES)
+        public_handlers |= {route.handler for route in DASHBOARD_ROUTES}
     app.router.add_route("*", "/{path:.*}", unmatched)
     for route in app.router.routes():
         resource = route.resource

@@ -15,7 +15,7 @@ from service.errors import BadRequest, ServiceError
 from service.execution.batching import Batcher
 from service.execution.streams import Chunks, End
 from service.http import state
-from service.http.io import client_gone
+from service.http.io import client_gone, tenant_of
 from service.job import JobRecord, Outcome, Status, prediction_view
 from service.jobs import deadlines
 from service.jobs.runner import drain
@@ -176,7 +176,9 @@ async def answer_now(
     except ServiceError as exc:  # the replica stops (ShuttingDown): said in the stream
         outcome = Outcome(ok=False, error=exc.message)
     ended = deadlines.ended(outcome)
-    request.app[state.METRICS].count_prediction(model, "sync", outcome.ok or ended.value)
+    request.app[state.METRICS].count_prediction(
+        model, "sync", outcome.ok or ended.value, tenant_of(request), error=outcome.error
+    )
     if outcome.ok:
         output = {"input": raw, "result": orjson.Fragment(outcome.payload)}
         last = event(b"done", orjson.dumps({"status": "done", "output": output}))

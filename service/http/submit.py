@@ -40,17 +40,27 @@ def past_wait(batcher: Batcher, future: Any, wait: deadlines.Wait) -> Outcome:
 
 
 def sync_answer(
-    app: web.Application, model: str, raw: Any, outcome: Outcome, prediction_id: str = ""
+    request: web.Request,
+    model: str,
+    raw: Any,
+    outcome: Outcome,
+    prediction_id: str = "",
+    began: float = 0.0,
 ) -> web.Response:
-    """A sync request's answer (counted): 200 with its result; 500 when the model failed;
-    504 with the status when its Cancel-After ended it. With a webhook, the id of its
-    record too."""
-    metrics = app[state.METRICS]
+    """A sync request's answer (counted, with its run time from ``began`` when given):
+    200 with its result; 500 when the model failed; 504 with the status when its
+    Cancel-After ended it. With a webhook, the id of its record too."""
+    metrics = request.app[state.METRICS]
+    tenant = tenant_of(request)
+    ran = time.time() - began if began else None
     if outcome.ok and not prediction_id:  # the usual answer, first
-        metrics.count_prediction(model, "sync", True)
+        metrics.count_prediction(model, "sync", True, tenant, ran=ran)
         return json_response({"input": raw, "result": orjson.Fragment(outcome.payload)})
     ended = deadlines.ended(outcome)
-    metrics.count_prediction(model, "sync", outcome.ok or ended.value)
+    metrics.count_prediction(
+        model, "sync", outcome.ok or ended.value, tenant,
+        prediction_id=prediction_id, error=outcome.error, ran=ran,
+    )  # fmt: skip
     extra = {"prediction_id": prediction_id} if prediction_id else {}
     if outcome.ok:
         return json_response({"input": raw, "result": orjson.Fragment(outcome.payload), **extra})

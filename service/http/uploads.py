@@ -111,7 +111,7 @@ async def _run_now(
     kept = await keep_sync(request, model.name, body, created, outcome, prediction_id)
     if response is not None:
         return response
-    return sync_answer(app, model.name, body.input, outcome, kept)
+    return sync_answer(request, model.name, body.input, outcome, kept, created)
 
 
 async def answer_with_files(
@@ -125,7 +125,7 @@ async def answer_with_files(
     outcome = await files.outputs(prediction_id, outcome)
     await files.keep_for(prediction_id)
     kept = await keep_sync(request, model, body, created, outcome, prediction_id)
-    return sync_answer(app, model, body.input, outcome, kept)
+    return sync_answer(request, model, body.input, outcome, kept, created)
 
 
 def with_files(raw: Any, taken: list[Taken], values: list[str]) -> Any:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from service.redis.calls import Scripts
 from service.redis.calls.records import replay
+from service.redis.calls.views import purge_letter
 from service.redis.keys import Keys, Partitions
 
 #: Most dead letters one page lists, and one replay or purge call handles at a time (each
@@ -135,6 +136,16 @@ class DeadLetters:
             for answer in await self.replay(keys, letters, now):
                 counts[answer] += 1
         return counts
+
+    async def purge_one(self, prediction_id: str, entry: str = "") -> bool | None:
+        """Deletes one job's dead letter (its failed record stays until it expires): the
+        one its record names, or ``entry`` (a letter whose record expired); answers
+        whether there was one, None when the job has no record and no entry was given."""
+        keys = self._partitions.of(prediction_id)
+        answer = await purge_letter(
+            self._scripts, keys.dead_letters, keys.record(prediction_id), entry
+        )
+        return None if answer < 0 else answer == 1
 
     async def purge(self) -> int:
         """Deletes every dead letter (their failed records stay until they expire)."""

@@ -212,16 +212,24 @@ class Dispatcher:
                 delivered = await self._post(http, prediction_id, record.webhook, body, headers)
         else:
             delivered = await self._post(http, prediction_id, record.webhook, body)
-        if delivered or interim:  # an interim post that failed is not tried again
+        if interim:  # an interim post that failed is not tried again
             await self._ack(keys, entry_id)
+            return
+        now = time.time()
+        if delivered:
+            note = (key, "delivered", attempt, now)
+            await settle(self._scripts, keys, GROUP, entry_id, note=note)
             return
         wait = min(self._settings.retry * 2 ** (attempt - 1), MAX_BACKOFF)
-        if time.time() + wait - since > self._settings.max_age:
+        if now + wait - since > self._settings.max_age:
             log.warning("webhook for %s given up after %d attempts", prediction_id, attempt)
-            await self._ack(keys, entry_id)
+            note = (key, "given up", attempt, now)
+            await settle(self._scripts, keys, GROUP, entry_id, note=note)
             return
         member = b"%s|%d|%.3f" % (key, attempt + 1, since)
-        await settle(self._scripts, keys, GROUP, entry_id, (member, time.time() + wait))
+        retry = (member, now + wait)
+        note = (key, "retrying", attempt, now)
+        await settle(self._scripts, keys, GROUP, entry_id, retry, note)
 
     async def _chunks(self, keys: Keys, prediction_id: str) -> list[bytes]:
         """A running job's chunks so far."""

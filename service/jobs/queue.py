@@ -13,6 +13,7 @@ from service.errors import IdempotencyConflict, QueueFull, RedisSlow
 from service.execution.coalesce import Coalescer
 from service.job import Entry, NewJob
 from service.jobs.streams import Streams
+from service.observability.activity import Activity
 from service.redis.calls import Scripts
 from service.redis.calls.queue import Answer, Lane, SubmitReply, submit
 from service.redis.durable import Durable
@@ -62,8 +63,11 @@ class JobQueue:
         *,
         lane: DirectLane | None = None,
         durable: Durable | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self._scripts = scripts
+        #: Where jobs queued are counted for the dashboard (None: not counted).
+        self._activity = activity
         self.streams = streams
         self.partitions = streams.partitions
         self._settings = settings
@@ -101,6 +105,8 @@ class JobQueue:
         """
         answer = await self._submits[self.partitions.of(job.prediction_id).index].add(job)
         if answer.word is Submitted.OK:
+            if self._activity is not None:
+                self._activity.submitted(job.tenant)
             return job.prediction_id
         if answer.word is Submitted.DUP:
             return answer.earlier
@@ -127,6 +133,9 @@ class JobQueue:
             raise self._full(jobs[0].tenant, len(jobs))
         if Submitted.CONFLICT in words:
             raise IdempotencyConflict(_CONFLICT)
+        if self._activity is not None:
+            new = sum(a.word is Submitted.OK for a in answers)
+            self._activity.submitted(jobs[0].tenant, new)
         return [a.earlier or job.prediction_id for job, a in zip(jobs, answers, strict=True)]
 
     def _full(self, tenant: str, count: int) -> QueueFull:

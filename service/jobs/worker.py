@@ -139,7 +139,7 @@ class Worker:
             keys, [(e.prediction_id, e.entry_id) for e in entries], time.time()
         )
         runnable = [e for e, status in zip(entries, prior, strict=True) if status in RUNNABLE]
-        report_given_up(self.name, self._metrics, entries, prior)
+        report_given_up(self.name, self._metrics, entries, prior, keys.tenant)
         if len(runnable) < len(entries):
             await self._runner.given_up(entries, prior)
         if alone:
@@ -203,6 +203,7 @@ class Worker:
 
     async def _run(self, keys: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         self.consumer.hold(keys, batch)  # the lane's batches (a read's are held already)
+        started = time.time()
         try:
             outcomes = await self._runner.predict(runnable, keys)
         except ShuttingDown:
@@ -224,7 +225,8 @@ class Worker:
             )
             self.consumer.restart()
         await self._finish(keys, finished, batch)
-        report(self.name, self._metrics, [e for e, _ in finished], [o for _, o in finished])
+        ended = [e for e, _ in finished]
+        report(self.name, self._metrics, ended, [o for _, o in finished], keys.tenant, started)
 
     async def _hand_back(self, keys: Keys, runnable: list[Entry], batch: list[Entry]) -> None:
         handed = await self.consumer.hand_back(keys, runnable)

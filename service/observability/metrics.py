@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 from redis.asyncio import Redis
 
+from service.observability.activity import Activity
 from service.observability.queue_figures import partition_figures
 from service.redis.keys import Partitions
 
@@ -38,6 +39,8 @@ class Metrics:
         # Per (tenant, status): requests of the tenants of the keys file (their number
         # bounds the labels).
         self._tenant_requests: dict[tuple[str, int], int] = {}
+        #: What the dashboard draws, written to Redis by each replica a few times a minute.
+        self.activity = Activity()
         r.register(self)
         # Queue figures: totals (what to scale and alert on), and per partition.
         self.stream_length = Gauge("queue_stream_length", "Entries in the job streams.", registry=r)
@@ -120,12 +123,31 @@ class Metrics:
         self.files_stored.labels(kind).inc()
         self.files_stored_bytes.labels(kind).inc(size)
 
-    def count_prediction(self, model: str, mode: str, ok: bool | str) -> None:
+    def count_prediction(
+        self,
+        model: str,
+        mode: str,
+        ok: bool | str,
+        tenant: str = "",
+        *,
+        prediction_id: str = "",
+        error: str = "",
+        waited: float | None = None,
+        ran: float | None = None,
+    ) -> None:
         """One finished prediction: ``ok`` True (done), False (failed), or the final status
-        of a job that ended otherwise ('aborted', 'canceled')."""
+        of a job that ended otherwise ('aborted', 'canceled'); counted for the dashboard too
+        (a sync one as submitted as well), with its job's id, error, queue wait and run time
+        where known."""
         status = ok if isinstance(ok, str) else "done" if ok else "failed"
         key = (model, mode, status)
         self._predictions[key] = self._predictions.get(key, 0) + 1
+        activity = self.activity
+        if mode == "sync":
+            activity.submitted(tenant)
+        activity.ended(
+            prediction_id, model, tenant, status, mode=mode, error=error, waited=waited, ran=ran
+        )
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         """One model call: how long it took and how many inputs it had."""

@@ -192,6 +192,28 @@ class Names:
         """String: the replica moving the batch on now."""
         return self.openai(batch_id) + ":lock"
 
+    def activity(self, bucket: int) -> str:
+        """Hash: what every replica counted in one 10-second bucket of the dashboard's
+        charts (its start in Unix seconds): per tenant, jobs submitted and ended by status,
+        and queue wait and run time counts per latency bin; expires after an hour."""
+        return f"{self.stream}:activity:{bucket}"
+
+    def ended(self, tenant: str) -> str:
+        """List: the latest jobs of ``tenant`` that ended (JSON, newest first), kept to a
+        fixed length (one list per tenant, so that a busy one never pushes a quiet one's
+        out)."""
+        return f"{self.stream}:activity:ended" + (f":t:{tenant}" if tenant else "")
+
+    def failures(self, tenant: str) -> str:
+        """List: the latest jobs of ``tenant`` that failed (JSON, newest first), kept to a
+        fixed length."""
+        return f"{self.stream}:activity:failed" + (f":t:{tenant}" if tenant else "")
+
+    @property
+    def replicas(self) -> str:
+        """Hash: each replica (CONSUMER_NAME) and what it last said of itself (JSON)."""
+        return f"{self.stream}:replicas"
+
     def rate_bucket(self, tenant: str) -> str:
         """Hash: a tenant's token bucket (`tokens`, `at`), expiring once full again."""
         return f"{self.stream}:tenant:{tenant}:rate"

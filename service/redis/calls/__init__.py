@@ -6,7 +6,8 @@ result. No caller counts offsets in KEYS or ARGV, or reads a reply word as a str
 argument. `queue` holds the calls of the streams (submit, take, hand back, retire, the
 rate limit), `records` those of the records (mark, finish, cancel, read, keep a sync
 record, replay a dead letter), `outputs` those of streaming jobs' chunks, `webhooks`
-those of the deliveries.
+those of the deliveries, `views` the dashboard's (what the streams hold, one dead
+letter purged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ NAMES = (
     "release_due",
     "settle_delivery",
     "append",
+    "peek",
+    "purge_letter",
 )
 
 #: How a call is sent: the script, KEYS, ARGV -> the reply (a durable submit adds a WAIT).

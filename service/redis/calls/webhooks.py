@@ -19,12 +19,20 @@ async def settle(
     group: str,
     entry_id: bytes,
     retry: tuple[bytes, float] | None = None,
+    note: tuple[bytes, str, int, float] | None = None,
 ) -> int:
     """Acks and deletes a delivery of ``group``; with ``retry`` (its member and when),
-    puts it in the retry set in the same step. Answers how many were acked."""
+    puts it in the retry set in the same step; with ``note`` (the record's key, what became
+    of the job's post: 'delivered', 'retrying' or 'given up', its attempt, when), writes it
+    into the record while it exists. Answers how many were acked."""
+    names: list[object] = [keys.webhook_retries, keys.webhooks]
     args: list[object] = [group, entry_id]
+    if note is not None:
+        record, outcome, attempt, at = note
+        names.append(record)
+        args += [outcome, attempt, repr(at)]
     if retry is not None:
-        member, at = retry
-        args += [member, repr(at)]
-    reply = await scripts.run("settle_delivery", [keys.webhook_retries, keys.webhooks], args)
+        member, when = retry
+        args += [member, repr(when)]
+    reply = await scripts.run("settle_delivery", names, args)
     return int(reply)
