@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +25,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.bench import server  # noqa: E402
 from service.observability.activity import (  # noqa: E402
     BINS,
     BUCKET_SECONDS,
@@ -141,38 +138,21 @@ def main() -> int:
                 for t in tenants
             )
         )
-        server = RedisServer(folder / "redis", free_port())
-        url = server.start()
-        port = free_port()
+        redis_server = RedisServer(folder / "redis", free_port())
+        url = redis_server.start()
         env = {
-            **os.environ,
-            "REDIS_URL": url,
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
-            "MODEL": "tests.models:echo",
-            "WORKERS": "0",
-            "API_KEYS_FILE": str(keys),
-            "ADMIN_API_KEY": ADMIN,
-            "LOG_LEVEL": "ERROR",
-            "DATA_DIR": str(folder / "data"),
+            "model": "tests.models:echo",
+            "workers": 0,
+            "api_keys_file": keys,
+            "admin_api_key": ADMIN,
+            "log_level": "ERROR",
+            "data_dir": folder / "data",
         }
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-        base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/health/ready", timeout=2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("the service did not start") from None
-                    time.sleep(0.2)
-            rows = asyncio.run(_run(base, url, tenants, args.refreshes))
+            with server(url, **env) as (port, _):
+                rows = asyncio.run(_run(f"http://127.0.0.1:{port}", url, tenants, args.refreshes))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-            server.stop()
+            redis_server.stop()
     print(f"Redis per dashboard read ({args.tenants} tenants, an hour of buckets, lists full,")
     print("300 jobs queued; Redis CPU from INFO commandstats):")
     print("| read | commands | Redis CPU (us) |\n|---|---:|---:|")

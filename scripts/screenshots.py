@@ -15,12 +15,9 @@ import hashlib
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +25,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.bench import server  # noqa: E402
 from service.redis.embedded import RedisServer, free_port  # noqa: E402
 
 DEMO_MODEL = '''
@@ -123,43 +121,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "demo_model.py").write_text(DEMO_MODEL)
-        server = RedisServer(folder / "redis", free_port())
-        url = server.start()
-        port = free_port()
+        redis_server = RedisServer(folder / "redis", free_port())
+        url = redis_server.start()
         env = {
-            **os.environ,
-            "REDIS_URL": url,
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
-            "MODEL": "demo_model:predict",
-            "EXECUTION": "process",
-            "API_KEYS_FILE": str(_keys_file(folder)),
-            "ADMIN_API_KEY": ADMIN,
-            "MAX_DELIVERIES": "2",
-            "VISIBILITY_TIMEOUT_SECONDS": "5",
-            "LOG_LEVEL": "ERROR",
-            "DATA_DIR": str(folder / "data"),
-            "PYTHONPATH": str(folder),
+            "model": "demo_model:predict",
+            "execution": "process",
+            "api_keys_file": _keys_file(folder),
+            "admin_api_key": ADMIN,
+            "max_deliveries": 2,
+            "visibility_timeout_seconds": 5,
+            "log_level": "ERROR",
+            "data_dir": folder / "data",
+            "pythonpath": folder,  # the demo model's module
         }
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=folder, env=env)
-        base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(base + "/health/ready", timeout=2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("the service did not start") from None
-                    time.sleep(0.2)
-            failed = asyncio.run(_load(base, args.seconds))
-            time.sleep(15)  # the dead letters' deliveries, and a last flush
-            asyncio.run(_shoot(base, args.out, failed))
+            with server(url, **env) as (port, _):
+                base = f"http://127.0.0.1:{port}"
+                failed = asyncio.run(_load(base, args.seconds))
+                time.sleep(15)  # the dead letters' deliveries, and a last flush
+                asyncio.run(_shoot(base, args.out, failed))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-            server.stop()
+            redis_server.stop()
     print("saved", ", ".join(f"docs/dashboard-{p}.png" for p in PAGES))
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,3 +236,20 @@ async def dead_letter(client: TestClient, rds: Redis, value: Any) -> str:
 
     await poll(given_up)
     return prediction_id
+
+
+#: Debian's chromium, for the tests in a real browser (CHROMIUM names another), and how
+#: they start it: headless, quiet, asking nothing of the network itself.
+CHROMIUM = (
+    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+)
+BROWSER_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from .helpers import ClientFactory
-
-CHROMIUM = (
-    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from .helpers import BROWSER_ARGS, CHROMIUM, ClientFactory
 
 if CHROMIUM is None and not os.environ.get("REQUIRE_BROWSER"):
     pytest.skip("no chromium here (apt-get install chromium)", allow_module_level=True)
@@ -43,7 +28,7 @@ async def test_try_it_out_with_the_defaults_as_they_stand_answers_the_sync_shape
     client = await make_client()
     url = str(client.make_url("/docs/"))
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(url)
@@ -81,7 +66,7 @@ async def test_with_an_api_key_the_page_offers_authorize_and_locks(
     assert CHROMIUM, "REQUIRE_BROWSER is set but no chromium was found"
     client = await make_client(api_key="s3cret")
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(str(client.make_url("/docs/")))

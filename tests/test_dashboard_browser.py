@@ -9,7 +9,6 @@ Needs Debian's chromium; CI sets REQUIRE_BROWSER=1 (a missing browser fails, not
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,21 +20,8 @@ from redis.asyncio import Redis
 
 from service.redis.embedded import RedisServer, free_port
 
-from .helpers import ASYNC, ClientFactory, auth, dead_letter, keys_file
+from .helpers import ASYNC, BROWSER_ARGS, CHROMIUM, ClientFactory, auth, dead_letter, keys_file
 
-CHROMIUM = (
-    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: How long the page may take to show a figure: its refresh, and a replica's flush.
 SHOWN_MS = 20_000
 
@@ -78,7 +64,7 @@ async def browser_page(base: str) -> AsyncIterator[Watched]:
 
     assert CHROMIUM, "REQUIRE_BROWSER is set but no chromium was found"
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 900})
             yield Watched(page, base)
