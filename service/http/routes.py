@@ -101,6 +101,8 @@ def add_routes(
     ``keys`` is given: API_KEY, or the tenants of API_KEYS_FILE) on every route not marked
     public, ADMIN_API_KEY on the admin routes; with ``tracing``, each in a server span."""
     admin = Tenants(api_key=admin_key) if admin_key else None
+    if admin is not None:
+        app[state.ADMIN] = admin  # the dashboard's data takes the admin key too
     public_handlers = {route.handler for route, public in ROUTES if public}
     admin_handlers = {route.handler for route in ADMIN_ROUTES}
     app[state.OPENAPI_SPEC] = setup_docs(

@@ -66,6 +66,8 @@ OPENAPI_SPEC = web.AppKey("openapi_spec", dict[str, Any])
 WAITERS = web.AppKey("waiters", Waiters)
 WORKER_TASKS = web.AppKey("worker_tasks", list[asyncio.Task[None]])
 TENANTS = web.AppKey("tenants", Tenants)
+#: The admin key's check (ADMIN_API_KEY), when it is set.
+ADMIN = web.AppKey("admin", Tenants)
 LIMITER = web.AppKey("limiter", Limiter)
 #: Present only when traces are on (`service.observability.tracing`).
 TRACING = web.AppKey("tracing", Tracing)

@@ -24,7 +24,7 @@ from service.observability.activity import (
     ENDINGS,
     FORGOTTEN_SECONDS,
 )
-from service.redis.calls import Scripts
+from service.redis.calls import Scripts, text
 from service.redis.calls.views import Listed, peek
 from service.redis.keys import PRIORITIES, Keys, Names, Partitions
 
@@ -39,10 +39,6 @@ _WHATS = ["sub", *ENDINGS] + [f"{kind}{i}" for kind in "wr" for i in range(len(B
 ALL_READ = 200
 #: At most this many jobs listed per page.
 MOST_LISTED = 100
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _streams(partitions: Partitions, partition: Keys, scope: str | None) -> list[Keys]:
@@ -76,7 +72,7 @@ async def queue_now(
             pipe.hgetall(partition.backlog)
         for counts in await pipe.execute():
             for name, count in counts.items():
-                by_model[_text(name)] = by_model.get(_text(name), 0) + max(0, int(count))
+                by_model[text(name)] = by_model.get(text(name), 0) + max(0, int(count))
     by_priority = dict.fromkeys(PRIORITIES, 0)
     by_tenant: dict[str, int] = {}
     running = oldest = 0.0
@@ -126,7 +122,7 @@ async def buckets(
         counts: dict[str, int] = {}
         if scope is None:
             for field, value in raw.items():
-                what = _text(field).rpartition("|")[2]
+                what = text(field).rpartition("|")[2]
                 counts[what] = counts.get(what, 0) + int(value)
         else:
             counts = {what: int(value) for what, value in zip(whats, raw, strict=True) if value}
@@ -209,7 +205,7 @@ async def replicas(redis: Redis, names: Names) -> list[dict[str, Any]]:
         about = orjson.loads(raw)
         at = float(about.get("at", 0))
         if at > now - ALIVE_SECONDS:
-            alive.append({"name": _text(name), **about, "seen_seconds_ago": round(now - at, 1)})
+            alive.append({"name": text(name), **about, "seen_seconds_ago": round(now - at, 1)})
         elif at < now - FORGOTTEN_SECONDS:
             forgotten.append(name)
     if forgotten:
@@ -289,7 +285,7 @@ async def tenant_rates(redis: Redis, names: Names) -> dict[str, float]:
     submitted: dict[str, int] = {}
     for raw in await pipe.execute():
         for field, value in raw.items():
-            tenant, _, what = _text(field).rpartition("|")
+            tenant, _, what = text(field).rpartition("|")
             if what == "sub":
                 submitted[tenant] = submitted.get(tenant, 0) + int(value)
     seconds = now - starts[0]
