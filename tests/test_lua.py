@@ -160,6 +160,19 @@ async def test_submit_writes_nothing_for_a_job_it_does_not_accept(
     assert await snapshot(r) == before, "nothing written"
 
 
+async def test_a_retried_call_writes_only_the_jobs_it_did_not_write_before(r: Redis) -> None:
+    # The record of the second job of the call exists (only it landed, say): the first is
+    # written and queued, the second left as it is; a call that checked only its first
+    # job for a retry would queue the second twice.
+    await r.hset(rec("b"), mapping={"status": "processing", "model": "m"})
+    keys = [STREAM, HIGH, LOW, rec("a"), rec("b"), BACKLOG]
+    assert await call(r, "submit", keys, submit_args([("a", ""), ("b", "")])) == 2
+    assert (await record(r, "a"))["status"] == "queued"
+    assert await record(r, "b") == {"status": "processing", "model": "m"}
+    assert [e[1][b"id"] for e in await r.xrange(STREAM)] == [b"a"]
+    assert await r.hget(BACKLOG, "m") == b"1"
+
+
 async def test_a_bulk_submit_is_all_or_none(r: Redis) -> None:
     await add_job(r, "waiting")
     keys = [STREAM, HIGH, LOW, rec("a"), rec("b"), BACKLOG]
@@ -465,6 +478,33 @@ async def test_finish_writes_each_final_record_once_and_acks_only_what_it_is_giv
     ]
     await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(3)], finish_args(["Eend"], [other_entry]))
     assert await r.hgetall(BACKLOG) == {}, "a model with nothing queued leaves the hash"
+
+
+async def test_finish_takes_from_the_backlog_only_the_entries_it_acked(r: Redis) -> None:
+    # Of one model's batch, one entry was acked already (by a replica that reclaimed it):
+    # the backlog loses the other only.
+    first, second = await add_job(r, 1, "processing"), await add_job(r, 2, "processing")
+    await add_job(r, 3, "queued")
+    await read_as(r, "w")
+    await r.xack(STREAM, GROUP, first)
+    await call(
+        r,
+        "finish",
+        [STREAM, HOOKS, BACKLOG, rec(1), rec(2)],
+        finish_args(["R1", "R2"], [first, second]),
+    )
+    assert await r.hget(BACKLOG, "m") == b"2", "three queued, one acked here"
+
+
+async def test_finish_of_a_batch_of_several_models_counts_each_model(r: Redis) -> None:
+    entries = [await add_job(r, i, "processing") for i in range(3)]
+    await r.hset(BACKLOG, mapping={"m": 3, "n": 2})  # 3 of m, 2 of n (one acked below)
+    await read_as(r, "w")
+    await r.xack(STREAM, GROUP, entries[2])
+    args = [GROUP, "300", 60, DONE, "PUBLISH", "", "R1", "R2", "R3"]
+    args += [entries[0], "m", entries[1], "n", entries[2], "n"]
+    await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(0), rec(1), rec(2)], args)
+    assert await r.hgetall(BACKLOG) == {b"m": b"2", b"n": b"1"}
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,11 @@ local jobs, want = #KEYS - 3, ARGV[6]
 local ended, out = {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
-  local status = redis.call('HGET', key, 'status')
-  local written, f = status == STATUS.QUEUED or status == STATUS.PROCESSING, nil
+  -- One read: the status decides, the rest goes to the webhook check and the answer.
+  local f = redis.call('HMGET', key, 'status', 'webhook', 'webhook_events', 'started_at',
+                       'attempts', 'created_at')
+  local status = f[1]
+  local written = status == STATUS.QUEUED or status == STATUS.PROCESSING
   if written then
     local outcome = ARGV[6 + i]
     local final, kind = STATUS.FAILED, string.sub(outcome, 1, 1)
@@ -43,10 +46,8 @@ for i = 1, jobs do
     end
     redis.call('EXPIRE', key, ttl)
     ended[#ended + 1] = key
-    f = redis.call('HMGET', key, 'webhook', 'webhook_events', 'started_at', 'attempts',
-                   'created_at')
-    local events = ',' .. (f[2] or '') .. ','
-    if f[1] and (string.find(events, ',' .. final .. ',', 1, true)
+    local events = ',' .. (f[3] or '') .. ','
+    if f[2] and (string.find(events, ',' .. final .. ',', 1, true)
                  or (final == STATUS.CANCELED and string.find(events, ',' .. STATUS.FAILED .. ',', 1, true))) then
       redis.call('XADD', KEYS[2], '*', 'key', key)
     end
@@ -55,7 +56,7 @@ for i = 1, jobs do
     out[i] = {}
     if string.sub(want, i, i) == '1' then
       if written then
-        out[i] = {'=', f[3], f[4], f[5], f[1]}
+        out[i] = {'=', f[4], f[5], f[6], f[2]}
       else
         out[i] = redis.call('HGETALL', key)
       end
@@ -65,16 +66,24 @@ end
 if #ended > 0 then redis.call(ARGV[5], ARGV[4], table.concat(ended, ',')) end
 local acked, left, models = {}, {}, {}
 for i = 7 + jobs, #ARGV, 2 do
-  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
-    local model = ARGV[i + 1]
-    if not left[model] then models[#models + 1] = model end
-    left[model] = (left[model] or 0) + 1
-  end
+  local model = ARGV[i + 1]
+  if not left[model] then models[#models + 1] = model end
+  left[model] = 0
   acked[#acked + 1] = ARGV[i]
+end
+if #models == 1 and #acked <= 1000 then
+  -- One model (a batch's usual case): one XACK, whose count is what leaves its backlog.
+  left[models[1]] = redis.call('XACK', KEYS[1], group, unpack(acked))
+else
+  for i = 7 + jobs, #ARGV, 2 do
+    if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
+      left[ARGV[i + 1]] = left[ARGV[i + 1]] + 1
+    end
+  end
 end
 -- One counter update per model of the batch, not one per entry.
 for _, model in ipairs(models) do
-  if redis.call('HINCRBY', KEYS[3], model, -left[model]) <= 0 then
+  if left[model] > 0 and redis.call('HINCRBY', KEYS[3], model, -left[model]) <= 0 then
     redis.call('HDEL', KEYS[3], model)
   end
 end

@@ -58,7 +58,7 @@ for i = 3, #KEYS do
       status = MARKED.DEAD
       ended[#ended + 1] = key
     else
-      start_job(key, ARGV[1])
+      start_job(key, ARGV[1], attempts)
       started[#started + 1] = key
     end
   end

@@ -85,13 +85,22 @@ if lane then
     lane = lane and (redis.call('EXISTS', KEYS[k]) == 0 or no_backlog(KEYS[k], group))
   end
 end
+-- Whether any job's record exists already (only a client retry names one): one EXISTS for
+-- the whole call, a thousand keys at a time, so a fresh call pays no check per job.
+local retried = false
+for first = 4, 3 + jobs, 1000 do
+  if redis.call('EXISTS', unpack(KEYS, first, math.min(first + 999, 3 + jobs))) > 0 then
+    retried = true
+    break
+  end
+end
 local entry_ids, started, queued, models = {}, {}, {}, {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
   local idem, digest, webhook, events, cancel_at, tp, untimed = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
-  if redis.call('EXISTS', key) == 1 then
+  if retried and redis.call('EXISTS', key) == 1 then
     -- The same job again: a client retry of a call that did land (ids are random, so
     -- only a retry names a record that exists). It is not written or queued twice.
     out[i] = SUBMITTED.OK
@@ -108,19 +117,23 @@ for i = 1, jobs do
     all_ok = false
   else
     local id, model, input, rid = arg(i, 1), arg(i, 2), arg(i, 3), arg(i, 4)
-    redis.call('HSET', key, 'status', STATUS.QUEUED, 'model', model, 'input', input,
-               'created_at', now, 'attempts', 0, 'request_id', rid)
-    if webhook ~= '' then
-      redis.call('HSET', key, 'webhook', webhook, 'webhook_events', events)
+    -- One write of the record, with only the fields the job uses.
+    local fields = {'status', STATUS.QUEUED, 'model', model, 'input', input,
+                    'created_at', now, 'attempts', 0, 'request_id', rid}
+    local function add(name, value)
+      if value ~= '' then fields[#fields + 1] = name; fields[#fields + 1] = value end
     end
-    if priority ~= '' then redis.call('HSET', key, 'priority', priority) end
-    if tenant ~= '' then redis.call('HSET', key, 'tenant', tenant) end
-    if cancel_at ~= '' then redis.call('HSET', key, 'cancel_at', cancel_at) end
-    if tp ~= '' then redis.call('HSET', key, 'traceparent', tp) end
-    if untimed ~= '' then redis.call('HSET', key, 'untimed', '1') end
+    add('webhook', webhook)
+    if webhook ~= '' then add('webhook_events', events) end
+    add('priority', priority)
+    add('tenant', tenant)
+    add('cancel_at', cancel_at)
+    add('traceparent', tp)
+    add('untimed', untimed ~= '' and '1' or '')
+    redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ttl)
     if lane then
-      start_job(key, now)
+      start_job(key, now, 0)
       started[#started + 1] = key
     end
     if cancel_at == '' and tp == '' and untimed == '' then
