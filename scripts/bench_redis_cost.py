@@ -8,15 +8,19 @@ EXPIRE of a record; a consumer's XREADGROUP of 32; per job HSET of the result, X
 PUBLISH. For each: Redis CPU (INFO cpu, user + sys) per job with the idle rate of the
 same setup (replicas up, nothing sent) subtracted, and commands per job (INFO
 commandstats, a script's call and each command it runs). Then what each feature adds to
-a plain submit: an Idempotency-Key, a Cancel-After, a high priority.
+a plain submit: an Idempotency-Key, a Cancel-After, a high priority. Last, the plain
+submits again with STANDBY more API-only replicas up that take no requests: what
+following the jobs costs when no one there waits for them (Redis's CPU and the bytes it
+writes per job, INFO stats, beside the same figures with none standing by).
 
-    scripts/bench --redis-cost [--jobs 20000] [--concurrency 64]
+    scripts/bench --redis-cost [--jobs 20000] [--concurrency 64] [--standby 24]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
@@ -38,13 +42,15 @@ IDLE_SECONDS = 3.0
 BATCH = 32
 
 
-async def _figures(r: aioredis.Redis) -> tuple[float, int, dict[str, int]]:
-    """(Redis CPU seconds so far, commands so far, and by command; INFO's own left out)."""
+async def _figures(r: aioredis.Redis) -> tuple[float, int, dict[str, int], int]:
+    """(Redis CPU seconds so far, commands so far, and by command (INFO's own left out),
+    bytes written to clients so far)."""
     cpu = await r.info("cpu")
     stats = await r.info("commandstats")
+    written = int((await r.info("stats"))["total_net_output_bytes"])
     by = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
     by.pop("info", None)
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), sum(by.values()), by
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), sum(by.values()), by, written
 
 
 async def _idle_rate(r: aioredis.Redis) -> tuple[float, float]:
@@ -69,6 +75,7 @@ async def _measured(
     return {
         "us": cpu / jobs * 1e6,
         "commands": calls / jobs,
+        "bytes out": (after[3] - before[3]) / jobs,
         "seconds": seconds,
         "by": {name: per for name, per in by.items() if per >= 0.01},
     }
@@ -160,13 +167,15 @@ FEATURES: dict[str, Extra] = {
 }
 
 
-async def _service(url: str, base: str, jobs: int, concurrency: int) -> dict[str, dict[str, Any]]:
+async def _service(
+    url: str, base: str, jobs: int, concurrency: int, features: dict[str, Extra] = FEATURES
+) -> dict[str, dict[str, Any]]:
     r = aioredis.from_url(url)
     try:
         await _submits(r, base, 500, concurrency, FEATURES["plain"])  # warm up
         idle = await _idle_rate(r)
         out = {}
-        for name, extra in FEATURES.items():
+        for name, extra in features.items():
             out[name] = await _measured(
                 r, jobs, lambda e=extra: _submits(r, base, jobs, concurrency, e), idle
             )
@@ -179,6 +188,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--standby", type=int, default=24, help="API-only replicas (0: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -200,6 +210,28 @@ def main() -> int:
             ):
                 api = f"http://127.0.0.1:{port}"
                 service = asyncio.run(_service(url, api, args.jobs, args.concurrency))
+                standing: dict[str, Any] | None = None
+                if args.standby:
+                    with contextlib.ExitStack() as stack:
+                        for i in range(args.standby):
+                            stack.enter_context(
+                                server(
+                                    url,
+                                    workers=0,
+                                    consumer_name=f"standby-{i}",
+                                    data_dir=folder / f"standby-{i}",
+                                    **common,
+                                )
+                            )
+                        standing = asyncio.run(
+                            _service(
+                                url,
+                                api,
+                                args.jobs,
+                                args.concurrency,
+                                {"plain": FEATURES["plain"]},
+                            )
+                        )["plain"]
         finally:
             redis_server.stop()
     plain = service["plain"]
@@ -215,6 +247,19 @@ def main() -> int:
     print("\nCommands per job by command (the service's plain run; baseline's):")
     for name, per in sorted(plain["by"].items(), key=lambda item: -item[1]):
         print(f"  {name:<14} {per:6.2f}   {base['by'].get(name, 0):6.2f}")
+    written = plain["bytes out"], base["bytes out"]
+    print(f"\nRedis writes {written[0]:.0f} bytes per job (the baseline {written[1]:.0f}).")
+    if standing is not None:
+        print(f"\nWith {args.standby} more API-only replicas standing by (plain submits):")
+        print("| | Redis CPU per job (us) | bytes written per job |\n|---|---:|---:|")
+        print(f"| none standing by | {plain['us']:.1f} | {plain['bytes out']:.0f} |")
+        print(
+            f"| {args.standby} standing by | {standing['us']:.1f} | {standing['bytes out']:.0f} |"
+        )
+        print(
+            f"| ratio | {standing['us'] / plain['us']:.2f}x | "
+            f"{standing['bytes out'] / plain['bytes out']:.2f}x |"
+        )
     print("\nWhat a feature adds to a plain submit:")
     print("| feature | Redis CPU per job (us) | commands per job |\n|---|---:|---:|")
     for name, figures in service.items():

@@ -163,7 +163,9 @@ def _stores(
     settings = app[state.SETTINGS]
     ttl = settings.result_ttl_seconds
     limits = Limits(ttl, settings.max_deliveries, settings.job_timeout_seconds)
-    app[state.RESULTS] = ResultStore(scripts, partitions, limits, settings.redis_timeout_seconds)
+    app[state.RESULTS] = ResultStore(
+        scripts, partitions, limits, settings.redis_timeout_seconds, settings.consumer_name
+    )
     # The lane has a consumer of its own: no worker's own-pending read may take its
     # batches while they run; after a crash they are reclaimed like any idle entries.
     # It takes batches once the workers run (workers_ctx opens it).
@@ -171,7 +173,9 @@ def _stores(
     app[state.QUEUE] = JobQueue(
         scripts,
         app[state.STREAMS],
-        QueueSettings(ttl, settings.max_queue, settings.redis_timeout_seconds),
+        QueueSettings(
+            ttl, settings.max_queue, settings.redis_timeout_seconds, settings.consumer_name
+        ),
         lane=lane if settings.workers else None,
         durable=durable,
         activity=app[state.METRICS].activity,

@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field("prediction:", description="Prefix of job record keys.")
     consumer_name: str = Field(
         default_factory=_default_consumer,
-        description="Consumer name of this replica in the group.",
+        pattern=r"^[^,\s]+$",
+        description="Consumer name of this replica in the group (no commas or spaces).",
     )
     read_block_ms: int = Field(
         1000, ge=1, description="How long an idle worker blocks on XREADGROUP."

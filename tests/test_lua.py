@@ -4,6 +4,7 @@ touch a key it was not given. Python mutation tools cannot reach these scripts."
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ from service.redis.keys import Names
 from .helpers import GROUP, KEYS, STREAM
 
 DEAD, HOOKS, RETRY = KEYS.dead_letters, KEYS.webhooks, KEYS.webhook_retries
-DONE, STARTED = KEYS.done, KEYS.started
+TO = KEYS.to_replica("")  # the prefix of every replica's channel
 BACKLOG = KEYS.backlog
 HIGH, LOW = KEYS.priorities[0].stream, KEYS.priorities[2].stream
 DECOYS = {"decoy:string": "x", KEYS.record("decoy"): "y"}
@@ -92,7 +93,7 @@ def submit_args(
     for job_id, extras in jobs:
         args += [job_id, "m", f'"{job_id}"', "rid", extras]
     if lane:
-        args += [GROUP, "me-lane", STARTED, "PUBLISH"]
+        args += [GROUP, "me-lane", TO, "PUBLISH"]
     return args
 
 
@@ -305,7 +306,7 @@ async def test_take_fills_a_batch_from_the_streams_in_the_order_given(
 
 
 def mark_args(entry_ids: list[bytes], *, now: float = 200, timeout: float = 0) -> list[Any]:
-    return [now, 60, 3, timeout, DONE, STARTED, "PUBLISH", *entry_ids]
+    return [now, 60, 3, timeout, TO, "PUBLISH", *entry_ids]
 
 
 @pytest.mark.parametrize(
@@ -440,7 +441,7 @@ async def test_mark_of_a_record_that_is_gone_answers_empty_and_recreates_nothing
 
 def finish_args(outcomes: list[str], entry_ids: list[bytes], want: str = "") -> list[Any]:
     pairs = [part for entry_id in entry_ids for part in (entry_id, "m")]  # id, model
-    return [GROUP, "300", 60, DONE, "PUBLISH", want, *outcomes, *pairs]
+    return [GROUP, "300", 60, TO, "PUBLISH", want, *outcomes, *pairs]
 
 
 async def read_as(r: Redis, consumer: str) -> list[bytes]:
@@ -501,7 +502,7 @@ async def test_finish_of_a_batch_of_several_models_counts_each_model(r: Redis) -
     await r.hset(BACKLOG, mapping={"m": 3, "n": 2})  # 3 of m, 2 of n (one acked below)
     await read_as(r, "w")
     await r.xack(STREAM, GROUP, entries[2])
-    args = [GROUP, "300", 60, DONE, "PUBLISH", "", "R1", "R2", "R3"]
+    args = [GROUP, "300", 60, TO, "PUBLISH", "", "R1", "R2", "R3"]
     args += [entries[0], "m", entries[1], "n", entries[2], "n"]
     await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(0), rec(1), rec(2)], args)
     assert await r.hgetall(BACKLOG) == {b"m": b"2", b"n": b"1"}
@@ -572,7 +573,7 @@ async def test_cancel_cancels_only_a_queued_job(
     r: Redis, status: str, answer: bytes, after: str
 ) -> None:
     await add_job(r, 1, status)
-    before, flat, stopping = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""])
+    before, flat, stopping = await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", ""])
     assert (before, stopping) == (answer, 0)
     assert dict(zip(flat[::2], flat[1::2], strict=True))[b"status"] == after.encode()
     assert (await record(r, 1))["status"] == after
@@ -594,7 +595,7 @@ async def test_cancel_asks_a_running_job_of_a_streaming_model_to_stop(
     r: Redis, status: str, streaming: list[str], stopping: int
 ) -> None:
     await add_job(r, 1, status)
-    before, _, asked = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "", *streaming])
+    before, _, asked = await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", "", *streaming])
     assert (before, asked) == (status.encode(), stopping)
     fields = await record(r, 1)
     assert fields["status"] == status, "the worker ends it, not cancel"
@@ -604,20 +605,20 @@ async def test_cancel_asks_a_running_job_of_a_streaming_model_to_stop(
 async def test_cancel_leaves_another_tenants_job_and_answers_it_as_gone(r: Redis) -> None:
     await add_job(r, 1, tenant="acme")
     gone = [b"", [], 0]
-    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "other"]) == gone
-    assert await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", ""]) == gone
+    assert await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", "other"]) == gone
+    assert await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", ""]) == gone
     assert (await record(r, 1))["status"] == "queued"
-    before, _, _ = await call(r, "cancel", [rec(1)], ["300", DONE, "PUBLISH", "acme"])
+    before, _, _ = await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", "acme"])
     assert before == b"queued" and (await record(r, 1))["status"] == "canceled"
     await add_job(r, 2, "processing", tenant="acme")
-    stop = ["300", DONE, "PUBLISH", "other", "m"]
+    stop = ["300", TO, "PUBLISH", "other", "m"]
     assert await call(r, "cancel", [rec(2)], stop) == gone, "nor asks another's to stop"
     assert "stop" not in await record(r, 2)
 
 
 async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
     gone = [b"", [], 0]
-    assert await call(r, "cancel", [rec("gone")], ["300", DONE, "PUBLISH", ""]) == gone
+    assert await call(r, "cancel", [rec("gone")], ["300", TO, "PUBLISH", ""]) == gone
     assert not await r.exists(rec("gone"))
     await add_job(r, 1)
     reply = await call(r, "read", [rec(1), rec("gone")], [])
@@ -625,6 +626,112 @@ async def test_cancel_and_read_of_a_record_that_is_gone(r: Redis) -> None:
         dict(zip(reply[0][::2], reply[0][1::2], strict=True))[b"status"] == b"queued"
         and reply[1] == []
     )
+
+
+# -- watchers: only the replicas that wait for a job are told of it --------------------------
+
+
+@contextlib.asynccontextmanager
+async def listening(r: Redis) -> AsyncIterator[list[tuple[str, bytes]]]:
+    """Every message published while inside, as (the replica told, data)."""
+    pubsub = r.pubsub()
+    await pubsub.psubscribe("*")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    heard: list[tuple[str, bytes]] = []
+    yield heard
+    while (message := await pubsub.get_message(timeout=0.2)) is not None:
+        heard.append((message["channel"].decode().removeprefix(TO), message["data"]))
+    await pubsub.aclose()
+
+
+async def test_finish_tells_each_watcher_of_what_ended_once_and_no_one_else(r: Redis) -> None:
+    first = await add_job(r, 1, "processing", watchers="a,b")
+    second = await add_job(r, 2, "processing", watchers="b")
+    third = await add_job(r, 3, "processing")  # no one waits for it
+    async with listening(r) as heard:
+        await call(
+            r,
+            "finish",
+            [STREAM, HOOKS, BACKLOG, rec(1), rec(2), rec(3)],
+            finish_args(["R1", "R2", "R3"], [first, second, third]),
+        )
+    assert sorted(heard) == [
+        ("a", b"e" + rec(1).encode()),
+        ("b", b"e" + f"{rec(1)},{rec(2)}".encode()),
+    ]
+    async with listening(r) as heard:  # a late second finish ends nothing: tells nothing
+        await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args(["R9"], [first]))
+    assert heard == []
+
+
+async def test_mark_tells_the_watchers_what_it_started_and_what_it_ended(r: Redis) -> None:
+    started = await add_job(r, 1, "queued", watchers="a")
+    ended = await add_job(r, 2, "queued", watchers="a,b", cancel_at="150")
+    unwatched = await add_job(r, 3, "queued")
+    async with listening(r) as heard:
+        reply = await call(
+            r, "mark", [DEAD, HOOKS, rec(1), rec(2), rec(3)], mark_args([started, ended, unwatched])
+        )
+    assert reply == [b"queued", b"aborted", b"queued"]
+    assert sorted(heard) == [
+        ("a", b"e" + rec(2).encode()),
+        ("a", b"s" + rec(1).encode()),
+        ("b", b"e" + rec(2).encode()),
+    ]
+
+
+async def test_cancel_tells_only_the_watchers_of_the_job(r: Redis) -> None:
+    await add_job(r, 1, "queued", watchers="a")
+    await add_job(r, 2, "queued")
+    async with listening(r) as heard:
+        await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", ""])
+        await call(r, "cancel", [rec(2)], ["300", TO, "PUBLISH", ""])
+    assert heard == [("a", b"e" + rec(1).encode())]
+
+
+async def test_a_read_for_a_wait_joins_the_watchers_of_a_job_not_ended_once(r: Redis) -> None:
+    await add_job(r, 1, "queued")
+    await add_job(r, 2, "processing", watchers="b")
+    await add_job(r, 3, "done")
+    keys = [rec(1), rec(2), rec(3), rec("gone"), rec(4)]
+    await add_job(r, 4, "queued")
+    for _ in range(2):  # a second read for a wait adds nothing
+        await call(r, "read", keys, ["a", "11110"])
+    watchers = [await r.hget(rec(i), "watchers") for i in (1, 2, 3, 4)]
+    assert watchers == [b"a", b"b,a", None, None], "not an ended job, nor one not flagged"
+    assert not await r.exists(rec("gone"))
+
+
+async def test_watch_starts_and_stops_a_replicas_watch(r: Redis) -> None:
+    await add_job(r, 1, "processing", watchers="b")
+    assert await call(r, "watch", [rec(1)], ["a", "1"]) == 1
+    assert await call(r, "watch", [rec(1)], ["a", "1"]) == 0, "once"
+    assert await r.hget(rec(1), "watchers") == b"b,a"
+    assert await call(r, "watch", [rec(1)], ["b", ""]) == 1
+    assert await call(r, "watch", [rec(1)], ["c", ""]) == 0, "not one of them"
+    assert await r.hget(rec(1), "watchers") == b"a"
+    assert await call(r, "watch", [rec(1)], ["a", ""]) == 1
+    assert not await r.hexists(rec(1), "watchers"), "the field goes with its last name"
+    await add_job(r, 2, "done")
+    assert await call(r, "watch", [rec(2)], ["a", "1"]) == 0, "a job that ended"
+    assert await call(r, "watch", [rec("gone")], ["a", "1"]) == 0
+    assert not await r.exists(rec("gone"))
+
+
+async def test_a_submit_keeps_its_waiter_and_the_lane_tells_it_the_job_started(
+    r: Redis,
+) -> None:
+    waited = json.dumps([0, "", "", "", "", "", "", "me"])
+    async with listening(r) as heard:
+        await call(
+            r,
+            "submit",
+            [STREAM, HIGH, LOW, rec("a"), rec("b"), BACKLOG],
+            submit_args([("a", waited), ("b", "")], lane=True),
+        )
+    assert (await record(r, "a"))["watchers"] == "me"
+    assert "watchers" not in await record(r, "b")
+    assert heard == [("me", b"s" + rec("a").encode())], "only the waited job, to its waiter"
 
 
 # -- webhook retries -------------------------------------------------------------------------
@@ -804,7 +911,7 @@ def append_args(
 def append_keys(*ids: int) -> list[str]:
     names = [HOOKS]
     for i in ids:
-        names += [rec(i), KEYS.chunks(str(i)), KEYS.watchers(str(i))]
+        names += [rec(i), KEYS.chunks(str(i))]
     return names
 
 
@@ -815,7 +922,7 @@ async def chunks_of(r: Redis, i: int) -> list[tuple[bytes, bytes]]:
 async def test_append_keeps_chunks_numbered_and_tells_the_watchers(r: Redis) -> None:
     await add_job(r, 1, "processing")
     await add_job(r, 2, "processing")
-    await r.sadd(KEYS.watchers("1"), "replica-a", "replica-b", "worker")
+    await r.hset(rec(1), "watchers", "replica-a,replica-b,worker")
     pubsub = r.pubsub()
     channels = [KEYS.to_replica(who) for who in ("replica-a", "replica-b", "worker")]
     await pubsub.subscribe(*channels)
@@ -834,7 +941,8 @@ async def test_append_keeps_chunks_numbered_and_tells_the_watchers(r: Redis) -> 
         assert message is not None
         told.append((message["channel"], message["data"]))
     assert sorted(told) == sorted(
-        (KEYS.to_replica(who).encode(), rec(1).encode()) for who in ("replica-a", "replica-b")
+        (KEYS.to_replica(who).encode(), b"o" + rec(1).encode())
+        for who in ("replica-a", "replica-b")
     ), "each watcher of job 1 once; job 2 has none"
     # The appending replica ("worker") tells its own followers itself: never on its channel.
     assert await pubsub.get_message(timeout=0.2) is None

@@ -208,6 +208,8 @@ async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
         await submits_refused(api, "out of memory")
         assert (await api.post("/predict", json={"input": 1})).status == 200, "sync still works"
         assert (await api.get(f"/predict/{queued[0]}")).status == 200, "reads still work"
+        waited = await api.get(f"/predict/{queued[1]}?wait=0.2")  # it watches the job
+        assert waited.status == 200, "and long-polls"
         worker = await make_client(model="tests.models:echo", consumer_name="drainer")
         if seven:  # Redis 7 lets accepted work finish: the queue drains, memory frees
             for prediction_id in queued:

@@ -199,6 +199,34 @@ async def test_a_long_poll_is_woken_by_a_job_finished_on_another_replica(
     assert record["status"] == "done" and record["output"]["result"] == {"echo": "wake me"}
 
 
+async def test_a_jobs_start_and_end_are_told_only_to_the_replica_that_waits_for_it(
+    make_client: ClientFactory, rds: Redis
+) -> None:
+    # Three replicas up; Redis publishes nothing for jobs no one waits for, and a wait's
+    # start and end go to the waiting replica's channel alone, not to every replica.
+    pubsub = rds.pubsub()
+    await pubsub.psubscribe("*")
+    await pubsub.get_message(timeout=1)
+    api = await make_client(workers=0, model="tests.models:echo", consumer_name="api")
+    await make_client(workers=0, model="tests.models:echo", consumer_name="idle")
+    await make_client(model="tests.models:echo", consumer_name="worker")
+    plain = [await submit(api, f"plain {i}") for i in range(5)]
+    for prediction_id in plain:
+        assert (await wait_final(api, prediction_id))["status"] == "done"
+    resp = await api.post(
+        "/predict", json={"input": "waited"}, headers={"Async-Mode": "true", "Prefer": "wait=10"}
+    )
+    assert resp.status == 200
+    waited = (await resp.json())["prediction_id"]
+    heard: list[tuple[bytes, bytes]] = []
+    while (message := await pubsub.get_message(timeout=0.5)) is not None:
+        heard.append((message["channel"], message["data"]))
+    await pubsub.aclose()
+    told = {(channel.rsplit(b":", 1)[1], data[:1]) for channel, data in heard}
+    assert told == {(b"api", b"s"), (b"api", b"e")}, heard
+    assert all(waited.encode() in data for _, data in heard), "only the waited job"
+
+
 async def test_a_long_poll_answers_the_current_record_when_time_is_up(
     make_client: ClientFactory,
 ) -> None:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from service.errors import RedisSlow
 from service.execution.coalesce import Coalescer
-from service.redis.calls import Scripts
+from service.redis.calls import Scripts, records
 from service.redis.calls import outputs as calls
 from service.redis.calls.outputs import AppendSettings, Pieces
 from service.redis.keys import Keys, Partitions
@@ -183,7 +183,7 @@ class Outputs:
         self._watched[prediction_id] = followers + 1
         try:
             if not followers:
-                await calls.watch(self._redis, keys, prediction_id, replica, self._settings.ttl)
+                await records.watch(self._scripts, keys, prediction_id, replica)
             yield
         finally:
             left = self._watched.pop(prediction_id) - 1
@@ -191,4 +191,4 @@ class Outputs:
                 self._watched[prediction_id] = left
             else:
                 self._recent.pop(prediction_id, None)
-                await calls.unwatch(self._redis, keys, prediction_id, replica)
+                await records.watch(self._scripts, keys, prediction_id, replica, start=False)

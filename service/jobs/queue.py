@@ -38,11 +38,13 @@ class DirectLane(Protocol):
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
     """Records live ``ttl`` seconds (RESULT_TTL_SECONDS); at most ``max_queue`` jobs wait
-    (0: no bound); a submit waits for Redis at most ``timeout`` seconds (0: no bound)."""
+    (0: no bound); a submit waits for Redis at most ``timeout`` seconds (0: no bound);
+    this replica is ``replica`` (told when a job someone here waits for starts or ends)."""
 
     ttl: int
     max_queue: int = 0
     timeout: float = 0.0
+    replica: str = ""
 
 
 class JobQueue:
@@ -186,6 +188,7 @@ class JobQueue:
             whole=whole,
             lane=self._lane_for(keys, jobs, whole),
             via=self._durable.call if self._durable is not None else None,
+            watcher=self._settings.replica,
         )
         if reply.delivered is not None and self._lane is not None:
             self._lane.deliver(keys, _delivered(jobs, reply, now))
@@ -205,7 +208,7 @@ class JobQueue:
             or not any(j.waited for j in jobs)
         ):
             return None
-        return Lane(keys.group, lane.consumer, keys.started, keys.publish)
+        return Lane(keys.group, lane.consumer, keys.to_replica(""), keys.publish)
 
 
 def _delivered(jobs: list[NewJob], reply: SubmitReply, now: float) -> list[Entry]:

@@ -24,17 +24,24 @@ class ResultStore:
     """The records of every partition: a batch's calls go to its partition (``keys``);
     reads and cancels find a job's partition from its id. ``limits``: what mark.lua holds
     a job to, and how long a record lives; a read waits for Redis at most ``timeout``
-    seconds (0: no bound)."""
+    seconds (0: no bound); this replica is ``replica`` (a read for a wait makes it one of
+    the job's watchers)."""
 
     def __init__(
-        self, scripts: Scripts, partitions: Partitions, limits: Limits, timeout: float = 0.0
+        self,
+        scripts: Scripts,
+        partitions: Partitions,
+        limits: Limits,
+        timeout: float = 0.0,
+        replica: str = "",
     ) -> None:
         self._scripts = scripts
         self._partitions = partitions
         self._limits = limits
+        self._replica = replica
         # Reads that come together share a call, one coalescer per partition: a slow node
         # holds up only the reads of its own partitions (503 after ``timeout`` seconds).
-        self._reads: list[Coalescer[str, JobRecord | None]] = [
+        self._reads: list[Coalescer[tuple[str, bool], JobRecord | None]] = [
             Coalescer(functools.partial(self._read_partition, p), timeout, RedisSlow)
             for p in partitions.all
         ]
@@ -85,13 +92,23 @@ class ResultStore:
             self._scripts, keys, record.prediction_id, record.status, fields, self._limits.ttl
         )
 
-    async def get(self, prediction_id: str) -> JobRecord | None:
-        """The job's record (None when unknown or expired)."""
-        return await self._reads[self._partitions.of(prediction_id).index].add(prediction_id)
+    async def get(self, prediction_id: str, watch: bool = False) -> JobRecord | None:
+        """The job's record (None when unknown or expired). With ``watch`` (a read for a
+        wait), this replica is told from then on when the job starts or ends."""
+        partition = self._partitions.of(prediction_id).index
+        return await self._reads[partition].add((prediction_id, watch))
+
+    async def watch(self, prediction_id: str, start: bool = True) -> None:
+        """This replica starts (or, not ``start``, stops) being told when the job starts,
+        ends or has new chunks."""
+        keys = self._partitions.of(prediction_id)
+        await calls.watch(self._scripts, keys, prediction_id, self._replica, start)
 
     async def _read_partition(
-        self, keys: Keys, prediction_ids: list[str]
+        self, keys: Keys, reads: list[tuple[str, bool]]
     ) -> list[JobRecord | None]:
         """Reads of one partition that came together: one script call."""
-        flats = await calls.read(self._scripts, keys, prediction_ids)
-        return [JobRecord.from_flat(p, flat) for p, flat in zip(prediction_ids, flats, strict=True)]
+        ids = [prediction_id for prediction_id, _ in reads]
+        watched = [watch for _, watch in reads]
+        flats = await calls.read(self._scripts, keys, ids, watched, self._replica)
+        return [JobRecord.from_flat(p, flat) for p, flat in zip(ids, flats, strict=True)]

@@ -1,6 +1,8 @@
-"""Waiting for jobs without polling: every replica follows the pub/sub channels on which
-the scripts that start or end jobs announce them, and wakes its local waiters. Also the
-two ways handlers wait: `submit_and_wait` (Prefer: wait) and `wait_for_record` (?wait=).
+"""Waiting for jobs without polling: a replica where someone waits for a job joins the
+job's watchers in Redis (with the read that starts the wait, or with the submit), and the
+scripts that start or end the job tell the watchers, each on its own channel; the replica
+wakes its local waiters. A job no one waits for is told to no one. Also the two ways
+handlers wait: `submit_and_wait` (Prefer: wait) and `wait_for_record` (?wait=).
 
 A waiter on replica A is woken by a job that replica B finished. A waiter always re-reads
 the record after it is woken (or its time is up), so a lost announcement (Redis restarting,
@@ -29,10 +31,10 @@ _SWEEP_SECONDS = 1.0
 
 
 class Waiters:
-    """Local waiters, woken by what every partition's two channels announce: ``done``
-    (jobs that ended) and ``started`` (jobs that began running), and by what this
-    replica's own channel says of the jobs it follows (new chunks). A waiter asks for the
-    end, for any change of status, and maybe for new chunks too."""
+    """Local waiters, woken by what this replica's own channel of every partition tells of
+    the jobs it watches: they ended, started, or have new chunks. A waiter asks for the
+    end, for any change of status, and maybe for new chunks too. The first read of a wait
+    must be one that watches (`ResultStore.get(..., watch=True)`)."""
 
     def __init__(self, target: RedisTarget, partitions: Partitions, replica: str) -> None:
         self._channels = Channels(target, partitions, replica, self._announced, self._wake_all)
@@ -61,10 +63,9 @@ class Waiters:
         await self._channels.stop()
 
     def _announced(self, keys: Keys, heard: Heard, data: bytes) -> None:
-        if heard is Heard.OUTPUT:
-            self._wake(keys.prediction_id(data), heard)
-            return
-        if not (self._changes or self._moves or (heard is Heard.ENDED and self._ends)):
+        if not (
+            self._changes or self._moves or self._outputs or (heard is Heard.ENDED and self._ends)
+        ):
             return  # no one here waits for these: not worth parsing
         for key in data.split(b","):
             self._wake(keys.prediction_id(key), heard)
@@ -248,7 +249,7 @@ async def wait_for_record(
     return await waiters.wait(
         prediction_id,
         seconds,
-        lambda: results.get(prediction_id),
+        lambda: results.get(prediction_id, watch=True),
         watching=registered,
         gone=gone,
     )

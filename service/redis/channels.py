@@ -1,5 +1,6 @@
-"""Following the channels on which the job scripts announce what started and what
-ended, on every partition.
+"""Following this replica's own channel of every partition, on which the job scripts tell
+it what started, what ended and what has new chunks, of the jobs it waits for (and only
+those: a job's end goes to the replicas in its record's watchers, not to every replica).
 
 On one node (or a Sentinel-managed primary) one connection subscribes to every channel.
 On a Redis Cluster the channels are shard channels (SPUBLISH in the scripts): one
@@ -24,6 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from service.redis.connection import client_for
 from service.redis.keys import Keys, Partitions
 from service.redis.url import RedisTarget
+from service.redis.words import Told
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +33,22 @@ _RECONNECT_SECONDS = 1.0
 
 
 class Heard(Enum):
-    """What a channel announces: jobs that ended, jobs that started, or (on this replica's
-    own channel) new chunks of jobs it follows."""
+    """What a message tells of the jobs it names (its first letter, `Told`): they ended,
+    they started, or they have new chunks."""
 
-    ENDED = "ended"
-    STARTED = "started"
-    OUTPUT = "output"
+    ENDED = Told.ENDED.value
+    STARTED = Told.STARTED.value
+    OUTPUT = Told.OUTPUT.value
+
+
+#: Heard, by the first byte of a message.
+_HEARD = {ord(h.value): h for h in Heard}
 
 
 class Channels:
-    """Calls ``announced(keys, heard, data)`` for each announcement of partition ``keys``
-    (``data``: record keys, comma-separated), and ``missed()`` whenever announcements may
-    have been missed (a lost connection). ``replica``: this replica's name, whose own
-    channel (`Keys.to_replica`) is followed too."""
+    """Calls ``announced(keys, heard, data)`` for each message to this ``replica`` of
+    partition ``keys`` (``data``: record keys, comma-separated), and ``missed()`` whenever
+    messages may have been missed (a lost connection)."""
 
     def __init__(
         self,
@@ -57,15 +62,7 @@ class Channels:
         self._partitions = partitions
         self._announced = announced
         self._missed = missed
-        self._channels = {
-            channel.encode(): (keys, heard)
-            for keys in partitions.all
-            for channel, heard in (
-                (keys.done, Heard.ENDED),
-                (keys.started, Heard.STARTED),
-                (keys.to_replica(replica), Heard.OUTPUT),
-            )
-        }
+        self._channels = {keys.to_replica(replica).encode(): keys for keys in partitions.all}
         # Its own connections: a subscribed connection can do nothing else, and it must
         # not time out while the channels are quiet.
         self._redis: Redis = client_for(target, socket_timeout=None)
@@ -102,7 +99,7 @@ class Channels:
 
         async def subscribed() -> tuple[PubSub, Redis | None]:
             await cluster.initialize()  # the slot map, once (and again after a failure)
-            node = cluster.get_node_from_key(keys.done)
+            node = cluster.get_node_from_key(keys.to_replica(""))
             primary = Redis(
                 host=node.host,
                 port=node.port,
@@ -115,7 +112,7 @@ class Channels:
             )
             pubsub = primary.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.ssubscribe(*(c for c, (k, _) in self._channels.items() if k is keys))
+                await pubsub.ssubscribe(*(c for c, k in self._channels.items() if k is keys))
             except BaseException:
                 await pubsub.aclose()
                 await primary.aclose()
@@ -146,8 +143,11 @@ class Channels:
                 outage = False
                 async for message in pubsub.listen():
                     if message["type"] == kind:
-                        keys, heard = self._channels[message["channel"]]
-                        self._announced(keys, heard, message["data"])
+                        data = message["data"]
+                        heard = _HEARD.get(data[0]) if data else None
+                        if heard is not None:
+                            keys = self._channels[message["channel"]]
+                            self._announced(keys, heard, data[1:])
                     elif message["type"] in ("sunsubscribe", "unsubscribe"):
                         raise RedisConnectionError("the channels moved to another node")
             except (RedisError, RedisClusterException, OSError) as exc:

@@ -85,29 +85,16 @@ class Keys:
         """Sorted set of failed deliveries, scored by when to try them again."""
         return self.base + ":webhooks:retry"
 
-    @property
-    def done(self) -> str:
-        """Channel: record keys of jobs that just ended, comma-separated."""
-        return self.base + ":done"
-
-    @property
-    def started(self) -> str:
-        """Channel: record keys of jobs that just started running, comma-separated."""
-        return self.base + ":started"
-
     def to_replica(self, replica: str) -> str:
-        """Channel: what one replica follows of this partition's jobs (record keys of jobs
-        with new chunks), told only to the replicas that follow them."""
+        """Channel: what one replica waits for of this partition's jobs: that they ended,
+        started or have new chunks (a `Told` letter, then record keys, comma-separated),
+        told only to the replicas in a record's watchers (`tell.lua`)."""
         return f"{self.base}:to:{replica}"
 
     def chunks(self, prediction_id: str) -> str:
         """Stream of a streaming job's chunks (ids 0-1, 0-2, ...: their numbers); it expires
         with the record."""
         return self.record(prediction_id) + ":chunks"
-
-    def watchers(self, prediction_id: str) -> str:
-        """Set of the replicas following a streaming job's chunks (told on `to_replica`)."""
-        return self.record(prediction_id) + ":watch"
 
     def write_probe(self, consumer: str) -> str:
         """A short-lived key a replica writes to see that Redis takes writes (readiness)."""

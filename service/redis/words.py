@@ -55,6 +55,16 @@ class Appended(StrEnum):
     STOP = "stop"
 
 
+class Told(StrEnum):
+    """What a message on a replica's own channel tells of the jobs it names (its first
+    letter; the record keys follow, comma-separated): they ended, they started, or they
+    have new chunks."""
+
+    ENDED = "e"
+    STARTED = "s"
+    OUTPUT = "o"
+
+
 #: The tables every script sees, by their Lua name.
 TABLES: dict[str, type[StrEnum]] = {
     "STATUS": Status,
@@ -63,6 +73,7 @@ TABLES: dict[str, type[StrEnum]] = {
     "ENDING": Ending,
     "REPLAYED": Replayed,
     "APPENDED": Appended,
+    "TOLD": Told,
 }
 
 

@@ -20,7 +20,7 @@ from redis.commands.core import AsyncScript
 
 from service.redis.lua import register
 
-#: Every script run on its own (the includes, start_job and no_backlog, are parts of them).
+#: Every script run on its own (the includes, start_job, no_backlog and tell, are parts of them).
 NAMES = (
     "submit",
     "take",
@@ -31,6 +31,7 @@ NAMES = (
     "finish",
     "cancel",
     "read",
+    "watch",
     "keep_sync",
     "replay",
     "release_due",

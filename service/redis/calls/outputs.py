@@ -1,4 +1,4 @@
-"""The calls of streaming jobs' chunks: append.lua, and the reads and watches around it."""
+"""The calls of streaming jobs' chunks: append.lua, and their reads."""
 
 from __future__ import annotations
 
@@ -51,11 +51,7 @@ async def append(
         settings.replica,
     ]
     for job in jobs:
-        names += (
-            keys.record(job.prediction_id),
-            keys.chunks(job.prediction_id),
-            keys.watchers(job.prediction_id),
-        )
+        names += (keys.record(job.prediction_id), keys.chunks(job.prediction_id))
         args += (job.first, len(job.chunks), *job.chunks)
     reply = await scripts.run("append", names, args)
     return [_WORDS[word] for word in reply]
@@ -67,15 +63,3 @@ async def read(
     """A job's chunks numbered after ``after`` (up to ``count``), with their numbers."""
     reply: Any = await redis.xrange(keys.chunks(prediction_id), f"(0-{after}", "+", count)
     return [(int(entry_id.split(b"-")[1]), fields[b"c"]) for entry_id, fields in reply]
-
-
-async def watch(redis: Redis, keys: Keys, prediction_id: str, replica: str, ttl: int) -> None:
-    """Asks for ``replica`` to be told of the job's new chunks (until `unwatch`)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.sadd(keys.watchers(prediction_id), replica)
-        pipe.expire(keys.watchers(prediction_id), ttl)
-        await pipe.execute()
-
-
-async def unwatch(redis: Redis, keys: Keys, prediction_id: str, replica: str) -> None:
-    await redis.srem(keys.watchers(prediction_id), replica)

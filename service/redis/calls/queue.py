@@ -17,11 +17,12 @@ from service.redis.words import Submitted
 @dataclass(frozen=True, slots=True)
 class Lane:
     """Where a submit may deliver its jobs at once (the direct lane): ``consumer`` of the
-    partition's group, announced on its started channel."""
+    partition's group; the jobs' watchers are told they started on their channels (the
+    partition's prefix of them, `Keys.to_replica`)."""
 
     group: str
     consumer: str
-    started: str
+    prefix: str
     publish: str
 
 
@@ -55,14 +56,18 @@ async def submit(
     whole: bool = False,
     lane: Lane | None = None,
     via: Runner | None = None,
+    watcher: str = "",
 ) -> SubmitReply:
     """Writes the records of ``jobs`` (all of one partition, tenant and priority: the
     stream of ``keys``) and queues them, or (``whole``) all or none; with ``lane``, may
     deliver them at once to its consumer. ``limit`` bounds the tenant's three streams of
-    the partition (0: none)."""
-    keys_out, args = _submit_arguments(keys, jobs, ttl=ttl, limit=limit, now=now, whole=whole)
+    the partition (0: none). ``watcher``: the replica told when a job someone waits for
+    (`NewJob.waited`) starts or ends."""
+    keys_out, args = _submit_arguments(
+        keys, jobs, ttl=ttl, limit=limit, now=now, whole=whole, watcher=watcher
+    )
     if lane is not None:
-        args += (lane.group, lane.consumer, lane.started, lane.publish)
+        args += (lane.group, lane.consumer, lane.prefix, lane.publish)
     reply: Any = await scripts.run("submit", keys_out, args, via)
     delivered = None
     if (
@@ -78,10 +83,17 @@ async def submit(
 
 
 def _submit_arguments(
-    keys: Keys, jobs: Sequence[NewJob], *, ttl: int, limit: int, now: float, whole: bool
+    keys: Keys,
+    jobs: Sequence[NewJob],
+    *,
+    ttl: int,
+    limit: int,
+    now: float,
+    whole: bool,
+    watcher: str = "",
 ) -> tuple[list[Any], list[Any]]:
     """submit.lua's KEYS and ARGV, in the order of its header (the lane's four arguments
-    aside)."""
+    aside). ``watcher``: the replica that waits for the jobs someone waits for."""
     names: list[Any] = [keys.stream] + [s.stream for s in keys.priorities if s != keys]
     args: list[Any] = [
         ttl,
@@ -101,6 +113,7 @@ def _submit_arguments(
             or job.cancel_after
             or job.traceparent
             or job.untimed_wait
+            or (watcher and job.waited)
         ):
             index = 0  # the place of its idempotency key in KEYS, from 1 (0: none)
             if job.idempotency_key:
@@ -108,10 +121,13 @@ def _submit_arguments(
                 index = 3 + len(jobs) + len(idempotency)
             cancel_at = repr(now + job.cancel_after) if job.cancel_after else ""
             extras = [index, job.body_digest, job.webhook, job.webhook_events, cancel_at]
-            if job.traceparent or job.untimed_wait:
+            waits = watcher if job.waited else ""
+            if job.traceparent or job.untimed_wait or waits:
                 extras.append(job.traceparent)
-            if job.untimed_wait:
-                extras.append("1")
+            if job.untimed_wait or waits:
+                extras.append("1" if job.untimed_wait else "")
+            if waits:
+                extras.append(waits)
             args.append(orjson.dumps(extras))
         else:
             args.append("")

@@ -42,8 +42,7 @@ async def mark(
         limits.ttl,
         limits.max_deliveries,
         limits.job_timeout,
-        keys.done,
-        keys.started,
+        keys.to_replica(""),
         keys.publish,
     ]
     args.extend(entry_id for _, entry_id in jobs)
@@ -88,7 +87,7 @@ async def finish(
         keys.group,
         repr(now),
         ttl,
-        keys.done,
+        keys.to_replica(""),
         keys.publish,
         "".join("1" if w else "0" for w in wanted) if any(wanted) else "",
     ]
@@ -128,15 +127,31 @@ async def cancel(
     before, flat, stopping = await scripts.run(
         "cancel",
         [keys.record(prediction_id)],
-        [repr(now), keys.done, keys.publish, tenant, *streaming],
+        [repr(now), keys.to_replica(""), keys.publish, tenant, *streaming],
     )
     return (Status(text(before)) if before else None), flat, bool(stopping)
 
 
-async def read(scripts: Scripts, keys: Keys, prediction_ids: Sequence[str]) -> list[Flat]:
-    """The records of jobs of one partition (each [] when it is gone): one call."""
-    reply: list[Flat] = await scripts.run("read", [keys.record(p) for p in prediction_ids], [])
+async def read(
+    scripts: Scripts,
+    keys: Keys,
+    prediction_ids: Sequence[str],
+    watched: Sequence[bool] = (),
+    replica: str = "",
+) -> list[Flat]:
+    """The records of jobs of one partition (each [] when it is gone): one call. ``replica``
+    joins the watchers of the jobs ``watched`` flags that are still queued or running."""
+    args = [replica, "".join("1" if w else "0" for w in watched)] if any(watched) else []
+    reply: list[Flat] = await scripts.run("read", [keys.record(p) for p in prediction_ids], args)
     return reply
+
+
+async def watch(
+    scripts: Scripts, keys: Keys, prediction_id: str, replica: str, start: bool = True
+) -> None:
+    """``replica`` starts (or, not ``start``, stops) waiting for the job: the scripts that
+    end it, start it or add its chunks tell it (while the job is queued or running)."""
+    await scripts.run("watch", [keys.record(prediction_id)], [replica, "1" if start else ""])
 
 
 async def keep_sync(

@@ -3,8 +3,8 @@
 --
 -- KEYS: the stream, the webhook deliveries stream, the backlog hash (jobs queued or
 --   running, by model), then one record key per finished job.
--- ARGV: group, finished time, record TTL (s), done channel, the command to
---   announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
+-- ARGV: group, finished time, record TTL (s), the prefix of a replica's channel
+--   ('<base>:to:'), the command to announce with (PUBLISH, or SPUBLISH on a cluster), one flag per job ('1': answer its
 --   record; '' for no records at all), then one outcome per job ('R' + the result as JSON
 --   when done, 'E' + the error when failed, 'C' + why when canceled: it ran past its
 --   Cancel-After), then per entry to ack: its id and its model.
@@ -12,7 +12,7 @@
 -- and finished time, and a webhook delivery when its events name that status (or, for
 -- canceled, 'failed'); a record
 -- that is final already keeps its value; a record that is gone is not recreated.
--- The jobs it ends are announced on the done channel; then the entries are acked
+-- The jobs it ends are told to the replicas that wait for them (tell.lua); then the entries are acked
 -- (each one leaves its model's backlog, once; a model at 0 leaves the hash) and deleted (the stream keeps only work that
 -- waits or runs).
 -- Returns: with flags, per flagged job ({} for the others): '=' and the fields the caller
@@ -20,14 +20,15 @@
 --   final record, else the record as it is (fields and values; {} when gone); without
 --   flags, the number of jobs.
 -- Never: rewrites a final record; acks an entry it was not given.
+--! include tell.lua
 local group, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local jobs, want = #KEYS - 3, ARGV[6]
-local ended, out = {}, {}
+local ended, out = told(), {}
 for i = 1, jobs do
   local key = KEYS[i + 3]
   -- One read: the status decides, the rest goes to the webhook check and the answer.
   local f = redis.call('HMGET', key, 'status', 'webhook', 'webhook_events', 'started_at',
-                       'attempts', 'created_at')
+                       'attempts', 'created_at', 'watchers')
   local status = f[1]
   local written = status == STATUS.QUEUED or status == STATUS.PROCESSING
   if written then
@@ -45,7 +46,7 @@ for i = 1, jobs do
                  'error', string.sub(outcome, 2), 'finished_at', now)
     end
     redis.call('EXPIRE', key, ttl)
-    ended[#ended + 1] = key
+    tell(ended, f[7], key)
     local events = ',' .. (f[3] or '') .. ','
     if f[2] and (string.find(events, ',' .. final .. ',', 1, true)
                  or (final == STATUS.CANCELED and string.find(events, ',' .. STATUS.FAILED .. ',', 1, true))) then
@@ -63,7 +64,7 @@ for i = 1, jobs do
     end
   end
 end
-if #ended > 0 then redis.call(ARGV[5], ARGV[4], table.concat(ended, ',')) end
+send(ended, ARGV[5], ARGV[4], TOLD.ENDED)
 local acked, left, models = {}, {}, {}
 for i = 7 + jobs, #ARGV, 2 do
   local model = ARGV[i + 1]

@@ -12,9 +12,10 @@
 --   body digest, webhook URL or '', webhook events 'done,failed', and optionally the
 --   time (Unix s) its Cancel-After passes, or '', and optionally its W3C traceparent (or
 --   ''), and optionally '1': its time limit counts from its start, not its submission (a
---   batch's job: record field 'untimed', entry field 'nt')]); optionally four more
---   for the direct lane: group, lane consumer, started channel, the command to announce
---   with (PUBLISH, or SPUBLISH on a cluster).
+--   batch's job: record field 'untimed', entry field 'nt'), and optionally the replica
+--   that waits for it (or ''): its first watcher (tell.lua)]); optionally four more
+--   for the direct lane: group, lane consumer, the prefix of a replica's channel
+--   ('<base>:to:'), the command to announce with (PUBLISH, or SPUBLISH on a cluster).
 -- Per job, in order:
 --   its record exists already (a client retry of this very call): 'ok', left as it is;
 --   its idempotency key is known: 'dup:<earlier id>' (same digest) or 'conflict';
@@ -24,13 +25,14 @@
 --     idempotency key written: 'ok'.
 -- Nothing is written for a job that is not 'ok'; all-or-none writes nothing unless every
 -- job is new and fits. With the lane arguments and nothing waiting undelivered in any of
--- the three streams, the jobs are started (start_job) and delivered to the lane consumer
--- in the same call.
+-- the three streams, the jobs are started (start_job), told started to their watchers and
+-- delivered to the lane consumer in the same call.
 -- Returns: the number of jobs when all are 'ok', else the list of answers; with the lane,
 --   {that, entry ids ('' for a job not written)}.
 -- Never: rewrites an existing record, or touches a key it was not given.
 --! include no_backlog.lua
 --! include start_job.lua
+--! include tell.lua
 local ttl, limit, whole, now = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]
 local priority, tenant = ARGV[5], ARGV[6]
 local jobs = #ARGV >= 6 and math.floor((#ARGV - 6) / 5) or 0
@@ -42,9 +44,9 @@ if limit > 0 then
 end
 local function extras(i)
   local raw = arg(i, 5)
-  if raw == '' then return 0, '', '', '', '', '', '' end
+  if raw == '' then return 0, '', '', '', '', '', '', '' end
   local x = cjson.decode(raw)
-  return x[1], x[2], x[3], x[4], x[5] or '', x[6] or '', x[7] or ''
+  return x[1], x[2], x[3], x[4], x[5] or '', x[6] or '', x[7] or '', x[8] or ''
 end
 local out, all_ok = {}, true
 
@@ -74,10 +76,10 @@ if whole then
 end
 
 local lane = #ARGV > 6 + 5 * jobs
-local group, consumer, started_channel, publish
+local group, consumer, prefix, publish
 if lane then
   local b = 7 + 5 * jobs
-  group, consumer, started_channel, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  group, consumer, prefix, publish = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   -- Straight to the lane only while none of the partition's streams has jobs waiting: a
   -- job never overtakes one of its own or a higher priority this way.
   lane = no_backlog(KEYS[1], group)
@@ -94,10 +96,10 @@ for first = 4, 3 + jobs, 1000 do
     break
   end
 end
-local entry_ids, started, queued, models = {}, {}, {}, {}
+local entry_ids, started, queued, models, news = {}, {}, {}, {}, told()
 for i = 1, jobs do
   local key = KEYS[i + 3]
-  local idem, digest, webhook, events, cancel_at, tp, untimed = extras(i)
+  local idem, digest, webhook, events, cancel_at, tp, untimed, watcher = extras(i)
   local known = false
   if idem > 0 then known = redis.call('GET', KEYS[idem]) end
   if retried and redis.call('EXISTS', key) == 1 then
@@ -130,11 +132,13 @@ for i = 1, jobs do
     add('cancel_at', cancel_at)
     add('traceparent', tp)
     add('untimed', untimed ~= '' and '1' or '')
+    add('watchers', watcher)
     redis.call('HSET', key, unpack(fields))
     redis.call('EXPIRE', key, ttl)
     if lane then
       start_job(key, now, 0)
       started[#started + 1] = key
+      tell(news, watcher, key)
     end
     if cancel_at == '' and tp == '' and untimed == '' then
       entry_ids[i] = redis.call('XADD', KEYS[1], '*', 'id', id, 'model', model,
@@ -161,7 +165,7 @@ if lane and #started > 0 then
   -- hands out next: to the lane's consumer, started above.
   redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', #started,
              'STREAMS', KEYS[1], '>')
-  redis.call(publish, started_channel, table.concat(started, ','))
+  send(news, publish, prefix, TOLD.STARTED)
   if all_ok then return {jobs, entry_ids} end
   return {out, entry_ids}
 end
