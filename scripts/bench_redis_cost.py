@@ -13,7 +13,11 @@ submits again with STANDBY more API-only replicas up that take no requests: what
 following the jobs costs when no one there waits for them (Redis's CPU and the bytes it
 writes per job, INFO stats, beside the same figures with none standing by).
 
-    scripts/bench --redis-cost [--jobs 20000] [--concurrency 64] [--standby 24]
+With --cluster the service runs on a Redis Cluster of three primaries (a replica each,
+one partition per primary) and its figures are summed over the primaries; the baseline
+stays on one node, where a minimal queue's one stream would live on a cluster too.
+
+    scripts/bench --redis-cost [--jobs 20000] [--concurrency 64] [--standby 24] [--cluster]
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +41,50 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import server  # noqa: E402
+from scripts.redis_local import find_redis7, start_cluster  # noqa: E402
 from service.redis.embedded import RedisServer, free_port  # noqa: E402
+from service.redis.keys import Names, Partitions  # noqa: E402
 
 IDLE_SECONDS = 3.0
 BATCH = 32
 
 
-async def _figures(r: aioredis.Redis) -> tuple[float, int, dict[str, int], int]:
+#: The servers measured: one node, or a cluster's primaries (their figures are summed).
+Nodes = list[aioredis.Redis]
+
+
+async def _figures(nodes: Nodes) -> tuple[float, int, dict[str, int], int]:
     """(Redis CPU seconds so far, commands so far, and by command (INFO's own left out),
-    bytes written to clients so far)."""
-    cpu = await r.info("cpu")
-    stats = await r.info("commandstats")
-    written = int((await r.info("stats"))["total_net_output_bytes"])
-    by = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    bytes written to clients so far), summed over ``nodes``."""
+    seconds, by, written = 0.0, {}, 0
+    for r in nodes:
+        cpu = await r.info("cpu")
+        stats = await r.info("commandstats")
+        written += int((await r.info("stats"))["total_net_output_bytes"])
+        for k, v in stats.items():
+            name = k.removeprefix("cmdstat_")
+            by[name] = by.get(name, 0) + int(v["calls"])
+        seconds += float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
     by.pop("info", None)
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), sum(by.values()), by, written
+    return seconds, sum(by.values()), by, written
 
 
-async def _idle_rate(r: aioredis.Redis) -> tuple[float, float]:
+async def _idle_rate(nodes: Nodes) -> tuple[float, float]:
     """Redis CPU seconds and commands per second with nothing sent."""
-    before = await _figures(r)
+    before = await _figures(nodes)
     await asyncio.sleep(IDLE_SECONDS)
-    after = await _figures(r)
+    after = await _figures(nodes)
     return (after[0] - before[0]) / IDLE_SECONDS, (after[1] - before[1] - 2) / IDLE_SECONDS
 
 
 async def _measured(
-    r: aioredis.Redis, jobs: int, run: Callable[[], Any], idle: tuple[float, float]
+    nodes: Nodes, jobs: int, run: Callable[[], Any], idle: tuple[float, float]
 ) -> dict[str, Any]:
-    before = await _figures(r)
+    before = await _figures(nodes)
     began = time.monotonic()
     await run()
     seconds = time.monotonic() - began
-    after = await _figures(r)
+    after = await _figures(nodes)
     cpu = after[0] - before[0] - idle[0] * seconds
     calls = after[1] - before[1] - idle[1] * seconds
     by = {name: (n - before[2].get(name, 0)) / jobs for name, n in after[2].items()}
@@ -88,7 +104,7 @@ async def _baseline(url: str, jobs: int) -> dict[str, Any]:
     r = aioredis.from_url(url)
     stream, group = "jobs", "workers"
     await r.xgroup_create(stream, group, id="0", mkstream=True)
-    idle = await _idle_rate(r)
+    idle = await _idle_rate([r])
     body = b'{"input": "x"}'
 
     async def produce() -> None:
@@ -119,7 +135,7 @@ async def _baseline(url: str, jobs: int) -> dict[str, Any]:
     async def both() -> None:
         await asyncio.gather(produce(), consume())
 
-    figures = await _measured(r, jobs, both, idle)
+    figures = await _measured([r], jobs, both, idle)
     await r.aclose()
     return figures
 
@@ -131,7 +147,7 @@ Extra = Callable[[int], dict[str, str]]
 
 
 async def _submits(
-    r: aioredis.Redis,
+    backlog: Callable[[], Awaitable[int]],
     base: str,
     jobs: int,
     concurrency: int,
@@ -153,7 +169,7 @@ async def _submits(
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     deadline = time.monotonic() + 120
-    while await r.hlen("predictions:backlog"):  # queued or running, by model
+    while await backlog():  # jobs queued or running
         if time.monotonic() > deadline:
             raise SystemExit("the jobs did not drain within 120 s")
         await asyncio.sleep(0.05)
@@ -168,20 +184,49 @@ FEATURES: dict[str, Extra] = {
 
 
 async def _service(
-    url: str, base: str, jobs: int, concurrency: int, features: dict[str, Extra] = FEATURES
+    target: Target, base: str, jobs: int, concurrency: int, features: dict[str, Extra] = FEATURES
 ) -> dict[str, dict[str, Any]]:
-    r = aioredis.from_url(url)
+    client = target.client()
+    nodes = [aioredis.Redis(port=port) for port in target.primaries]
+    stored = await client.get(Names().meta)
+    names = Names()
+    partitions = (
+        Partitions(names, json.loads(stored)["tags"], sharded=True)
+        if stored
+        else Partitions.single(names)
+    )
+
+    async def backlog() -> int:
+        return sum([await client.hlen(keys.backlog) for keys in partitions.all])
+
     try:
-        await _submits(r, base, 500, concurrency, FEATURES["plain"])  # warm up
-        idle = await _idle_rate(r)
+        await _submits(backlog, base, 500, concurrency, FEATURES["plain"])  # warm up
+        idle = await _idle_rate(nodes)
         out = {}
         for name, extra in features.items():
             out[name] = await _measured(
-                r, jobs, lambda e=extra: _submits(r, base, jobs, concurrency, e), idle
+                nodes, jobs, lambda e=extra: _submits(backlog, base, jobs, concurrency, e), idle
             )
         return out
     finally:
-        await r.aclose()
+        for r in nodes:
+            await r.aclose()
+        await client.aclose()
+
+
+class Target:
+    """The Redis the service runs on: ``url``, its primaries' ports, and whether it is a
+    cluster."""
+
+    def __init__(self, url: str, primaries: list[int], cluster: bool = False) -> None:
+        self.url = url
+        self.primaries = primaries
+        self.cluster = cluster
+
+    def client(self) -> Any:
+        if self.cluster:
+            return aioredis.RedisCluster(host="127.0.0.1", port=self.primaries[0])
+        return aioredis.from_url(self.url)
 
 
 def main() -> int:
@@ -189,6 +234,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--standby", type=int, default=24, help="API-only replicas (0: skip)")
+    parser.add_argument("--cluster", action="store_true", help="the service on a cluster")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -197,8 +243,15 @@ def main() -> int:
             base = asyncio.run(_baseline(redis_server.start(), args.jobs))
         finally:
             redis_server.stop()
-        redis_server = RedisServer(folder / "service", free_port())
-        url = redis_server.start()
+        if args.cluster:
+            cluster = start_cluster(folder / "cluster", *find_redis7())
+            ports = [s.port for s in cluster.primaries()]
+            target, stop = Target(cluster.url, ports, cluster=True), cluster.stop
+        else:
+            redis_server = RedisServer(folder / "service", free_port())
+            url = redis_server.start()
+            target, stop = Target(url, [redis_server.port]), redis_server.stop
+        url = target.url
         common = {"model": "examples.instant:Instant", "log_level": "ERROR"}
         try:
             with (
@@ -209,7 +262,7 @@ def main() -> int:
                 server(url, workers=1, consumer_name="worker", data_dir=folder / "w", **common),
             ):
                 api = f"http://127.0.0.1:{port}"
-                service = asyncio.run(_service(url, api, args.jobs, args.concurrency))
+                service = asyncio.run(_service(target, api, args.jobs, args.concurrency))
                 standing: dict[str, Any] | None = None
                 if args.standby:
                     with contextlib.ExitStack() as stack:
@@ -225,7 +278,7 @@ def main() -> int:
                             )
                         standing = asyncio.run(
                             _service(
-                                url,
+                                target,
                                 api,
                                 args.jobs,
                                 args.concurrency,
@@ -233,9 +286,10 @@ def main() -> int:
                             )
                         )["plain"]
         finally:
-            redis_server.stop()
+            stop()
     plain = service["plain"]
-    print(f"Redis work per job, {args.jobs:,} jobs a run (idle subtracted):")
+    where = "on a three-primary cluster, summed" if args.cluster else "on one node"
+    print(f"Redis work per job, {args.jobs:,} jobs a run (idle subtracted), the service {where}:")
     print("| | Redis CPU per job (us) | commands per job |\n|---|---:|---:|")
     print(
         f"| baseline (the least a stream queue does) | {base['us']:.1f} | {base['commands']:.1f} |"
