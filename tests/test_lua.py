@@ -659,6 +659,7 @@ async def test_finish_tells_each_watcher_of_what_ended_once_and_no_one_else(r: R
         ("a", b"e" + rec(1).encode()),
         ("b", b"e" + f"{rec(1)},{rec(2)}".encode()),
     ]
+    assert [await r.hget(rec(i), "watchers") for i in (1, 2)] == [None, None], "told: left"
     async with listening(r) as heard:  # a late second finish ends nothing: tells nothing
         await call(r, "finish", [STREAM, HOOKS, BACKLOG, rec(1)], finish_args(["R9"], [first]))
     assert heard == []
@@ -678,6 +679,8 @@ async def test_mark_tells_the_watchers_what_it_started_and_what_it_ended(r: Redi
         ("a", b"s" + rec(1).encode()),
         ("b", b"e" + rec(2).encode()),
     ]
+    assert await r.hget(rec(1), "watchers") == b"a", "a job that started keeps its watchers"
+    assert await r.hget(rec(2), "watchers") is None, "one that ended leaves none"
 
 
 async def test_cancel_tells_only_the_watchers_of_the_job(r: Redis) -> None:
@@ -687,6 +690,7 @@ async def test_cancel_tells_only_the_watchers_of_the_job(r: Redis) -> None:
         await call(r, "cancel", [rec(1)], ["300", TO, "PUBLISH", ""])
         await call(r, "cancel", [rec(2)], ["300", TO, "PUBLISH", ""])
     assert heard == [("a", b"e" + rec(1).encode())]
+    assert await r.hget(rec(1), "watchers") is None
 
 
 async def test_a_read_for_a_wait_joins_the_watchers_of_a_job_not_ended_once(r: Redis) -> None:
@@ -699,22 +703,6 @@ async def test_a_read_for_a_wait_joins_the_watchers_of_a_job_not_ended_once(r: R
         await call(r, "read", keys, ["a", "11110"])
     watchers = [await r.hget(rec(i), "watchers") for i in (1, 2, 3, 4)]
     assert watchers == [b"a", b"b,a", None, None], "not an ended job, nor one not flagged"
-    assert not await r.exists(rec("gone"))
-
-
-async def test_watch_starts_and_stops_a_replicas_watch(r: Redis) -> None:
-    await add_job(r, 1, "processing", watchers="b")
-    assert await call(r, "watch", [rec(1)], ["a", "1"]) == 1
-    assert await call(r, "watch", [rec(1)], ["a", "1"]) == 0, "once"
-    assert await r.hget(rec(1), "watchers") == b"b,a"
-    assert await call(r, "watch", [rec(1)], ["b", ""]) == 1
-    assert await call(r, "watch", [rec(1)], ["c", ""]) == 0, "not one of them"
-    assert await r.hget(rec(1), "watchers") == b"a"
-    assert await call(r, "watch", [rec(1)], ["a", ""]) == 1
-    assert not await r.hexists(rec(1), "watchers"), "the field goes with its last name"
-    await add_job(r, 2, "done")
-    assert await call(r, "watch", [rec(2)], ["a", "1"]) == 0, "a job that ended"
-    assert await call(r, "watch", [rec("gone")], ["a", "1"]) == 0
     assert not await r.exists(rec("gone"))
 
 

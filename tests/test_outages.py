@@ -223,6 +223,22 @@ async def test_redis_out_of_memory_is_503_not_ready_and_the_queue_still_drains(
     assert (await submit(api, "after")) is not None
 
 
+async def test_reads_and_waits_answer_while_redis_refuses_writes_for_want_of_replicas(
+    make_client: ClientFactory, rds: Any
+) -> None:
+    # Redis refuses every write (NOREPLICAS): a read, and a wait whose read would add its
+    # watcher, still answer the record as it is.
+    api = await make_client(workers=0, model="tests.models:echo")
+    prediction_id = await submit(api, "read me")
+    await rds.config_set("min-replicas-to-write", "1")
+    try:
+        assert (await api.get(f"/predict/{prediction_id}")).status == 200
+        waited = await api.get(f"/predict/{prediction_id}?wait=0.2")
+        assert waited.status == 200 and (await waited.json())["status"] == "queued"
+    finally:
+        await rds.config_set("min-replicas-to-write", "0")
+
+
 async def test_a_replica_starts_while_redis_is_out_of_memory_and_waits(
     make_client: ClientFactory, rds: Any
 ) -> None:

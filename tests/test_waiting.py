@@ -227,6 +227,32 @@ async def test_a_jobs_start_and_end_are_told_only_to_the_replica_that_waits_for_
     assert all(waited.encode() in data for _, data in heard), "only the waited job"
 
 
+async def test_an_events_follower_leaving_does_not_unhook_a_long_poll_on_its_replica(
+    make_client: ClientFactory,
+) -> None:
+    # A long-poll and an /events stream on the same replica wait for the same job; the
+    # stream closes first. The long-poll is still woken by the job's end on another
+    # replica (not by its 30 s running out).
+    api = await make_client(workers=0, model="tests.models:echo", consumer_name="api")
+    prediction_id = await submit(api, "twice watched")
+    waiting = asyncio.create_task(api.get(f"/predict/{prediction_id}?wait=30"))
+    events = await api.get(f"/predict/{prediction_id}/events")
+    assert events.status == 200
+    while b'"queued"' not in await asyncio.wait_for(events.content.readline(), 10):
+        pass  # its first status event: it follows the job now
+    events.close()
+    waiters = api.server.app[state.WAITERS]
+
+    async def left() -> bool:
+        return not waiters.followed(prediction_id)
+
+    await poll(left)  # the stream's follower is gone from the replica
+    assert not waiting.done()
+    await make_client(model="tests.models:echo", consumer_name="worker")
+    resp = await asyncio.wait_for(waiting, 10)
+    assert (await resp.json())["status"] == "done"
+
+
 async def test_a_long_poll_answers_the_current_record_when_time_is_up(
     make_client: ClientFactory,
 ) -> None:

@@ -72,9 +72,8 @@ async def follow(
     Nothing twice, nothing missed: the follower is registered (on this replica and, for
     new chunks, in Redis) before each read of the record and of the chunks."""
     waiters, outputs = request.app[state.WAITERS], request.app[state.OUTPUTS]
-    with waiters.following(prediction_id):
-        async with outputs.watching(prediction_id):
-            await _follow(request, response, prediction_id, after)
+    with waiters.following(prediction_id), outputs.watching(prediction_id):
+        await _follow(request, response, prediction_id, after)
 
 
 async def _follow(
@@ -94,7 +93,9 @@ async def _follow(
             now = time.monotonic()
             if waiters.moves(prediction_id) != moves or now - read_at >= KEEPALIVE_SECONDS:
                 moves, read_at = waiters.moves(prediction_id), now
-                current = await results.get(prediction_id)
+                # A read that watches: from it on, this replica is told of the job's
+                # starts, end and chunks (again after a failover lost the field).
+                current = await results.get(prediction_id, watch=True)
             if current is None:  # expired meanwhile
                 return
             wrote = after

@@ -1,9 +1,10 @@
 """Streaming jobs' chunks in Redis: the worker running a job appends each chunk as its model
 yields it (the appends of one partition that come together share one call), and anyone
 reads them back, on any replica, while the job runs or after it ended, until its record
-expires. A replica that follows a job is told of its new chunks on its own channel, and
-only while it follows it (`watch`); followers on the replica that runs the job are handed
-its latest chunks in memory once Redis has them (no announcement, no read back)."""
+expires. A replica is told of a job's new chunks on its own channel once a read for a wait
+made it one of the job's watchers; followers on the replica that runs the job are handed
+its latest chunks in memory once Redis has them (`watching`: no announcement, no read
+back)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import asyncio
 import collections
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from service.errors import RedisSlow
 from service.execution.coalesce import Coalescer
-from service.redis.calls import Scripts, records
+from service.redis.calls import Scripts
 from service.redis.calls import outputs as calls
 from service.redis.calls.outputs import AppendSettings, Pieces
 from service.redis.keys import Keys, Partitions
@@ -174,16 +175,13 @@ class Outputs:
             self._redis, self._partitions.of(prediction_id), prediction_id, after
         )
 
-    @asynccontextmanager
-    async def watching(self, prediction_id: str) -> AsyncIterator[None]:
-        """While inside, this replica is told of the job's new chunks."""
-        keys = self._partitions.of(prediction_id)
-        replica = self._settings.replica
-        followers = self._watched.get(prediction_id, 0)
-        self._watched[prediction_id] = followers + 1
+    @contextmanager
+    def watching(self, prediction_id: str) -> Iterator[None]:
+        """While inside, the job's chunks appended here are kept in memory for its
+        followers here. (This replica is told of chunks appended elsewhere once a read for
+        a wait made it one of the job's watchers: `ResultStore.get(..., watch=True)`.)"""
+        self._watched[prediction_id] = self._watched.get(prediction_id, 0) + 1
         try:
-            if not followers:
-                await records.watch(self._scripts, keys, prediction_id, replica)
             yield
         finally:
             left = self._watched.pop(prediction_id) - 1
@@ -191,4 +189,3 @@ class Outputs:
                 self._watched[prediction_id] = left
             else:
                 self._recent.pop(prediction_id, None)
-                await records.watch(self._scripts, keys, prediction_id, replica, start=False)

@@ -98,12 +98,6 @@ class ResultStore:
         partition = self._partitions.of(prediction_id).index
         return await self._reads[partition].add((prediction_id, watch))
 
-    async def watch(self, prediction_id: str, start: bool = True) -> None:
-        """This replica starts (or, not ``start``, stops) being told when the job starts,
-        ends or has new chunks."""
-        keys = self._partitions.of(prediction_id)
-        await calls.watch(self._scripts, keys, prediction_id, self._replica, start)
-
     async def _read_partition(
         self, keys: Keys, reads: list[tuple[str, bool]]
     ) -> list[JobRecord | None]:

@@ -123,6 +123,10 @@ class Waiters:
             else:
                 self._moves.pop(prediction_id, None)
 
+    def followed(self, prediction_id: str) -> bool:
+        """Whether a follower here (an /events stream) follows the job now."""
+        return prediction_id in self._followers
+
     def moves(self, prediction_id: str) -> int:
         """How many status changes of a job followed here were heard (see `following`)."""
         return self._moves.get(prediction_id, 0)

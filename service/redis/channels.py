@@ -91,7 +91,7 @@ class Channels:
             await pubsub.subscribe(*channels)
             return pubsub, None
 
-        await self._follow(subscribed, "message", "done channels")
+        await self._follow(subscribed, "message", "this replica's channels")
 
     async def _listen_to_shard(self, keys: Keys) -> None:
         cluster: Any = self._redis

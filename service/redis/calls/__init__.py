@@ -31,7 +31,6 @@ NAMES = (
     "finish",
     "cancel",
     "read",
-    "watch",
     "keep_sync",
     "replay",
     "release_due",

@@ -146,14 +146,6 @@ async def read(
     return reply
 
 
-async def watch(
-    scripts: Scripts, keys: Keys, prediction_id: str, replica: str, start: bool = True
-) -> None:
-    """``replica`` starts (or, not ``start``, stops) waiting for the job: the scripts that
-    end it, start it or add its chunks tell it (while the job is queued or running)."""
-    await scripts.run("watch", [keys.record(prediction_id)], [replica, "1" if start else ""])
-
-
 async def keep_sync(
     scripts: Scripts,
     keys: Keys,

@@ -17,7 +17,7 @@ local stopping = 0
 if status == STATUS.QUEUED then
   redis.call('HSET', KEYS[1], 'status', STATUS.CANCELED, 'result', 'null', 'finished_at', ARGV[1])
   local ended = told()
-  tell(ended, f[4], KEYS[1])
+  ended_for(ended, f[4], KEYS[1])
   send(ended, ARGV[3], ARGV[2], TOLD.ENDED)
 elseif status == STATUS.PROCESSING then
   for i = 5, #ARGV do

@@ -46,7 +46,7 @@ for i = 1, jobs do
                  'error', string.sub(outcome, 2), 'finished_at', now)
     end
     redis.call('EXPIRE', key, ttl)
-    tell(ended, f[7], key)
+    ended_for(ended, f[7], key)
     local events = ',' .. (f[3] or '') .. ','
     if f[2] and (string.find(events, ',' .. final .. ',', 1, true)
                  or (final == STATUS.CANCELED and string.find(events, ',' .. STATUS.FAILED .. ',', 1, true))) then

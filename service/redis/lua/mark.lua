@@ -38,7 +38,7 @@ for i = 3, #KEYS do
       redis.call('HSET', key, 'status', STATUS.ABORTED, 'result', 'null', 'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       status = MARKED.ABORTED
-      tell(ended, f[7], key)
+      ended_for(ended, f[7], key)
     -- The time limit counts from submission, or from a replay of a dead letter (from the
     -- start, for a job whose wait is not timed: a batch's).
     elseif timeout > 0 and f[6] ~= '1' and now - (tonumber(f[4] or f[3]) or now) > timeout then
@@ -47,7 +47,7 @@ for i = 3, #KEYS do
                  'finished_at', ARGV[1])
       redis.call('EXPIRE', key, ttl)
       status = MARKED.EXPIRED
-      tell(ended, f[7], key)
+      ended_for(ended, f[7], key)
     elseif attempts >= max_deliveries then
       local reason = 'gave up after ' .. attempts .. ' deliveries'
       redis.call('HSET', key, 'status', STATUS.FAILED, 'result', 'null', 'error', reason,
@@ -57,7 +57,7 @@ for i = 3, #KEYS do
                               'entry', ARGV[4 + i], 'reason', reason, 'at', ARGV[1])
       redis.call('HSET', key, 'dead_entry', dead)
       status = MARKED.DEAD
-      tell(ended, f[7], key)
+      ended_for(ended, f[7], key)
     else
       start_job(key, ARGV[1], attempts)
       tell(started, f[7], key)

@@ -1,5 +1,4 @@
 -- read: the records of several jobs in one call (waiters woken together, busy GETs).
--- flags: allow-oom
 --
 -- KEYS: record keys.
 -- ARGV: none, or a replica and one letter per key ('1': the replica waits for that job).
@@ -21,8 +20,9 @@ for i, key in ipairs(KEYS) do
     end
     if status == STATUS.QUEUED or status == STATUS.PROCESSING then
       local joined = watched_by(watchers, replica)
-      -- pcall: on Redis 6.2 out of memory the write is refused, and the read answers
-      -- anyway (that wait then ends at its time, not at the job's end).
+      -- pcall: while Redis refuses writes (out of memory, too few replicas, a disk
+      -- error) the read answers anyway; that wait then ends at its time, not at the
+      -- job's end. (No script flags for the same reason: flags would refuse the read.)
       if joined then redis.pcall('HSET', key, 'watchers', joined) end
     end
   end
