@@ -21,9 +21,10 @@ from service.execution.timers import Deadlines
 from service.job import JobRecord, NewJob
 from service.jobs.queue import JobQueue
 from service.jobs.store import ResultStore
-from service.redis.channels import Channels, Heard
+from service.redis.channels import Channels
 from service.redis.keys import Keys, Partitions
 from service.redis.url import RedisTarget
+from service.redis.words import Told
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +63,22 @@ class Waiters:
     async def stop(self) -> None:
         await self._channels.stop()
 
-    def _announced(self, keys: Keys, heard: Heard, data: bytes) -> None:
+    def _announced(self, keys: Keys, heard: Told, data: bytes) -> None:
         if not (
-            self._changes or self._moves or self._outputs or (heard is Heard.ENDED and self._ends)
+            self._changes or self._moves or self._outputs or (heard is Told.ENDED and self._ends)
         ):
             return  # no one here waits for these: not worth parsing
         for key in data.split(b","):
             self._wake(keys.prediction_id(key), heard)
 
-    def _wake(self, prediction_id: str, heard: Heard, record: JobRecord | None = None) -> None:
+    def _wake(self, prediction_id: str, heard: Told, record: JobRecord | None = None) -> None:
         woken: tuple[dict[str, set[asyncio.Future[JobRecord | None]]], ...]
-        if heard is not Heard.OUTPUT and prediction_id in self._moves:
+        if heard is not Told.OUTPUT and prediction_id in self._moves:
             self._moves[prediction_id] += 1
-        if heard is Heard.ENDED:
+        if heard is Told.ENDED:
             woken = (self._changes, self._ends, self._outputs)
         else:
-            woken = (self._changes,) if heard is Heard.STARTED else (self._outputs,)
+            woken = (self._changes,) if heard is Told.STARTED else (self._outputs,)
         for waiters in woken:
             waiting = waiters.pop(prediction_id, None)
             if waiting is not None:
@@ -87,7 +88,7 @@ class Waiters:
 
     def appended(self, prediction_id: str) -> None:
         """New chunks of a job followed here, appended here (see `Outputs.appended`)."""
-        self._wake(prediction_id, Heard.OUTPUT)
+        self._wake(prediction_id, Told.OUTPUT)
 
     def waited_for(self, prediction_id: str) -> bool:
         """Whether someone here waits for this job to end."""
@@ -96,7 +97,7 @@ class Waiters:
     def ended(self, record: JobRecord) -> None:
         """Hands a final record that this replica just wrote to its local waiters: they
         need not read it back (the channel announcement still reaches everyone else)."""
-        self._wake(record.prediction_id, Heard.ENDED, record)
+        self._wake(record.prediction_id, Told.ENDED, record)
 
     def release(self) -> None:
         """The replica is stopping: every waiter is answered now with the record as it is
@@ -106,7 +107,7 @@ class Waiters:
 
     def _wake_all(self) -> None:
         for prediction_id in {*self._ends, *self._changes, *self._outputs, *self._moves}:
-            self._wake(prediction_id, Heard.ENDED)
+            self._wake(prediction_id, Told.ENDED)
 
     @contextlib.contextmanager
     def following(self, prediction_id: str) -> Iterator[None]:

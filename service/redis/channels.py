@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from enum import Enum
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,17 +31,8 @@ log = logging.getLogger(__name__)
 _RECONNECT_SECONDS = 1.0
 
 
-class Heard(Enum):
-    """What a message tells of the jobs it names (its first letter, `Told`): they ended,
-    they started, or they have new chunks."""
-
-    ENDED = Told.ENDED.value
-    STARTED = Told.STARTED.value
-    OUTPUT = Told.OUTPUT.value
-
-
-#: Heard, by the first byte of a message.
-_HEARD = {ord(h.value): h for h in Heard}
+#: What a message tells of the jobs it names (`Told`), by its first byte.
+_TOLD = {ord(t.value): t for t in Told}
 
 
 class Channels:
@@ -55,7 +45,7 @@ class Channels:
         target: RedisTarget,
         partitions: Partitions,
         replica: str,
-        announced: Callable[[Keys, Heard, bytes], None],
+        announced: Callable[[Keys, Told, bytes], None],
         missed: Callable[[], None],
     ) -> None:
         self._target = target
@@ -144,7 +134,7 @@ class Channels:
                 async for message in pubsub.listen():
                     if message["type"] == kind:
                         data = message["data"]
-                        heard = _HEARD.get(data[0]) if data else None
+                        heard = _TOLD.get(data[0]) if data else None
                         if heard is not None:
                             keys = self._channels[message["channel"]]
                             self._announced(keys, heard, data[1:])
